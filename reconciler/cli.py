@@ -1,0 +1,172 @@
+"""The ``reconcile`` console script: argv -> settings -> one function per command.
+
+This is the one place that catches our errors: it prints ``error: ...`` and returns the documented
+exit code (``--debug`` shows the traceback). Command modules are imported only when their command
+runs, so ``--help`` and ``validate`` never import psycopg, paramiko, APScheduler or watchfiles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+from reconciler import __version__
+from reconciler.errors import EXIT_ERROR, ReconcileError
+from reconciler.settings import Settings, load_settings
+
+__all__ = ["main"]
+
+# command name -> "module:function"; each function takes (args, settings) and returns an exit code.
+_COMMANDS: dict[str, str] = {
+    "validate": "reconciler.commands.offline:validate",
+    "next": "reconciler.commands.upcoming:next_runs",
+    "schema": "reconciler.commands.offline:schema",
+    "plan": "reconciler.commands.reconciling:plan",
+    "apply": "reconciler.commands.reconciling:apply",
+    "status": "reconciler.commands.reconciling:status",
+    "export": "reconciler.commands.reconciling:export",
+    "run": "reconciler.commands.running:run",
+    "history": "reconciler.commands.running:history",
+}
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output", "-o", choices=("text", "json"), help="output format")
+    parser.add_argument("--no-color", action="store_true", help="never colour the output")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    parser.add_argument("--log-level", help="debug, info, warning or error")
+    parser.add_argument("--log-format", choices=("json", "console"), help="log line format")
+
+
+def _database(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--database-url", help="management database (RECONCILER_DATABASE_URL)")
+    parser.add_argument("--state-dir", help="embedded database and local state")
+    parser.add_argument("--owner", help="owner id of the rows this reconciler manages")
+
+
+def _apply_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--detailed-exitcode",
+        action="store_true",
+        help="exit 2 when the plan has changes, 0 when it has none",
+    )
+    parser.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="allow deleting every owned row when the folder declares nothing",
+    )
+    parser.add_argument(
+        "--max-deletes", type=int, help="refuse plans deleting more rows than this (default 10)"
+    )
+    parser.add_argument(
+        "--adopt", action="store_true", help="take ownership of existing rows whose names clash"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line, with every subcommand and flag."""
+    parser = argparse.ArgumentParser(
+        prog="reconcile",
+        description="Make PostgreSQL and the scheduler match the YAML in schedules.d/.",
+    )
+    parser.add_argument("--version", action="version", version=f"reconcile {__version__}")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    parser.add_argument(
+        "--dir", dest="schedules_dir", help="schedules folder (default schedules.d)"
+    )
+    _common(parser)
+    _database(parser)
+    _apply_flags(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        _common(p)
+        return p
+
+    p = command("validate", "check the YAML offline (no database)")
+    p.add_argument("dir", nargs="?", help="schedules folder")
+    p = command("next", "print the next fire times of a schedule")
+    p.add_argument("name")
+    p.add_argument("-n", "--count", type=int, default=5, help="how many (default 5)")
+    p.add_argument("--dir", dest="schedules_dir")
+    command("schema", "print the JSON Schema of the documents")
+    for name, help_ in (
+        ("plan", "print the plan, change nothing"),
+        ("apply", "apply the plan once"),
+    ):
+        p = command(name, help_)
+        p.add_argument("--dir", dest="schedules_dir")
+        _database(p)
+        _apply_flags(p)
+    p = command("status", "list schedules in the database")
+    p.add_argument("name", nargs="?")
+    _database(p)
+    p = command("export", "write YAML for rows that exist in the database")
+    p.add_argument("--out", help="folder to write into (default: print)")
+    _database(p)
+    p = command("run", "run one import of a schedule now")
+    p.add_argument("name")
+    p.add_argument("--dir", dest="schedules_dir")
+    _database(p)
+    p = command("history", "list a schedule's runs, newest first")
+    p.add_argument("name")
+    p.add_argument("--limit", type=int, default=20)
+    _database(p)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    get = args.__dict__.get
+    return load_settings(
+        schedules_dir=get("dir") or get("schedules_dir"),
+        database_url=get("database_url"),
+        owner=get("owner"),
+        state_dir=get("state_dir"),
+        log_format=get("log_format"),
+        log_level=get("log_level"),
+        output=get("output"),
+        color=False if get("no_color") else None,
+        debug=bool(get("debug")),
+        max_deletes=get("max_deletes"),
+    )
+
+
+def _resolve(command: str) -> Callable[[argparse.Namespace, Settings], int]:
+    module, _, function = _COMMANDS[command].partition(":")
+    handler: Callable[[argparse.Namespace, Settings], int] = getattr(
+        importlib.import_module(module), function
+    )
+    return handler
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; return its exit code (the console script exits with it)."""
+    args = build_parser().parse_args(argv)
+    command = args.command or ("plan" if args.dry_run else "apply")
+    debug = bool(getattr(args, "debug", False))
+    try:
+        settings = _settings(args)
+        from reconciler import logs
+
+        logs.configure(
+            log_format=settings.log_format, level=settings.log_level, color=settings.color
+        )
+        return _resolve(command)(args, settings)
+    except ReconcileError as exc:
+        if debug:
+            raise
+        print(f"error: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # the reader of stdout went away (`| head`): nothing left to say
+        return EXIT_ERROR
+    except OSError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR

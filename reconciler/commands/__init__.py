@@ -1,0 +1,1 @@
+"""One module per group of commands; ``reconciler.cli`` imports them lazily by name."""

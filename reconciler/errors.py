@@ -1,0 +1,154 @@
+"""The exception tree of reconcile: every error the program raises on purpose.
+
+Modules that talk to other libraries (PostgreSQL, SFTP, the file system) translate those libraries'
+exceptions into these at the seam (``raise StoreError(...) from exc``); the CLI catches
+``ReconcileError`` once, prints ``error: <message>`` and exits with ``exit_code``.
+
+    ReconcileError                 exit 1 unless noted
+    ├── UsageError                 a flag, setting or argument is wrong
+    ├── InvalidDocuments           the folder has parse or validation findings
+    ├── NotFound                   a named schedule or project does not exist
+    ├── GuardRefused               a safety guard refused the apply (exit 3)
+    ├── OwnershipConflict          a name belongs to a row this reconciler does not own
+    ├── StoreError                 PostgreSQL failed or is unreachable (retryable)
+    │   └── EmbeddedServerError    the embedded PostgreSQL could not start
+    ├── SecretError                a ${VAR} reference is not set at run time
+    └── SourceError                a local or SFTP source failed (retryable)
+        └── HostKeyError           an SFTP host key is unknown or changed
+
+Each error builds its own message from its fields and says whether retrying can help.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "EXIT_CHANGES",
+    "EXIT_ERROR",
+    "EXIT_GUARD",
+    "EXIT_OK",
+    "EmbeddedServerError",
+    "Finding",
+    "GuardRefused",
+    "HostKeyError",
+    "InvalidDocuments",
+    "NotFound",
+    "OwnershipConflict",
+    "ReconcileError",
+    "SecretError",
+    "SourceError",
+    "StoreError",
+    "UsageError",
+]
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_CHANGES = 2
+EXIT_GUARD = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One problem in one document, located for an editor: ``path:line:col: message``.
+
+    ``line`` and ``column`` are 1-based; 0 means the finding concerns the whole file.
+    """
+
+    path: str
+    line: int
+    column: int
+    message: str
+
+    def __str__(self) -> str:
+        if self.line:
+            return f"{self.path}:{self.line}:{self.column}: {self.message}"
+        return f"{self.path}: {self.message}"
+
+
+class ReconcileError(Exception):
+    """Base of every error reconcile raises on purpose."""
+
+    exit_code: int = EXIT_ERROR
+    retryable: bool = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class UsageError(ReconcileError):
+    """A command-line flag, setting or argument is wrong; fix the invocation."""
+
+
+class InvalidDocuments(ReconcileError):
+    """The schedules folder has findings; nothing is applied from an invalid folder."""
+
+    def __init__(self, findings: Sequence[Finding]) -> None:
+        self.findings = tuple(findings)
+        count = len(self.findings)
+        noun = "problem" if count == 1 else "problems"
+        super().__init__(
+            "\n".join(str(f) for f in self.findings)
+            + f"\n{count} {noun} found; nothing was changed"
+        )
+
+
+class NotFound(ReconcileError):
+    """A named object does not exist where it was looked for."""
+
+    def __init__(self, kind: str, name: str, where: str) -> None:
+        self.kind = kind
+        self.name = name
+        super().__init__(f"{kind} {name!r} not found in {where}")
+
+
+class GuardRefused(ReconcileError):
+    """A safety guard refused the whole apply; the message names the override."""
+
+    exit_code = 3
+
+
+class OwnershipConflict(ReconcileError):
+    """A declared name clashes with a row that another owner (or the old API) created."""
+
+    def __init__(self, clashes: Sequence[str], owner: str) -> None:
+        self.clashes = tuple(clashes)
+        listed = ", ".join(self.clashes)
+        super().__init__(
+            f"{listed} already exist(s) in the database and are not owned by {owner!r}; "
+            "run `reconcile export` to review them, then apply with --adopt to take ownership"
+        )
+
+
+class StoreError(ReconcileError):
+    """PostgreSQL failed or could not be reached; retrying may help."""
+
+    retryable = True
+
+
+class EmbeddedServerError(StoreError):
+    """The embedded PostgreSQL server could not be started."""
+
+
+class SecretError(ReconcileError):
+    """A ``${VAR}`` reference names an environment variable that is not set."""
+
+    def __init__(self, variable: str, where: str) -> None:
+        self.variable = variable
+        super().__init__(
+            f"{where}: environment variable {variable} is not set; export it and retry"
+        )
+
+
+class SourceError(ReconcileError):
+    """A local or SFTP source could not be read; retrying may help."""
+
+    retryable = True
+
+
+class HostKeyError(SourceError):
+    """The SFTP server's host key is unknown or has changed; the connection was refused."""
+
+    retryable = False

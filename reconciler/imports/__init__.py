@@ -1,0 +1,1 @@
+"""The import engine: sources (local, SFTP), COPY streaming, job runs and callbacks."""

@@ -1,0 +1,1 @@
+"""The pure core: documents, loading, cron and time zones, plans and rendering. No I/O here."""

@@ -1,0 +1,1 @@
+"""PostgreSQL: schema and migrations, rows, locks, and the embedded default server."""
