@@ -10,6 +10,7 @@ exceptions into these at the seam (``raise StoreError(...) from exc``); the CLI 
     ├── NotFound                   a named schedule or project does not exist
     ├── GuardRefused               a safety guard refused the apply (exit 3)
     ├── OwnershipConflict          a name belongs to a row this reconciler does not own
+    ├── PlanRefused                the plan would break rows it must not touch
     ├── StoreError                 PostgreSQL failed or is unreachable (retryable)
     │   └── EmbeddedServerError    the embedded PostgreSQL could not start
     ├── SecretError                a ${VAR} reference is not set at run time
@@ -36,6 +37,7 @@ __all__ = [
     "InvalidDocuments",
     "NotFound",
     "OwnershipConflict",
+    "PlanRefused",
     "ReconcileError",
     "SecretError",
     "SourceError",
@@ -120,6 +122,10 @@ class OwnershipConflict(ReconcileError):
             f"{listed} already exist(s) in the database and are not owned by {owner!r}; "
             "run `reconcile export` to review them, then apply with --adopt to take ownership"
         )
+
+
+class PlanRefused(ReconcileError):
+    """The plan cannot be applied as it stands (it would take another owner's rows along)."""
 
 
 class StoreError(ReconcileError):
