@@ -14,6 +14,7 @@ exceptions into these at the seam (``raise StoreError(...) from exc``); the CLI 
     ├── StoreError                 PostgreSQL failed or is unreachable (retryable)
     │   └── EmbeddedServerError    the embedded PostgreSQL could not start
     ├── SecretError                a ${VAR} reference is not set at run time
+    ├── TargetError                an import's target table, columns or key are unusable
     └── SourceError                a local or SFTP source failed (retryable)
         └── HostKeyError           an SFTP host key is unknown or changed
 
@@ -42,6 +43,7 @@ __all__ = [
     "SecretError",
     "SourceError",
     "StoreError",
+    "TargetError",
     "UsageError",
 ]
 
@@ -146,6 +148,10 @@ class SecretError(ReconcileError):
         super().__init__(
             f"{where}: environment variable {variable} is not set; export it and retry"
         )
+
+
+class TargetError(ReconcileError):
+    """An import's target table, columns, key or privileges are not usable as declared."""
 
 
 class SourceError(ReconcileError):
