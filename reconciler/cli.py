@@ -82,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(name: str, help_: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=help_)
+        # Flags repeated on a subcommand must not reset what was given before it
+        # (`reconcile -o json plan`): they default to "absent", not to None.
+        p = sub.add_parser(name, help=help_, description=help_, argument_default=argparse.SUPPRESS)
         _common(p)
         return p
 

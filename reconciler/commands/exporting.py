@@ -1,0 +1,115 @@
+"""``reconcile export``: YAML documents for rows this reconciler does not own yet.
+
+A team moving from the old REST API to Git exports its schedules, commits the files, and applies
+once with ``--adopt``. Projects are exported as ``external: true`` (they stay where they are);
+secrets found in the rows are replaced by ``${VAR}`` references and reported, never written out.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from reconciler.logs import get_logger
+from reconciler.model.specs import API_VERSION
+from reconciler.settings import Settings
+
+if TYPE_CHECKING:
+    import psycopg
+
+__all__ = ["export_rows", "schedule_documents"]
+
+_log = get_logger("reconciler.export")
+_SECRET_REF = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$")
+_QUERY = """
+SELECT s.name, p.name, s.schedule_type, s.cron_expression, s.interval_seconds, s.timezone,
+       s.enabled, s.callback_url, s.sftp_override, s.local_files, s.misfire_grace_seconds
+FROM cpi_schedules s JOIN cpi_projects p ON p.id = s.project_id
+WHERE s.owner IS DISTINCT FROM %s
+ORDER BY p.name, s.name
+"""
+
+
+def _variable(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]", "_", name).upper()
+
+
+def _schedule_spec(row: tuple[Any, ...], warnings: list[str]) -> dict[str, Any]:
+    (name, project, kind, cron, interval, tz, enabled, callback, override, local, grace) = row
+    spec: dict[str, Any] = {"project": project}
+    if kind == "cron":
+        spec["cron"] = cron
+    else:
+        spec["interval"] = interval
+    spec["timezone"] = tz or "UTC"
+    spec["enabled"] = True if enabled is None else bool(enabled)
+    if callback:
+        spec["callback_url"] = callback
+    if override:
+        override = dict(override)
+        password = override.get("password")
+        if password is not None and not _SECRET_REF.match(str(password)):
+            variable = f"{_variable(name)}_SFTP_PASSWORD"
+            override["password"] = f"${{{variable}}}"
+            warnings.append(f"schedule {name}: its SFTP password is now ${{{variable}}}; set it")
+        spec["sftp_override"] = override
+    if local:
+        spec["local_files"] = list(local)
+    if grace is not None and grace != 300:
+        spec["misfire_grace"] = grace
+    return spec
+
+
+def schedule_documents(
+    rows: list[tuple[Any, ...]], warnings: list[str]
+) -> dict[str, list[dict[str, Any]]]:
+    """Documents grouped by project: an external Project, then its schedules."""
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        project = row[1]
+        docs = grouped.setdefault(
+            project,
+            [
+                {
+                    "apiVersion": API_VERSION,
+                    "kind": "Project",
+                    "metadata": {"name": project},
+                    "spec": {"external": True},
+                }
+            ],
+        )
+        docs.append(
+            {
+                "apiVersion": API_VERSION,
+                "kind": "Schedule",
+                "metadata": {"name": row[0]},
+                "spec": _schedule_spec(row, warnings),
+            }
+        )
+    return grouped
+
+
+def export_rows(conn: psycopg.Connection[Any], *, settings: Settings, out: str | None) -> int:
+    """Write (or print) the documents; return the exit code."""
+    rows = conn.execute(_QUERY, (settings.owner,)).fetchall()
+    warnings: list[str] = []
+    grouped = schedule_documents(rows, warnings)
+    for project, docs in grouped.items():
+        text = yaml.safe_dump_all(docs, sort_keys=False, default_flow_style=False)
+        if out is None:
+            sys.stdout.write(f"# {project}\n---\n{text}")
+            continue
+        folder = Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"{project}.yaml"
+        target.write_text(text, encoding="utf-8")
+        print(f"wrote {target} ({len(docs) - 1} schedule(s))", file=sys.stderr)
+    for warning in warnings:
+        _log.warning("secret replaced by a reference", detail=warning)
+    if not grouped:
+        print(f"Nothing to export: every schedule is owned by {settings.owner!r}.", file=sys.stderr)
+    return 0

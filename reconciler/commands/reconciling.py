@@ -1,0 +1,120 @@
+"""The reconcile commands: ``plan`` (``--dry-run``), ``apply``, ``status`` and ``export``.
+
+Each loads the folder (offline), opens the management database and hands the pure plan to the
+store; the text and JSON renderings come from ``model.rendering``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime
+
+from reconciler.commands.output import emit_json
+from reconciler.errors import EXIT_CHANGES, EXIT_OK, GuardRefused, UsageError
+from reconciler.logs import get_logger
+from reconciler.model.plans import Plan, desired_rows
+from reconciler.model.rendering import plan_document, render_plan
+from reconciler.model.specs import ScheduleDocument
+from reconciler.settings import Settings
+from reconciler.store.applying import Desired
+
+__all__ = ["apply", "export", "load_desired", "plan", "status"]
+
+_log = get_logger("reconciler.commands")
+
+
+def load_desired(settings: Settings) -> Desired:
+    """The folder's rows; a missing folder or any finding refuses the whole apply (exit 3)."""
+    from reconciler.reading import load_folder
+
+    folder = settings.schedules_dir
+    try:
+        loaded = load_folder(folder)
+    except UsageError as exc:
+        raise GuardRefused(f"{exc.message}; nothing was applied") from exc
+    if not loaded.ok:
+        findings = "\n".join(str(f) for f in loaded.findings)
+        raise GuardRefused(
+            f"{findings}\n{len(loaded.findings)} problem(s) in {folder}; nothing was applied "
+            "(fix them, `reconcile validate` lists them)"
+        )
+    local_files = {
+        d.document.metadata.name: d.document.spec.local_files
+        for d in loaded.documents
+        if isinstance(d.document, ScheduleDocument)
+    }
+    return Desired(desired_rows(loaded.documents, owner=settings.owner), local_files)
+
+
+def _print_plan(plan: Plan, settings: Settings, kind: str) -> None:
+    if settings.output == "json":
+        emit_json(kind, plan_document(plan))
+    else:
+        sys.stdout.write(render_plan(plan, color=settings.color) + "\n")
+
+
+def plan(args: argparse.Namespace, settings: Settings) -> int:
+    """Print the plan and change nothing."""
+    from reconciler.store.applying import plan_against, refuse_if_blocked
+    from reconciler.store.connecting import open_store
+
+    desired = load_desired(settings)
+    with open_store(settings) as conn:
+        result = plan_against(conn, desired, owner=settings.owner, adopt=_flag(args, "adopt"))
+    _print_plan(result, settings, "Plan")
+    refuse_if_blocked(result)
+    if _flag(args, "detailed_exitcode") and not result.empty:
+        return EXIT_CHANGES
+    return EXIT_OK
+
+
+def apply(args: argparse.Namespace, settings: Settings) -> int:
+    """Apply the plan once, in one transaction under the apply lock."""
+    from reconciler.store.applying import apply_plan
+    from reconciler.store.connecting import open_store
+
+    desired = load_desired(settings)
+    with open_store(settings) as conn:
+        result = apply_plan(
+            conn,
+            desired,
+            owner=settings.owner,
+            adopt=_flag(args, "adopt"),
+            allow_empty=_flag(args, "allow_empty"),
+            max_deletes=settings.max_deletes,
+        )
+    _print_plan(result, settings, "AppliedPlan")
+    if settings.output != "json" and not result.empty:
+        sys.stdout.write("Apply complete.\n")
+    _log.info("applied", changes=len(result.changes), owner=settings.owner)
+    if _flag(args, "detailed_exitcode") and not result.empty:
+        return EXIT_CHANGES
+    return EXIT_OK
+
+
+def status(args: argparse.Namespace, settings: Settings) -> int:
+    """List schedules from the database: timing, owner, last run and result, next run."""
+    from reconciler.commands.reporting import fetch_status, render_status
+    from reconciler.store.connecting import open_store
+
+    with open_store(settings) as conn:
+        entries = fetch_status(conn, name=getattr(args, "name", None), now=datetime.now(UTC))
+    if settings.output == "json":
+        emit_json("Status", {"schedules": [e.document() for e in entries]})
+    else:
+        sys.stdout.write(render_status(entries) + "\n")
+    return EXIT_OK
+
+
+def export(args: argparse.Namespace, settings: Settings) -> int:
+    """Write YAML documents for rows this reconciler does not own yet."""
+    from reconciler.commands.exporting import export_rows
+    from reconciler.store.connecting import open_store
+
+    with open_store(settings) as conn:
+        return export_rows(conn, settings=settings, out=getattr(args, "out", None))
+
+
+def _flag(args: argparse.Namespace, name: str) -> bool:
+    return bool(getattr(args, name, False))

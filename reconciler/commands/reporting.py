@@ -1,0 +1,142 @@
+"""``reconcile status``: the schedules in the database, their timing, owner, last and next run.
+
+Called by ``commands.reconciling.status``; reads with one query and computes the next run with
+the same cron arithmetic the scheduler uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from reconciler.model.timing import next_fire_times
+
+if TYPE_CHECKING:
+    import psycopg
+
+__all__ = ["StatusEntry", "fetch_status", "render_status"]
+
+_QUERY = """
+SELECT s.name, p.name, s.schedule_type, s.cron_expression, s.interval_seconds, s.timezone,
+       s.enabled, s.owner, s.last_run_at, j.status, s.interval_anchor, s.source_file,
+       s.source_line
+FROM cpi_schedules s
+LEFT JOIN cpi_projects p ON p.id = s.project_id
+LEFT JOIN cpi_jobs j ON j.id = s.last_job_id
+WHERE %(name)s::text IS NULL OR s.name = %(name)s
+ORDER BY s.name
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class StatusEntry:
+    name: str
+    project: str | None
+    timing: str
+    timezone: str
+    enabled: bool
+    owner: str | None
+    last_run_at: datetime | None
+    last_result: str | None
+    next_run_at: datetime | None
+    source: str | None
+
+    def document(self) -> dict[str, Any]:
+        doc = asdict(self)
+        for key in ("last_run_at", "next_run_at"):
+            doc[key] = doc[key].isoformat() if doc[key] else None
+        return doc
+
+
+def _next(
+    cron: str | None, interval: int | None, tz: str, anchor: datetime | None, now: datetime
+) -> datetime | None:
+    try:
+        times = next_fire_times(
+            cron=cron, interval_seconds=interval, timezone=tz, after=now, count=1, anchor=anchor
+        )
+    except ValueError:  # a row written by hand with an expression we cannot read
+        return None
+    return times[0] if times else None
+
+
+def fetch_status(
+    conn: psycopg.Connection[Any], *, name: str | None, now: datetime
+) -> list[StatusEntry]:
+    """One entry per schedule (or the one named), sorted by name."""
+    from reconciler.errors import NotFound
+
+    entries = []
+    for (
+        sname,
+        project,
+        kind,
+        cron,
+        interval,
+        tz,
+        enabled,
+        owner,
+        last_run,
+        result,
+        anchor,
+        source,
+        line,
+    ) in conn.execute(_QUERY, {"name": name}):
+        timing = cron if kind == "cron" else f"every {interval}s"
+        entries.append(
+            StatusEntry(
+                name=sname,
+                project=project,
+                timing=timing or "?",
+                timezone=tz or "UTC",
+                enabled=bool(enabled),
+                owner=owner,
+                last_run_at=last_run,
+                last_result=result,
+                next_run_at=_next(cron, interval, tz or "UTC", anchor, now) if enabled else None,
+                source=f"{source}:{line}" if source else None,
+            )
+        )
+    if name is not None and not entries:
+        raise NotFound("schedule", name, "the database (run `reconcile apply` first?)")
+    return entries
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M UTC") if value else "-"
+
+
+def render_status(entries: list[StatusEntry]) -> str:
+    """A table, one line per schedule."""
+    if not entries:
+        return "No schedules in the database."
+    header = (
+        "NAME",
+        "PROJECT",
+        "TIMING",
+        "TIMEZONE",
+        "ENABLED",
+        "OWNER",
+        "LAST RUN",
+        "RESULT",
+        "NEXT RUN",
+    )
+    rows = [header] + [
+        (
+            e.name,
+            e.project or "-",
+            e.timing,
+            e.timezone,
+            "yes" if e.enabled else "no",
+            e.owner or "-",
+            _when(e.last_run_at),
+            e.last_result or "-",
+            _when(e.next_run_at),
+        )
+        for e in entries
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
