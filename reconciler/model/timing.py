@@ -114,7 +114,9 @@ def _parse_field(text: str, field: _Field, expression: str) -> frozenset[int]:
                 )
         elif base:
             low = _value(base, field, expression)
-            high = field.high if slash else low  # '5/15' = from 5 to the end in steps of 15
+            high = low
+            if slash:  # '5/15': from 5 to the end of the field in steps of 15
+                low, high = low % (field.high + 1), field.high  # '7/2' starts on Sunday, 0
         else:
             raise ValueError(f"{expression!r}: the {field.name} field {text!r} has an empty item")
         values.update(range(low, high + 1, step))
