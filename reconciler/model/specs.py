@@ -139,7 +139,11 @@ Identifier = Annotated[StrictStr, AfterValidator(_identifier)]
 TableName = Annotated[StrictStr, AfterValidator(_table)]
 TimeZone = Annotated[StrictStr, AfterValidator(_timezone)]
 Char = Annotated[StrictStr, AfterValidator(_single_char)]
-Seconds = Annotated[int, BeforeValidator(parse_duration)]
+# The JSON Schema shows what users may write ("2h" or 7200), not the whole seconds it becomes.
+_DURATION_INPUT = (
+    Annotated[int, Field(ge=0)] | Annotated[str, Field(pattern=r"^\s*(\d+|(\d+[dhmsDHMS])+)\s*$")]
+)
+Seconds = Annotated[int, BeforeValidator(parse_duration, json_schema_input_type=_DURATION_INPUT)]
 Cron = Annotated[StrictStr, AfterValidator(_cron)]
 Port = Annotated[StrictInt, Field(ge=1, le=65535)]
 NonEmpty = Annotated[StrictStr, Field(min_length=1)]
