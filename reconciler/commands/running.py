@@ -1,0 +1,156 @@
+"""``reconcile run NAME`` and ``reconcile history NAME``: run an import now, list past runs.
+
+``run`` runs in the calling process through ``imports.running.run_schedule`` (the same code the
+daemon uses), shows progress on stderr when it is a terminal, prints a summary and exits 0 when
+the job succeeded, 1 when it failed or was skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import threading
+from datetime import datetime
+from pathlib import PurePosixPath
+from typing import IO, TYPE_CHECKING, Any
+
+from reconciler.commands.output import emit_json, paint
+from reconciler.errors import EXIT_ERROR, EXIT_OK
+from reconciler.settings import Settings
+
+if TYPE_CHECKING:
+    from reconciler.imports.importing import Progress
+    from reconciler.imports.results import FileResult, JobResult
+
+__all__ = ["history", "run"]
+
+_STATUS_COLOR = {
+    "succeeded": "green", "imported": "green", "failed": "red", "abandoned": "red",
+    "skipped": "yellow", "missed": "yellow", "rolled_back": "yellow", "running": "bold",
+}  # fmt: skip
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"  # pragma: no cover - the loop returns at GB
+
+
+class _Bar:
+    """One self-overwriting progress line on a terminal; silent elsewhere (logs tell the story)."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+        self._shown = False
+
+    def __call__(self, p: Progress) -> None:
+        rate = p.bytes_read / p.elapsed if p.elapsed > 0 else 0.0
+        total = f" / {_size(p.bytes_total)}" if p.bytes_total else ""
+        line = (
+            f"file {min(p.files_done + 1, p.files_total)} of {p.files_total} {p.current}  "
+            f"{_size(p.bytes_read)}{total}  ~{p.rows:,} rows  {_size(rate)}/s"
+        )
+        width = shutil.get_terminal_size().columns - 1
+        with self._lock:
+            self._stream.write("\r" + line[:width].ljust(width))
+            self._stream.flush()
+            self._shown = True
+
+    def close(self) -> None:
+        with self._lock:
+            if self._shown:
+                self._stream.write("\r" + " " * (shutil.get_terminal_size().columns - 1) + "\r")
+                self._stream.flush()
+
+
+def _file_line(f: FileResult, color: bool) -> str:
+    status = paint(f"{f.status:<11}", _STATUS_COLOR.get(f.status, "bold"), enabled=color)
+    name = PurePosixPath(f.path).name
+    if f.status == "imported":
+        detail = f"{f.rows:,} rows  {_size(f.bytes)}"
+    elif f.status == "failed":
+        detail = (f"line {f.line}: " if f.line else "") + (f.error or "")
+    else:
+        detail = f.note or ""
+    return f"  {status} {name}  {detail}".rstrip()
+
+
+def _summary(result: JobResult, color: bool) -> str:
+    status = paint(result.status, _STATUS_COLOR.get(result.status, "bold"), enabled=color)
+    seconds = (
+        (result.finished_at - result.started_at).total_seconds()
+        if result.finished_at and result.started_at
+        else 0.0
+    )
+    head = (
+        f"{result.schedule}: {status} in {seconds:.1f} s: {len(result.files)} file(s), "
+        f"{result.rows_imported:,} rows, {_size(result.bytes_read)} (job {result.job_id})"
+    )
+    lines = [head, *(_file_line(f, color) for f in result.files)]
+    if result.callback is not None:
+        cb = result.callback
+        state = "delivered" if cb.get("delivered") else f"failed ({cb.get('error')})"
+        lines.append(f"  callback {state} after {cb.get('attempts')} attempt(s)")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Run one import of schedule NAME now, in this process."""
+    from reconciler.imports.running import run_schedule
+
+    bar = _Bar(sys.stderr) if settings.output == "text" and sys.stderr.isatty() else None
+    try:
+        result = run_schedule(args.name, settings=settings, trigger="manual", progress=bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    if settings.output == "json":
+        emit_json("JobResult", result.to_json())
+    else:
+        sys.stdout.write(_summary(result, settings.color) + "\n")
+        if result.error:
+            print(f"error: {result.error}", file=sys.stderr)
+    return EXIT_OK if result.status == "succeeded" else EXIT_ERROR
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S %Z") if value else "-"
+
+
+def _duration(job: dict[str, Any]) -> str:
+    if job["started_at"] and job["finished_at"]:
+        return f"{(job['finished_at'] - job['started_at']).total_seconds():.1f}s"
+    return "-"
+
+
+def history(args: argparse.Namespace, settings: Settings) -> int:
+    """List a schedule's runs, newest first (kept after the schedule is deleted)."""
+    from reconciler.imports.history import job_history
+    from reconciler.store.connecting import open_store
+
+    with open_store(settings) as conn:
+        jobs = job_history(conn, args.name, limit=args.limit)
+    if settings.output == "json":
+        emit_json("JobHistory", {"schedule": args.name, "jobs": jobs})
+        return EXIT_OK
+    if not jobs:
+        sys.stdout.write(f"{args.name}: no runs yet\n")
+        return EXIT_OK
+    header = (
+        f"{'STARTED':<24} {'STATUS':<10} {'TRIGGER':<9} {'DURATION':>9} {'ROWS':>12} FILES ERROR"
+    )
+    lines = [paint(header, "bold", enabled=settings.color)]
+    for job in jobs:
+        status = paint(
+            f"{job['status']:<10}", _STATUS_COLOR.get(job["status"], "bold"), enabled=settings.color
+        )
+        lines.append(
+            f"{_when(job['started_at']):<24} {status} {job['trigger']:<9} {_duration(job):>9} "
+            f"{job['rows_imported']:>12,} {len(job['files']):>5} {job['error'] or ''}".rstrip()
+        )
+    sys.stdout.write("\n".join(lines) + "\n")
+    return EXIT_OK
