@@ -292,6 +292,8 @@ def _syntax_problem(exc: yaml.MarkedYAMLError, text: str) -> Problem:
         return Problem(line, column, _ALIAS_HINT)
     if problem == "found character that cannot start any token" and line:
         char = _line_of(text, line)[column - 1 : column]
+        if char == "\t":
+            return Problem(line, column, "indent with spaces, not tabs")
         example = ' (e.g. cron: "@daily")' if char == "@" else ""
         return Problem(line, column, f"a value starting with {char!r} must be quoted{example}")
     if "tab character" in problem:

@@ -30,7 +30,7 @@ _FLOAT = re.compile(r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?\
 _SPECIAL_FLOAT = {".inf": float("inf"), "+.inf": float("inf"), "-.inf": float("-inf")}
 _SEXAGESIMAL = re.compile(r"[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?\Z")
 _UNDERSCORED = re.compile(r"[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?\Z")
-_SECRET_WORDS = ("password", "secret", "token", "database_url")
+_SECRET_WORDS = ("pass", "secret", "token", "credential", "database_url")
 _STR_TAGS = frozenset({"!", "tag:yaml.org,2002:str"})
 _TYPED_TAGS: dict[str, type] = {
     "tag:yaml.org,2002:int": int,
@@ -92,6 +92,8 @@ def _plain(text: str) -> tuple[Any, str]:
 def _number(text: str) -> tuple[Any, str]:  # noqa: PLR0911 -- one exit per reading
     if _DECIMAL.match(text):
         return int(text), ""
+    if _LEADING_ZERO.match(text):
+        return text, "octal"
     if _FLOAT.match(text):
         return float(text), ""
     if _HEX_OR_OCTAL.match(text):
@@ -101,8 +103,6 @@ def _number(text: str) -> tuple[Any, str]:  # noqa: PLR0911 -- one exit per read
         return _SPECIAL_FLOAT[lowered], ""
     if lowered == ".nan":
         return float("nan"), ""
-    if _LEADING_ZERO.match(text):
-        return text, "octal"
     if _SEXAGESIMAL.match(text):
         return text, "base60"
     if "_" in text and _UNDERSCORED.match(text):

@@ -1,0 +1,416 @@
+"""The loader's contract, pure: bytes in, documents and ``path:line:col`` findings out."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from reconciler.model.loading import MAX_FILE_BYTES, Loaded, load_files
+from reconciler.model.parsing import MAX_DEPTH, MAX_NODES
+from reconciler.model.specs import ProjectDocument, ScheduleDocument
+
+EXAMPLES = Path(__file__).parent.parent / "schedules.d"
+
+PROJECT = """\
+apiVersion: reconciler/v1
+kind: Project
+metadata:
+  name: sales
+spec:
+  target: {table: public.sales}
+"""
+
+
+def schedule(*spec: str, name: str = "daily", project: str = "sales") -> str:
+    """A Schedule whose spec lines start at line 7 (line 6 is ``project``)."""
+    head = f"apiVersion: reconciler/v1\nkind: Schedule\nmetadata:\n  name: {name}\nspec:\n"
+    return head + f"  project: {project}\n" + "".join(line + "\n" for line in spec)
+
+
+def load(*texts: str | bytes, root: str = "schedules.d") -> Loaded:
+    """Load the project file and then each text as ``s<i>.yaml``."""
+    files = [("p.yaml", PROJECT.encode())]
+    files += [
+        (f"s{i}.yaml", text if isinstance(text, bytes) else text.encode())
+        for i, text in enumerate(texts)
+    ]
+    return load_files(files, display_root=root)
+
+
+CRON = '  cron: "0 0 * * *"'
+
+FAILURES = [
+    # (id, text, "line:col", message fragment)
+    (
+        "unknown key",
+        schedule(CRON, "  enabeld: true"),
+        "8:3",
+        "spec: unknown key 'enabeld' (did you mean 'enabled'?)",
+    ),
+    (
+        "unknown key, nothing close",
+        schedule(CRON, "  zzz: 1"),
+        "8:3",
+        "spec: unknown key 'zzz' (allowed: project, cron, interval,",
+    ),
+    (
+        "unknown nested key",
+        schedule(CRON, "  sftp_override: {remote_dri: /x}"),
+        "8:19",
+        "spec.sftp_override: unknown key 'remote_dri' (did you mean 'remote_dir'?)",
+    ),
+    (
+        "unknown top-level key",
+        schedule(CRON) + "metdata: {}\n",
+        "8:1",
+        "unknown key 'metdata' (did you mean 'metadata'?)",
+    ),
+    (
+        "wrong type: boolean",
+        schedule(CRON, "  enabled: maybe"),
+        "8:12",
+        "spec.enabled: expected true or false, got 'maybe'",
+    ),
+    (
+        "wrong type: number for text",
+        schedule(CRON, "  timezone: 5"),
+        "8:13",
+        "spec.timezone: expected text, got the number 5: quote it",
+    ),
+    (
+        "wrong type: quoted port",
+        schedule(CRON, '  sftp_override: {port: "22"}'),
+        "8:25",
+        "spec.sftp_override.port: expected a whole number, got '22': remove the quotes",
+    ),
+    (
+        "wrong type: mapping expected",
+        schedule(CRON, "  sftp_override: [a]"),
+        "8:3",
+        "spec.sftp_override: expected a mapping of keys to values, got a list",
+    ),
+    (
+        "literal choice",
+        PROJECT.replace("{table: public.sales}", "{table: t, mode: apend}").replace(
+            "name: sales", "name: other"
+        ),
+        "6:28",
+        "spec.target.mode: 'apend' is not one of 'append', 'replace', 'upsert' (did you mean",
+    ),
+    (
+        "value check",
+        schedule(CRON, "  timezone: Mars/Olympus"),
+        "8:13",
+        "spec.timezone: unknown time zone 'Mars/Olympus'",
+    ),
+    (
+        "model check at the mapping's key",
+        schedule(CRON, "  interval: 2h"),
+        "5:1",
+        "spec: give exactly one of 'cron' and 'interval'",
+    ),
+    (
+        "missing required key",
+        schedule(CRON).replace("  project: sales\n", ""),
+        "5:1",
+        "spec: missing required key 'project'",
+    ),
+    (
+        "missing top-level key",
+        "apiVersion: reconciler/v1\nkind: Schedule\nspec: {project: sales, cron: '@daily'}\n",
+        "1:1",
+        "missing required key 'metadata'",
+    ),
+    (
+        "bad apiVersion",
+        schedule(CRON).replace("reconciler/v1", "reconcile/v1"),
+        "1:13",
+        "apiVersion: 'reconcile/v1' is not one of 'reconciler/v1' (did you mean 'reconciler/v1'?)",
+    ),
+    (
+        "bad kind",
+        schedule(CRON).replace("kind: Schedule", "kind: Shedule"),
+        "2:7",
+        "kind: 'Shedule' is not one of 'Project', 'Schedule' (did you mean 'Schedule'?)",
+    ),
+    (
+        "missing kind",
+        schedule(CRON).replace("kind: Schedule\n", ""),
+        "1:1",
+        "missing required key 'kind' (Project or Schedule)",
+    ),
+    ("not a mapping", "- a\n- b\n", "1:1", "a document must be a mapping"),
+    ("a single value", "hello\n", "1:1", "a document must be a mapping"),
+    (
+        "YAML 1.1 boolean",
+        schedule(CRON, "  enabled: on"),
+        "8:12",
+        "ambiguous YAML 1.1 boolean 'on': write true or false, or quote it",
+    ),
+    ("YAML 1.1 boolean, capitalised", schedule(CRON, "  enabled: Yes"), "8:12", "boolean 'Yes'"),
+    (
+        "YAML 1.1 base 60",
+        schedule("  interval: 1:30:00"),
+        "7:13",
+        "'1:30:00' would be read as the number 5400 in YAML 1.1: quote it",
+    ),
+    (
+        "YAML 1.1 base 60, leading zero",
+        schedule(CRON, "  timezone: 06:00"),
+        "8:13",
+        "'06:00' would be read as the number 360 in YAML 1.1: quote it",
+    ),
+    (
+        "YAML 1.1 underscores",
+        schedule(CRON, "  misfire_grace: 1_000"),
+        "8:18",
+        "'1_000' would be read as the number 1000 in YAML 1.1",
+    ),
+    (
+        "leading zero",
+        schedule(CRON, "  misfire_grace: 0300"),
+        "8:18",
+        "'0300' has a leading zero, which YAML 1.1 reads as an octal number",
+    ),
+    (
+        "unquoted star",
+        schedule("  cron: */5 * * * *"),
+        "7:9",
+        "a value starting with '*' must be quoted (e.g. cron: \"*/5 * * * *\")",
+    ),
+    ("unquoted star in a list", schedule(CRON, "  local_files: [*.csv]"), "8:17", "'*' must be"),
+    ("unquoted at sign", schedule("  cron: @daily"), "7:9", "a value starting with '@' must be"),
+    (
+        "unknown alias",
+        schedule("  cron: *daily"),
+        "7:9",
+        "unknown alias '*daily': a value starting with '*' must be quoted",
+    ),
+    (
+        "duplicate key",
+        schedule(CRON, '  cron: "5 0 * * *"'),
+        "8:3",
+        "duplicate key 'cron' (first at line 7): keep one",
+    ),
+    ("merge key", schedule(CRON, "  <<: {enabled: true}"), "8:3", "merge keys ('<<')"),
+    ("custom tag", schedule(CRON, "  timezone: !Zone UTC"), "8:13", "unsupported tag '!Zone'"),
+    ("bad typed tag", schedule(CRON, "  enabled: !!bool maybe"), "8:12", "is not a valid bool"),
+    ("tab indentation", schedule(CRON, "\tenabled: true"), "8:1", "indent with spaces, not tabs"),
+    (
+        "stray colon",
+        schedule(CRON, "  timezone: a: b"),
+        "8:14",
+        "unexpected ':': check the indentation",
+    ),
+    ("unclosed flow", schedule(CRON, "  local_files: [a.csv"), "9:1", "invalid YAML: "),
+    ("complex key", schedule(CRON, "  ? [a]\n  : 1"), "8:5", "a key must be plain text"),
+    ("control character", schedule(CRON, "  timezone: U\x07TC"), "8:14", "control characters"),
+    (
+        "undeclared project",
+        schedule(CRON, project="salse"),
+        "6:12",
+        "spec.project: project 'salse' is not declared in this folder (did you mean 'sales'?); "
+        "add a Project document, or one with 'external: true'",
+    ),
+    (
+        "duplicate name across files",
+        PROJECT,
+        "4:9",
+        "metadata.name: Project 'sales' is already declared at schedules.d/p.yaml:4:9",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "fragment"), [c[1:] for c in FAILURES], ids=[c[0] for c in FAILURES]
+)
+def test_failure_is_located_and_explained(text: str, where: str, fragment: str) -> None:
+    """Each kind of mistake gives one finding at its line:col saying what to do."""
+    loaded = load(text)
+    found = [str(f) for f in loaded.findings]
+    assert not loaded.ok
+    assert len(found) == 1, found
+    assert found[0].startswith(f"schedules.d/s0.yaml:{where}: "), found
+    assert fragment in found[0], found
+
+
+def test_all_findings_of_all_files_in_one_pass() -> None:
+    """Findings of several documents and files come back together, ordered by file and line."""
+    bad_bool = schedule(CRON, "  enabled: maybe", name="a")
+    bad_key = schedule(CRON, "  crn: x", name="b")
+    loaded = load(bad_bool + "---\n" + bad_key, schedule("  interval: 1h", name="c", project="x"))
+    where = [(f.path, f.line) for f in loaded.findings]
+    assert where == [
+        ("schedules.d/s0.yaml", 8),
+        ("schedules.d/s0.yaml", 17),
+        ("schedules.d/s1.yaml", 6),
+    ]
+    assert [d.document.metadata.name for d in loaded.documents] == ["sales", "c"]
+
+
+VALID = [
+    ("one schedule", schedule(CRON), 1),
+    ("several documents", schedule(CRON, name="a") + "---\n" + schedule("  interval: 2h"), 2),
+    ("empty documents are skipped", "---\n---\n# only a comment\n---\n" + schedule(CRON), 1),
+    ("an empty file", "", 0),
+    ("comments only", "# nothing yet\n", 0),
+    ("explicit document end", schedule(CRON) + "...\n", 1),
+    (
+        "flow style",
+        "{apiVersion: reconciler/v1, kind: Schedule, metadata: {name: f},\n"
+        " spec: {project: sales, interval: 7200}}\n",
+        1,
+    ),
+    ("quoted YAML 1.1 words", schedule(CRON, '  timezone: "UTC"', "  enabled: TRUE"), 1),
+    ("str tag", schedule(CRON, "  callback_url: !!str https://x.example/hook"), 1),
+    ("byte order mark", "\ufeff" + schedule(CRON), 1),
+    ("windows line ends", schedule(CRON).replace("\n", "\r\n"), 1),
+    (
+        "the 'null' key of csv is text",
+        PROJECT.replace("sales", "other") + '  csv: {null: "", header: false}\n',
+        1,
+    ),
+    (
+        "external project",
+        PROJECT.replace("sales", "ext").replace(
+            "  target: {table: public.sales}", "  external: true"
+        )
+        + "---\n"
+        + schedule(CRON, project="ext"),
+        2,
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "count"), [c[1:] for c in VALID], ids=[c[0] for c in VALID])
+def test_valid_files_load(text: str, count: int) -> None:
+    """Valid files give their documents and no finding."""
+    loaded = load(text)
+    assert loaded.ok, [str(f) for f in loaded.findings]
+    assert len(loaded.documents) == count + 1  # the project file
+
+
+def test_documents_remember_where_they_start() -> None:
+    """Each document knows its file (relative, posix) and the line and column of its first key."""
+    text = "# a comment\n" + schedule(CRON, name="a") + "---\n\n" + schedule(CRON, name="b")
+    loaded = load_files([("team/s.yaml", text.encode())], display_root="x")
+    places = [(d.source, d.line, d.column) for d in loaded.documents]
+    assert places == [("team/s.yaml", 2, 1), ("team/s.yaml", 11, 1)]
+    assert loaded.files == ("team/s.yaml",)
+
+
+def test_example_folder_is_valid() -> None:
+    """The shipped schedules.d is valid and declares the original API's two schedules."""
+    files = sorted((p.name, p.read_bytes()) for p in EXAMPLES.glob("*.yaml"))
+    loaded = load_files(files)
+    assert loaded.ok, [str(f) for f in loaded.findings]
+    schedules = {
+        d.document.metadata.name: d.document
+        for d in loaded.documents
+        if isinstance(d.document, ScheduleDocument)
+    }
+    assert set(schedules) == {"daily-sales-import", "hourly-customer-import"}
+    assert schedules["hourly-customer-import"].spec.interval == 7200
+    assert schedules["daily-sales-import"].spec.timezone == "America/New_York"
+    assert any(isinstance(d.document, ProjectDocument) for d in loaded.documents)
+
+
+def _billion_laughs() -> bytes:
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for prev, name in zip("abcdefgh", "bcdefghi", strict=True):
+        lines.append(f"{name}: &{name} [" + ",".join([f"*{prev}"] * 9) + "]")
+    return ("\n".join(lines) + "\n").encode()
+
+
+HOSTILE = [
+    ("billion laughs", _billion_laughs(), f"more than {MAX_NODES} values"),
+    ("deep lists", b"[" * 10_000 + b"]" * 10_000, f"nested deeper than {MAX_DEPTH} levels"),
+    ("deep mappings", b"{a: " * 10_000 + b"1" + b"}" * 10_000, "nested deeper than"),
+    (
+        "deep block mappings",
+        b"".join(b" " * i + b"a:\n" for i in range(200)) + b" " * 200 + b"1\n",
+        "nested deeper than",
+    ),
+    ("long flat list", b"a: [" + b"1," * 200_000 + b"1]\n", f"more than {MAX_NODES} values"),
+]
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"), [c[1:] for c in HOSTILE], ids=[c[0] for c in HOSTILE]
+)
+def test_hostile_documents_are_refused_quickly(data: bytes, fragment: str) -> None:
+    """Alias bombs, deep nesting and huge documents give a finding at once, never a hang."""
+    start = time.perf_counter()
+    loaded = load(data)
+    elapsed = time.perf_counter() - start
+    assert elapsed < 2, "a hang guard: this takes milliseconds"
+    assert [fragment in f.message for f in loaded.findings] == [True], loaded.findings
+
+
+ENCODING = [
+    ("not UTF-8", b"apiVersion: reconciler/v1\nkind: \xff\n", "2:7", "not UTF-8 (byte 0xff)"),
+    ("latin-1 after text", "a: caf\u00e9\n".encode("latin-1"), "1:7", "save the file as UTF-8"),
+    ("UTF-16", "a: 1\n".encode("utf-16"), "1:1", "not UTF-8"),
+]
+
+
+@pytest.mark.parametrize(
+    ("data", "where", "fragment"), [c[1:] for c in ENCODING], ids=[c[0] for c in ENCODING]
+)
+def test_non_utf8_is_located(data: bytes, where: str, fragment: str) -> None:
+    """Bytes that are not UTF-8 give a finding at the line of the first bad byte."""
+    (finding,) = load(data).findings
+    assert str(finding).startswith(f"schedules.d/s0.yaml:{where}: ")
+    assert fragment in finding.message
+
+
+def test_oversized_file_is_a_finding() -> None:
+    """A file over the size limit is reported as a whole, not parsed."""
+    (finding,) = load(b"#" * (MAX_FILE_BYTES + 1)).findings
+    assert (finding.line, finding.column) == (0, 0)
+    assert str(finding) == "schedules.d/s0.yaml: larger than 1 MiB: split it into smaller files"
+
+
+SECRET = "hunter2-Sekr1t"
+SECRETS = [
+    ("literal password", f"  sftp_override: {{password: {SECRET}}}"),
+    ("quoted literal password", f'  sftp_override: {{password: "{SECRET}"}}'),
+    ("password as a list", f"  sftp_override: {{password: [{SECRET}]}}"),
+    ("password in a literal block", f"  sftp_override:\n    password: |\n      {SECRET}"),
+    ("unknown key beside the password", f"  sftp_override: {{passwd: {SECRET}}}"),
+    ("number as password", "  sftp_override: {password: 1234567}"),
+    ("YAML 1.1 word as password", "  sftp_override: {password: yes}"),
+    ("base 60 as password", "  sftp_override: {password: 12:34:56}"),
+    ("leading zero as password", "  sftp_override: {password: 0123456}"),
+]
+
+
+@pytest.mark.parametrize("spec_line", [c[1] for c in SECRETS], ids=[c[0] for c in SECRETS])
+def test_literal_secrets_are_refused_without_being_repeated(spec_line: str) -> None:
+    """A literal password is a finding, and no finding repeats its value."""
+    loaded = load(schedule(CRON, spec_line))
+    assert not loaded.ok
+    output = "\n".join(str(f) for f in loaded.findings)
+    for value in (SECRET, "1234567", "yes", "12:34:56", "0123456", "45296"):
+        assert value not in output
+
+
+def test_literal_database_url_is_refused_without_being_repeated() -> None:
+    """A literal database URL (with its password) is refused and never echoed."""
+    url = "postgresql://app:pa55word@db.example.com/sales"
+    text = PROJECT.replace("{table: public.sales}", f"{{table: t, database_url: {url}}}")
+    text = text.replace("name: sales", "name: other")
+    (finding,) = load(text).findings
+    assert "secrets must be references like ${" in finding.message
+    assert "pa55word" not in str(finding)
+    assert "db.example.com" not in str(finding)
+
+
+def test_display_root_prefixes_paths() -> None:
+    """Findings name files under the display root; without one, by their relative path."""
+    data = [("a/b.yaml", b"- 1\n")]
+    assert load_files(data, display_root="conf/").findings[0].path == "conf/a/b.yaml"
+    assert load_files(data).findings[0].path == "a/b.yaml"
+    assert load_files(data, display_root=".").findings[0].path == "a/b.yaml"
