@@ -7,7 +7,7 @@ everything in the plan lands or nothing does.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +31,7 @@ class Desired:
     """What the folder asks for: the rows, and each schedule's ``local_files`` as written."""
 
     rows: tuple[Row, ...]
-    local_files: dict[str, Sequence[str] | None]
+    local_files: Mapping[str, Sequence[str] | None]
 
 
 def plan_against(

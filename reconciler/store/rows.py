@@ -8,7 +8,7 @@ unpacked by ``jsonb_to_recordset``), so applying 10,000 schedules costs a handfu
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from reconciler.model.plans import Kind, Op, Plan, Row, schedule_fields, spec_hash
@@ -158,7 +158,7 @@ def _json(records: list[dict[str, Any]]) -> str:
 
 
 def execute_plan(
-    conn: psycopg.Connection[Any], plan: Plan, local_files: dict[str, Sequence[str] | None]
+    conn: psycopg.Connection[Any], plan: Plan, local_files: Mapping[str, Sequence[str] | None]
 ) -> None:
     """Carry out ``plan`` on ``conn`` inside the caller's transaction.
 
