@@ -31,6 +31,10 @@ _COMMANDS: dict[str, str] = {
     "history": "reconciler.commands.running:history",
 }
 
+# Commands that never log: skipping structlog's import (and asyncio's, through it) keeps CI's
+# `reconcile validate` start-up about 0.1 s shorter.
+_SILENT = frozenset({"validate", "schema"})
+
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", "-o", choices=("text", "json"), help="output format")
@@ -151,11 +155,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = bool(getattr(args, "debug", False))
     try:
         settings = _settings(args)
-        from reconciler import logs
+        if command not in _SILENT:
+            from reconciler import logs
 
-        logs.configure(
-            log_format=settings.log_format, level=settings.log_level, color=settings.color
-        )
+            logs.configure(
+                log_format=settings.log_format, level=settings.log_level, color=settings.color
+            )
         return _resolve(command)(args, settings)
     except ReconcileError as exc:
         if debug:
