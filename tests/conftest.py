@@ -21,6 +21,9 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from reconciler.store.migrating import migrate
 
+# Real SFTP servers (OpenSSH's sshd and asyncssh) for the source tests.
+pytest_plugins = ["sftp_servers"]
+
 _TEMPLATE = "reconcile_test_template"
 
 

@@ -1,0 +1,344 @@
+"""The SFTP source (paramiko): verified host keys, fast bounded streaming, after-import actions.
+
+``sources.sftp_source`` builds an ``SftpSource`` for one run; the import engine lists, opens (from
+several threads at once) and finishes files through it. Every paramiko, socket and OS error is
+translated here into a one-line ``SourceError`` or ``HostKeyError`` that names the server and never
+the password.
+
+Speed with flat memory: paramiko's plain ``read`` waits for each 32 KiB reply (a few MB/s), and
+its ``prefetch`` requests the whole file at once and buffers without limit when the consumer
+(COPY) is slower. So the connection uses our own socket with TCP_NODELAY, a larger SSH window and
+packet size, AES-GCM first (paramiko's fastest cipher by far), and each open file streams through
+``PipelinedReader`` (``imports.pipelining``): a fixed window of outstanding READ requests.
+"""
+
+from __future__ import annotations
+
+import errno
+import posixpath
+import socket
+import stat
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, suppress
+from datetime import UTC, datetime
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any, NoReturn
+
+import paramiko
+
+from reconciler import logs
+from reconciler.errors import HostKeyError, ReconcileError, SourceError
+from reconciler.imports import secrets
+from reconciler.imports.pipelining import PipelinedReader
+from reconciler.imports.sources import Readable, SourceFile
+from reconciler.model.specs import Sftp
+
+__all__ = ["SftpSource"]
+
+WINDOW_SIZE = 8 * 1024 * 1024  # per channel: what the server may send before we read it
+MAX_PACKET_SIZE = 256 * 1024
+_FAST_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+_KEEPALIVE_SECONDS = 30
+_log = logs.get_logger(__name__)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def _transport(
+    sock: Any,
+    /,
+    *,
+    disabled_algorithms: Mapping[str, Iterable[str]] | None = None,
+    gss_kex: bool = False,  # passed by paramiko < 4 (GSS-API, which reconcile does not use)
+    gss_deleg_creds: bool = False,
+) -> paramiko.Transport:
+    transport = paramiko.Transport(
+        sock,
+        default_window_size=WINDOW_SIZE,
+        default_max_packet_size=MAX_PACKET_SIZE,
+        disabled_algorithms=disabled_algorithms,
+    )
+    options = transport.get_security_options()
+    ours = tuple(c for c in _FAST_CIPHERS if c in options.ciphers)
+    options.ciphers = ours + tuple(c for c in options.ciphers if c not in ours)
+    return transport
+
+
+class _RefuseUnknown(paramiko.RejectPolicy):
+    """paramiko's RejectPolicy, saying which key was offered and how to trust it."""
+
+    def __init__(self, known_hosts: Path, host: str, port: int) -> None:
+        self._known_hosts, self._host, self._port = known_hosts, host, port
+
+    def missing_host_key(
+        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
+    ) -> NoReturn:
+        scan = "ssh-keyscan" + (f" -p {self._port}" if self._port != 22 else "")
+        raise HostKeyError(
+            f"unknown host key for {hostname}: {key.get_name()} {key.fingerprint} is not in "
+            f"{self._known_hosts}; check that fingerprint with the server's operator, then run "
+            f"`{scan} {self._host} >> {self._known_hosts}`"
+        )
+
+
+class SftpSource:
+    """One SSH connection: listing and after-import on one SFTP session, one session per stream."""
+
+    def __init__(
+        self,
+        config: Sftp,
+        *,
+        environ: Mapping[str, str],
+        connect_timeout: float = 10,
+        read_timeout: float = 60,
+    ) -> None:
+        self.config = config
+        self.key = f"sftp://{config.username}@{config.host}:{config.port}"
+        self._address = f"{config.host}:{config.port}"
+        self._read_timeout = read_timeout
+        self._password = secrets.resolve(
+            config.password, environ=environ, where=f"{self.key} password"
+        )
+        self._lock = threading.Lock()  # guards the listing session: paramiko's is not thread-safe
+        self._client = self._connect(connect_timeout)
+        try:
+            transport = self._client.get_transport()
+            assert transport is not None  # connect() succeeded
+            self._transport = transport
+            self._sftp = self._session()
+            self._folder = self._call(self._sftp.normalize, config.remote_dir, what="remote_dir")
+        except BaseException:
+            self._client.close()
+            raise
+        _log.debug(
+            "sftp connected",
+            source=self.key,
+            cipher=getattr(transport, "remote_cipher", None),
+            folder=self._folder,
+        )
+
+    # -- connecting ---------------------------------------------------------------------------
+
+    def _connect(self, timeout: float) -> paramiko.SSHClient:
+        config = self.config
+        known_hosts = Path(config.known_hosts_file or "~/.ssh/known_hosts").expanduser()
+        if not known_hosts.is_file():
+            raise HostKeyError(
+                f"known_hosts file {known_hosts} does not exist: host keys are always verified; "
+                f"create it with `ssh-keyscan -p {config.port} {config.host} >> {known_hosts}` "
+                "after checking the fingerprint, or set sftp.known_hosts_file"
+            )
+        pkey = self._private_key()
+        if pkey is None and self._password is None:
+            raise SourceError(f"{self.key}: give sftp.password or sftp.private_key_file")
+        client = paramiko.SSHClient()
+        try:
+            client.load_host_keys(str(known_hosts))
+        except (OSError, paramiko.SSHException) as exc:
+            raise SourceError(f"cannot read known_hosts {known_hosts}: {_one_line(exc)}") from exc
+        client.set_missing_host_key_policy(_RefuseUnknown(known_hosts, config.host, config.port))
+        sock = self._socket(timeout)
+        try:
+            client.connect(
+                config.host,
+                config.port,
+                username=config.username,
+                password=self._password,
+                pkey=pkey,
+                sock=sock,
+                timeout=timeout,
+                banner_timeout=timeout,
+                auth_timeout=timeout,
+                allow_agent=False,
+                look_for_keys=False,
+                transport_factory=_transport,
+            )
+        except BaseException as exc:
+            client.close()
+            sock.close()
+            raise self._connect_error(exc, known_hosts) from exc
+        transport = client.get_transport()
+        if transport is not None:
+            transport.set_keepalive(_KEEPALIVE_SECONDS)
+        return client
+
+    def _private_key(self) -> paramiko.PKey | None:
+        path = self.config.private_key_file
+        if path is None:
+            return None
+        try:
+            return paramiko.PKey.from_path(Path(path).expanduser())
+        except paramiko.PasswordRequiredException as exc:
+            raise SourceError(
+                f"private key {path} is encrypted; reconcile needs a key without a passphrase "
+                "(mount it as a secret file readable only by this process)"
+            ) from exc
+        except (OSError, paramiko.SSHException, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else _one_line(exc)
+            raise SourceError(f"cannot load private key {path}: {reason}") from exc
+
+    def _socket(self, timeout: float) -> socket.socket:
+        try:
+            sock = socket.create_connection((self.config.host, self.config.port), timeout=timeout)
+        except socket.gaierror as exc:
+            raise SourceError(f"cannot resolve host {self.config.host}: {exc.strerror}") from exc
+        except TimeoutError as exc:
+            raise SourceError(
+                f"cannot connect to {self._address}: no answer within {timeout:g} s"
+            ) from exc
+        except OSError as exc:
+            reason = (exc.strerror or _one_line(exc)).lower()
+            raise SourceError(f"cannot connect to {self._address}: {reason}") from exc
+        # SFTP is a request/response protocol: Nagle's algorithm would hold back small requests.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    def _connect_error(self, exc: BaseException, known_hosts: Path) -> BaseException:
+        if isinstance(exc, ReconcileError) or not isinstance(exc, Exception):
+            return exc
+        if isinstance(exc, paramiko.BadHostKeyException):
+            return HostKeyError(
+                f"host key for {self._address} has CHANGED: {known_hosts} has "
+                f"{exc.expected_key.get_name()} {exc.expected_key.fingerprint}, the server "
+                f"offered {exc.key.fingerprint}. This may be an attack; if the change is "
+                f"expected, replace the line in {known_hosts} (ssh-keygen -R) with the new key"
+            )
+        if isinstance(exc, paramiko.AuthenticationException):
+            return SourceError(
+                f"authentication failed for user {self.config.username} on {self._address}: "
+                "check the password/private key"
+            )
+        if isinstance(exc, TimeoutError):
+            return SourceError(f"SSH handshake with {self._address} timed out")
+        return SourceError(f"SSH connection to {self._address} failed: {self._clean(exc)}")
+
+    def _clean(self, exc: BaseException) -> str:
+        text = _one_line(exc)
+        return text.replace(self._password, logs.MASK) if self._password else text
+
+    # -- sessions and error translation -------------------------------------------------------
+
+    def _session(self) -> paramiko.SFTPClient:
+        try:
+            sftp = paramiko.SFTPClient.from_transport(
+                self._transport, window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET_SIZE
+            )
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise SourceError(
+                f"{self.key}: cannot start an SFTP session: {self._clean(exc)}"
+            ) from exc
+        if sftp is None:
+            raise SourceError(f"{self.key}: the server refused an SFTP session")
+        sftp.get_channel().settimeout(self._read_timeout)  # type: ignore[union-attr]
+        return sftp
+
+    def _error(self, exc: BaseException, what: str, path: str) -> SourceError:
+        code = exc.errno if isinstance(exc, OSError) else None
+        if code == errno.ENOENT:
+            reason = "does not exist"
+        elif code == errno.EACCES:
+            reason = "permission denied"
+        elif isinstance(exc, TimeoutError):
+            reason = f"no answer from the server for {self._read_timeout:g} s"
+        elif isinstance(exc, EOFError | paramiko.SSHException) and not self._transport.is_active():
+            reason = "the connection was lost"
+        else:
+            reason = self._clean(exc)
+        return SourceError(f"{self.key}: {what} {path}: {reason}")
+
+    def _call(self, fn: Any, *args: Any, what: str) -> Any:
+        try:
+            return fn(*args)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise self._error(exc, what, str(args[0])) from exc
+
+    # -- the Source protocol ------------------------------------------------------------------
+
+    def list_files(self) -> list[SourceFile]:
+        """Regular files in ``remote_dir`` matching ``pattern`` (as a shell would: hidden files
+        only when the pattern starts with '.'), sorted by name."""
+        pattern = self.config.pattern
+        with self._lock:
+            entries = self._call(self._sftp.listdir_attr, self._folder, what="remote_dir")
+            files = []
+            for entry in entries:
+                name = entry.filename
+                hidden = name.startswith(".") and not pattern.startswith(".")
+                if hidden or not fnmatchcase(name, pattern):
+                    continue
+                path = posixpath.join(self._folder, name)
+                attrs = entry
+                if stat.S_ISLNK(entry.st_mode or 0):  # a link to a file is imported as the file
+                    attrs = self._call(self._sftp.stat, path, what="file")
+                if not stat.S_ISREG(attrs.st_mode or 0):
+                    continue
+                mtime = datetime.fromtimestamp(attrs.st_mtime or 0, UTC)
+                files.append(SourceFile(path, name, attrs.st_size or 0, mtime))
+        return sorted(files, key=lambda f: f.name)
+
+    @contextmanager
+    def _open(self, f: SourceFile) -> Iterator[Readable]:
+        sftp = self._session()  # one session per stream: streams run in parallel threads
+        try:
+            handle = self._call(sftp.open, f.path, "rb", what="file")
+            reader = PipelinedReader(
+                sftp, handle, size_hint=f.size, fail=lambda e: self._error(e, "file", f.path)
+            )
+            try:
+                yield reader
+            finally:
+                if reader.at_end:
+                    with suppress(OSError, EOFError, paramiko.SSHException):
+                        handle.close()
+        finally:
+            sftp.close()  # also discards the replies to any READ still outstanding
+
+    def open(self, f: SourceFile) -> AbstractContextManager[Readable]:
+        """``f`` as a stream of its bytes, read ahead through a bounded window of requests."""
+        return self._open(f)
+
+    def finish(self, f: SourceFile) -> None:
+        """Apply ``after_import``: keep, delete, or move into ``archive_dir`` (made if missing;
+        relative to ``remote_dir``)."""
+        action = self.config.after_import
+        if action == "keep":
+            return
+        with self._lock:
+            if action == "delete":
+                self._call(self._sftp.remove, f.path, what="cannot delete")
+                return
+            assert self.config.archive_dir is not None  # the model requires it with move
+            archive = posixpath.join(self._folder, self.config.archive_dir)
+            try:
+                self._sftp.stat(archive)
+            except FileNotFoundError:
+                self._call(self._sftp.mkdir, archive, what="cannot create archive_dir")
+            except (OSError, EOFError, paramiko.SSHException) as exc:
+                raise self._error(exc, "archive_dir", archive) from exc
+            target = posixpath.join(archive, f.name)
+            try:
+                self._sftp.posix_rename(f.path, target)
+            except OSError as exc:
+                if exc.errno in (errno.ENOENT, errno.EACCES):
+                    raise self._error(exc, "cannot move", f.path) from exc
+                # No posix-rename extension: a plain rename, which refuses to overwrite.
+                self._call(self._sftp.rename, f.path, target, what="cannot move")
+            except (EOFError, paramiko.SSHException) as exc:
+                raise self._error(exc, "cannot move", f.path) from exc
+
+    def close(self) -> None:
+        """Close the SFTP session and the SSH connection."""
+        with suppress(Exception):
+            self._sftp.close()
+        self._client.close()
+
+    def __enter__(self) -> SftpSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

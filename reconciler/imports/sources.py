@@ -1,0 +1,206 @@
+"""Where import data comes from: the ``Source`` protocol, local files, and the SFTP configuration.
+
+``imports.resolving`` builds a source for a run (``local_source`` or ``sftp_source`` over
+``merge_sftp``); the import engine lists the files, opens each as a byte stream for ``COPY ... FROM
+STDIN`` (never loading a whole file), and calls ``finish`` once a file's data is committed. Local
+paths are confined to ``RECONCILER_LOCAL_ROOTS``: the check is on the real path, so neither ``..``
+nor a symlink leads out, and it is repeated when a file is opened. The SFTP source itself lives in
+``imports.sftp`` (imported lazily, so paramiko stays off the CLI's start-up path).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import stat
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from pydantic import ValidationError
+
+from reconciler.errors import SourceError
+from reconciler.model.specs import Sftp, SftpOverride
+
+__all__ = [
+    "LocalSource",
+    "Readable",
+    "Source",
+    "SourceFile",
+    "local_source",
+    "merge_sftp",
+    "sftp_source",
+]
+
+_ROOTS_SETTING = "RECONCILER_LOCAL_ROOTS"
+
+
+@dataclass(frozen=True, slots=True)
+class SourceFile:
+    """One file offered by a source; ``(source key, path, size, mtime)`` identifies an import."""
+
+    path: str  # absolute: a local path, or a remote path on the SFTP server
+    name: str  # the base name, for display
+    size: int
+    mtime: datetime  # aware, UTC
+
+
+class Readable(Protocol):
+    """A binary stream: ``read(n)`` returns up to ``n`` bytes (all of them unless at the end)."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+class Source(Protocol):
+    """A place files are imported from; also a context manager that closes it."""
+
+    key: str  # "local" or "sftp://user@host:port": the source part of an import's identity
+
+    def list_files(self) -> list[SourceFile]:
+        """The matching files, sorted by name."""
+        ...
+
+    def open(self, f: SourceFile) -> AbstractContextManager[Readable]:
+        """``f`` as a stream read in blocks; safe to call from several threads at once."""
+        ...
+
+    def finish(self, f: SourceFile) -> None:
+        """Apply ``after_import`` to ``f``; called only once its data is committed."""
+        ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Source: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+def _inside(real: str, roots: Sequence[str]) -> bool:
+    return any(os.path.commonpath([real, root]) == root for root in roots)
+
+
+def _mtime(st: os.stat_result) -> datetime:
+    ns = st.st_mtime_ns
+    return datetime.fromtimestamp(ns // 1_000_000_000, UTC).replace(
+        microsecond=ns // 1000 % 1_000_000
+    )
+
+
+class LocalSource:
+    """Files on this machine matched by globs; they are always kept after import."""
+
+    key = "local"
+
+    def __init__(self, patterns: Sequence[str], *, base_dir: Path, roots: Sequence[Path]) -> None:
+        self._base = os.path.abspath(base_dir)
+        self._patterns = tuple(patterns)
+        self._roots = tuple(os.path.realpath(root) for root in roots)
+
+    def _confined(self, path: str) -> str:
+        """The real path of ``path``; ``SourceError`` unless it lies inside a local root."""
+        real = os.path.realpath(path)
+        if not _inside(real, self._roots):
+            shown = path if real == path else f"{path} (really {real})"
+            roots = os.pathsep.join(self._roots) or "none"
+            raise SourceError(
+                f"{shown} is outside the local roots ({roots}); "
+                f"add its folder to {_ROOTS_SETTING} to allow imports from it"
+            )
+        return real
+
+    def _matches(self, pattern: str) -> list[str]:
+        full = os.path.normpath(os.path.join(self._base, pattern))
+        if glob.escape(full) != full:
+            return glob.glob(full, recursive=True)
+        self._confined(full)  # refuse before saying whether a path outside the roots exists
+        if not os.path.lexists(full):
+            raise SourceError(f"{full}: no such file (local_files entry {pattern!r})")
+        return [full]
+
+    def list_files(self) -> list[SourceFile]:
+        """Every regular file the patterns match, once, sorted by name then path."""
+        files: dict[str, SourceFile] = {}
+        for pattern in self._patterns:
+            for path in self._matches(pattern):
+                real = self._confined(path)
+                try:
+                    st = os.stat(real)
+                except OSError as exc:
+                    raise SourceError(f"{path}: {exc.strerror or exc}") from exc
+                if not stat.S_ISREG(st.st_mode):
+                    if path == os.path.normpath(os.path.join(self._base, pattern)):
+                        raise SourceError(f"{path} is not a regular file")
+                    continue  # a glob that also matches folders: take the files only
+                files.setdefault(
+                    real, SourceFile(path, os.path.basename(path), st.st_size, _mtime(st))
+                )
+        return sorted(files.values(), key=lambda f: (f.name, f.path))
+
+    @contextmanager
+    def _open(self, f: SourceFile) -> Iterator[BinaryIO]:
+        real = self._confined(f.path)  # again: a symlink may have changed since the listing
+        try:
+            stream = open(real, "rb")  # noqa: SIM115 - closed below, after the caller's block
+        except OSError as exc:
+            raise SourceError(f"cannot open {f.path}: {exc.strerror or exc}") from exc
+        with stream:
+            yield stream
+
+    def open(self, f: SourceFile) -> AbstractContextManager[Readable]:
+        """``f`` opened for reading in binary mode, after checking its real path again."""
+        return self._open(f)
+
+    def finish(self, f: SourceFile) -> None:
+        """Nothing: reconcile never deletes or moves local files."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    def __enter__(self) -> LocalSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def local_source(patterns: Sequence[str], *, base_dir: Path, roots: Sequence[Path]) -> Source:
+    """Local files matching ``patterns`` (globs relative to ``base_dir``), inside ``roots``."""
+    return LocalSource(patterns, base_dir=base_dir, roots=roots)
+
+
+def sftp_source(
+    config: Sftp,
+    *,
+    environ: Mapping[str, str],
+    connect_timeout: float = 10,
+    read_timeout: float = 60,
+) -> Source:
+    """A connected SFTP source; ``SourceError`` or ``HostKeyError`` if it cannot be reached."""
+    from reconciler.imports.sftp import SftpSource
+
+    return SftpSource(
+        config, environ=environ, connect_timeout=connect_timeout, read_timeout=read_timeout
+    )
+
+
+def merge_sftp(project: Sftp | None, override: SftpOverride | None) -> Sftp:
+    """The schedule's SFTP settings: the override's given fields over the project's."""
+    fields = project.model_dump(exclude_unset=True) if project else {}
+    if override is not None:
+        fields.update(override.model_dump(exclude_none=True))
+    if not fields.get("host"):
+        raise SourceError(
+            "no source: the project declares no sftp host and the schedule has no "
+            "sftp_override.host or local_files"
+        )
+    try:
+        return Sftp.model_validate(fields)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'sftp'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise SourceError(f"the project's sftp with the schedule's override: {problems}") from exc
