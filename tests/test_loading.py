@@ -194,7 +194,12 @@ FAILURES = [
         "8:3",
         "duplicate key 'cron' (first at line 7): keep one",
     ),
-    ("merge key", schedule(CRON, "  <<: {enabled: true}"), "8:3", "merge keys ('<<')"),
+    (
+        "merge key",
+        schedule(CRON, "  <<: {enabled: true}"),
+        "8:3",
+        "merge keys ('<<') are not supported: write the keys out",
+    ),
     ("custom tag", schedule(CRON, "  timezone: !Zone UTC"), "8:13", "unsupported tag '!Zone'"),
     ("bad typed tag", schedule(CRON, "  enabled: !!bool maybe"), "8:12", "is not a valid bool"),
     ("tab indentation", schedule(CRON, "\tenabled: true"), "8:1", "indent with spaces, not tabs"),
@@ -414,3 +419,11 @@ def test_display_root_prefixes_paths() -> None:
     assert load_files(data, display_root="conf/").findings[0].path == "conf/a/b.yaml"
     assert load_files(data).findings[0].path == "a/b.yaml"
     assert load_files(data, display_root=".").findings[0].path == "a/b.yaml"
+
+
+def test_documents_after_a_refused_one_are_still_checked() -> None:
+    """A document refused while parsing (limit, bad alias) leaves the file's next ones loaded."""
+    refused = _billion_laughs().decode() + "---\nx: *nope\n---\n"
+    loaded = load(refused + schedule(CRON, name="after") + "---\n" + schedule("  interval: 1"))
+    assert [f.line for f in loaded.findings] == [5, 11, 25]
+    assert [d.document.metadata.name for d in loaded.documents] == ["sales", "after"]

@@ -57,6 +57,12 @@ _DocStart = yaml.DocumentStartEvent
 _DocEnd = yaml.DocumentEndEvent
 _StreamStart = yaml.StreamStartEvent
 _StreamEnd = yaml.StreamEndEvent
+_TOO_DEEP = f"nested deeper than {MAX_DEPTH} levels; the rest of the file was not read"
+_TOO_MANY = (
+    f"more than {MAX_NODES} values (aliases counted as copies): "
+    "split the document or remove the aliases"
+)
+_NO_MERGE = "merge keys ('<<') are not supported: write the keys out"
 _CONTAINER_TAGS = frozenset({None, "!", "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"})
 
 
@@ -69,8 +75,9 @@ class Problem:
     message: str
 
 
-# id(container) -> where its entries are: per key (key line, key col, value line, value col),
-# per index (value line, value col). Keyed by id because the values stay alive with the document.
+# id(container) -> where its entries are: per key (key line, key column, value line, value column),
+# per index (value line, value column), 0-based as PyYAML counts. Keyed by id: the values live
+# as long as the document.
 Positions = dict[int, Any]
 
 
@@ -116,8 +123,9 @@ def _interrupted(documents: list[ParsedDocument]) -> list[ParsedDocument]:
 def _build(get_event: Any, documents: list[ParsedDocument]) -> None:  # noqa: PLR0912, PLR0915
     """Build documents from events, appending each as it starts.
 
-    One loop with its state in local variables: this runs for every event of every file, and
-    method calls and attribute look-ups per event would double the cost of loading a folder.
+    One loop with its state in local variables, scalars first, positions kept 0-based as PyYAML
+    gives them: this runs for every event of every file, and calls or look-ups per event would
+    double the cost of loading a folder.
     A document is ``complete`` only once its end is reached without a limit being hit.
     """
     doc = ParsedDocument()
@@ -137,54 +145,31 @@ def _build(get_event: Any, documents: list[ParsedDocument]) -> None:  # noqa: PL
     while True:
         event = get_event()
         kind = type(event)
-        if kind is _DocStart:
-            doc = ParsedDocument(complete=False)
-            problems, positions = doc.problems, doc.positions
-            documents.append(doc)
-            stack.clear()
-            anchors.clear()
-            container, table, is_map, key, count = None, None, False, _NO_KEY, 0
-            stopped = broken = False
+        if stopped:
+            if kind is _DocStart:
+                doc = ParsedDocument(complete=False)
+                problems, positions = doc.problems, doc.positions
+                documents.append(doc)
+                stack, anchors, anchor = [], {}, None
+                container, table, is_map, key, count = None, None, False, _NO_KEY, 0
+                stopped = broken = False
+            elif kind is _DocEnd:  # of a document whose building stopped at a limit
+                doc.complete = not broken
+                if doc.value is None and not problems:
+                    documents.pop()
+            elif kind is _StreamEnd:
+                return
             continue
-        if kind is _DocEnd:
-            if doc.value is None and not problems:
-                documents.pop()
-            doc.complete = not broken
-            stopped = True
-            continue
-        if kind is _StreamEnd:
-            return
-        if stopped or kind is _StreamStart:
-            continue
-        if kind is _MapEnd or kind is _SeqEnd:
-            if anchor:
-                anchors[anchor] = (container, count - start)
-            container, table, is_map, key, key_line, key_col, start, anchor = stack.pop()
-            continue
-        mark = event.start_mark
-        line = mark.line + 1
-        column = mark.column + 1
-        wants_key = is_map and key is _NO_KEY
         if kind is _Scalar:
             count += 1
             text = event.value
-            if wants_key:
+            if is_map and key is _NO_KEY:
                 if text in container:
-                    first = table[text][0]
-                    problems.append(
-                        Problem(
-                            line,
-                            column,
-                            f"duplicate key {text!r} (first at line {first}): keep one",
-                        )
-                    )
+                    problems.append(_duplicate(text, event, table[text][0]))
                 elif text == "<<" and not event.style:
-                    problems.append(
-                        Problem(
-                            line, column, "merge keys ('<<') are not supported: write the keys out"
-                        )
-                    )
-                key, key_line, key_col = text, line, column
+                    problems.append(_problem(event, _NO_MERGE))
+                mark = event.start_mark
+                key, key_line, key_col = text, mark.line, mark.column
                 continue
             tag = event.tag
             if tag is None and (event.style or (len(text) > 5 and text[0] not in NUMBER_START)):
@@ -192,71 +177,62 @@ def _build(get_event: Any, documents: list[ParsedDocument]) -> None:  # noqa: PL
             else:
                 value, problem = resolve(text, event.style, tag, key)
                 if problem:
-                    problems.append(Problem(line, column, problem))
+                    problems.append(_problem(event, problem))
             if event.anchor:
                 anchors[event.anchor] = (value, 1)
+        elif kind is _MapEnd or kind is _SeqEnd:
+            if anchor:
+                anchors[anchor] = (container, count - start)
+            container, table, is_map, key, key_line, key_col, start, anchor = stack.pop()
+            continue
         elif kind is _MapStart or kind is _SeqStart:
-            if wants_key:
-                problem = "a key must be plain text, not a mapping or a list"
-            elif len(stack) >= MAX_DEPTH:
+            if is_map and key is _NO_KEY:
+                problems.append(_problem(event, "a key must be plain text, not a mapping or list"))
+                broken = stopped = True
+                continue
+            if len(stack) >= MAX_DEPTH:
                 # libyaml slows down with depth (quadratically): stop reading this file here.
-                problems.append(
-                    Problem(
-                        line,
-                        column,
-                        f"nested deeper than {MAX_DEPTH} levels; the rest of the file was not read",
-                    )
-                )
+                problems.append(_problem(event, _TOO_DEEP))
                 return
-            else:
-                problem = (
-                    ""
-                    if event.tag in _CONTAINER_TAGS
-                    else f"unsupported tag {event.tag!r}: remove it"
-                )
-            if problem:
-                problems.append(Problem(line, column, problem))
-                if wants_key:
-                    broken = stopped = True
-                    continue
+            if event.tag not in _CONTAINER_TAGS:
+                problems.append(_problem(event, f"unsupported tag {event.tag!r}: remove it"))
             count += 1
             value = {} if kind is _MapStart else []
         elif kind is _Alias:
             anchored = anchors.get(event.anchor)
-            if wants_key or anchored is None:
+            if anchored is None or (is_map and key is _NO_KEY):
                 message = (
-                    "a key must be plain text, not an alias"
-                    if wants_key
-                    else f"unknown alias '*{event.anchor}': {_ALIAS_HINT}"
+                    f"unknown alias '*{event.anchor}': {_ALIAS_HINT}"
+                    if anchored is None
+                    else "a key must be plain text, not an alias"
                 )
-                problems.append(Problem(line, column, message))
+                problems.append(_problem(event, message))
                 broken = stopped = True
                 continue
             value, size = anchored
             count += size
+        elif kind is _DocEnd:
+            doc.complete = stopped = True
+            if doc.value is None and not problems:
+                documents.pop()
+            continue
         else:
             continue
         if count > MAX_NODES:
-            problems.append(
-                Problem(
-                    line,
-                    column,
-                    f"more than {MAX_NODES} values (aliases counted as copies): "
-                    "split the document or remove the aliases",
-                )
-            )
+            problems.append(_problem(event, _TOO_MANY))
             broken = stopped = True
             continue
         # Attach the value to its parent (or make it the root), remembering where it was written.
+        mark = event.start_mark
         if container is None:
-            doc.value, doc.line, doc.column = value, line, column
+            doc.value, doc.line, doc.column = value, mark.line + 1, mark.column + 1
         elif is_map:
             container[key] = value
-            table[key] = (key_line, key_col, line, column)
+            table[key] = (key_line, key_col, mark.line, mark.column)
             key = _NO_KEY
         else:
             container.append(value)
-            table.append((line, column))
+            table.append((mark.line, mark.column))
         if kind is _MapStart or kind is _SeqStart:
             stack.append((container, table, is_map, key, key_line, key_col, start, anchor))
             container, is_map, key, start, anchor = (
@@ -268,6 +244,15 @@ def _build(get_event: Any, documents: list[ParsedDocument]) -> None:  # noqa: PL
             )
             table = {} if is_map else []
             positions[id(value)] = table
+
+
+def _problem(event: Any, message: str) -> Problem:
+    mark = event.start_mark
+    return Problem(mark.line + 1, mark.column + 1, message)
+
+
+def _duplicate(key: str, event: Any, first: int) -> Problem:
+    return _problem(event, f"duplicate key {key!r} (first at line {first + 1}): keep one")
 
 
 def byte_position(data: bytes, offset: int) -> tuple[int, int]:
@@ -333,10 +318,10 @@ def locate(doc: ParsedDocument, path: tuple[str | int, ...]) -> Location:
         if table is None:
             return Location(key_line, key_col, value_line, value_col, None, False)
         if isinstance(node, dict) and isinstance(part, str) and part in node:
-            key_line, key_col, value_line, value_col = table[part]
+            key_line, key_col, value_line, value_col = (n + 1 for n in table[part])
         elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-            value_line, value_col = table[part]
-            key_line, key_col = value_line, value_col
+            key_line = value_line = table[part][0] + 1
+            key_col = value_col = table[part][1] + 1
         else:
             return Location(key_line, key_col, value_line, value_col, None, False)
         node = node[part]
