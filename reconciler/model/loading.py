@@ -19,7 +19,13 @@ from pydantic import ValidationError
 from reconciler.errors import Finding
 from reconciler.model import specs
 from reconciler.model.explaining import explain
-from reconciler.model.parsing import ParsedDocument, byte_position, locate, parse_documents
+from reconciler.model.parsing import (
+    ParsedDocument,
+    byte_position,
+    locate,
+    parse_documents,
+    position_of,
+)
 
 __all__ = ["MAX_FILE_BYTES", "Loaded", "LoadedDocument", "load_files"]
 
@@ -61,7 +67,6 @@ class _Declared:
 
     kind: str
     name: str
-    where: str  # path:line:col of the name
     display: str
     line: int
     column: int
@@ -168,13 +173,12 @@ def _identity(doc: ParsedDocument, display: str) -> _Declared | None:
     name = metadata.get("name") if isinstance(metadata, dict) else None
     if kind not in ("Project", "Schedule") or not isinstance(name, str):
         return None
-    _, _, line, column, _, _ = locate(doc, ("metadata", "name"))
+    line, column = position_of(doc, metadata, "name")
     project = None
     spec = value.get("spec")
     if kind == "Schedule" and isinstance(spec, dict) and isinstance(spec.get("project"), str):
-        _, _, p_line, p_column, _, _ = locate(doc, ("spec", "project"))
-        project = (spec["project"], p_line, p_column)
-    return _Declared(kind, name, f"{display}:{line}:{column}", display, line, column, project)
+        project = (spec["project"], *position_of(doc, spec, "project"))
+    return _Declared(kind, name, display, line, column, project)
 
 
 def _cross_checks(declared: list[_Declared]) -> list[Finding]:
@@ -190,7 +194,8 @@ def _cross_checks(declared: list[_Declared]) -> list[Finding]:
                     item.line,
                     item.column,
                     f"metadata.name: {item.kind} {item.name!r} is already declared at "
-                    f"{earlier.where}; names must be unique per kind",
+                    f"{earlier.display}:{earlier.line}:{earlier.column}; "
+                    "names must be unique per kind",
                 )
             )
     projects = {name for kind, name in first if kind == "Project"}

@@ -37,6 +37,7 @@ __all__ = [
     "Problem",
     "locate",
     "parse_documents",
+    "position_of",
 ]
 
 MAX_DEPTH = 64  # far deeper than any document needs; bounds every walk over the values
@@ -318,7 +319,13 @@ def locate(doc: ParsedDocument, path: tuple[str | int, ...]) -> Location:
         if table is None:
             return Location(key_line, key_col, value_line, value_col, None, False)
         if isinstance(node, dict) and isinstance(part, str) and part in node:
-            key_line, key_col, value_line, value_col = (n + 1 for n in table[part])
+            key_line, key_col, value_line, value_col = table[part]
+            key_line, key_col, value_line, value_col = (
+                key_line + 1,
+                key_col + 1,
+                value_line + 1,
+                value_col + 1,
+            )
         elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
             key_line = value_line = table[part][0] + 1
             key_col = value_col = table[part][1] + 1
@@ -326,3 +333,9 @@ def locate(doc: ParsedDocument, path: tuple[str | int, ...]) -> Location:
             return Location(key_line, key_col, value_line, value_col, None, False)
         node = node[part]
     return Location(key_line, key_col, value_line, value_col, node, True)
+
+
+def position_of(doc: ParsedDocument, mapping: dict[str, Any], key: str) -> tuple[int, int]:
+    """Line and column of the value of ``key`` in ``mapping``, a mapping of ``doc``."""
+    _, _, line, column = doc.positions[id(mapping)][key]
+    return line + 1, column + 1

@@ -21,6 +21,7 @@ from typing import Any
 __all__ = ["NUMBER_START", "is_secret_key", "resolve"]
 
 NUMBER_START = frozenset("0123456789+-.")  # plain scalars not starting so and longer than 5: text
+_NUMBER_END = frozenset("0123456789._abcdefABCDEFnN")  # how numbers end: hex, .inf, .nan too
 _WORDS: dict[str, Any] = {"true": True, "false": False, "null": None, "~": None}
 _YAML11_BOOLS = frozenset({"yes", "no", "on", "off", "y", "n"})
 _DECIMAL = re.compile(r"[-+]?(?:0|[1-9][0-9]*)\Z")
@@ -90,6 +91,8 @@ def _plain(text: str) -> tuple[Any, str]:
 
 
 def _number(text: str) -> tuple[Any, str]:  # noqa: PLR0911 -- one exit per reading
+    if text[-1] not in _NUMBER_END:  # "2h", "300s", "0 0 * * *": durations and crons are text
+        return text, ""
     if _DECIMAL.match(text):
         return int(text), ""
     if _LEADING_ZERO.match(text):
