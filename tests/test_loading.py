@@ -141,6 +141,18 @@ FAILURES = [
         "1:1",
         "missing required key 'kind' (Project or Schedule)",
     ),
+    (
+        "missing apiVersion",
+        schedule(CRON).replace("apiVersion: reconciler/v1\n", ""),
+        "1:1",
+        "missing required key 'apiVersion': add apiVersion: reconciler/v1",
+    ),
+    (
+        "kind not text",
+        schedule(CRON).replace("kind: Schedule", "kind: [Schedule]"),
+        "2:1",
+        "kind: must be 'Project' or 'Schedule', got a list",
+    ),
     ("not a mapping", "- a\n- b\n", "1:1", "a document must be a mapping"),
     ("a single value", "hello\n", "1:1", "a document must be a mapping"),
     (

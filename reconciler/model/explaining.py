@@ -54,23 +54,34 @@ def explain(error: Mapping[str, Any]) -> Explanation:
     """Where and what one pydantic error (from ``ValidationError.errors()``) is about."""
     kind = error["type"]
     loc = tuple(error["loc"])
-    if kind == "union_tag_not_found":
-        return Explanation((), True, "missing required key 'kind' (Project or Schedule)")
-    if kind == "union_tag_invalid":
-        tag = str(error.get("ctx", {}).get("tag", ""))
-        return Explanation(("kind",), False, f"kind: {_one_of(tag, list(_KINDS))}")
+    if kind in ("union_tag_not_found", "union_tag_invalid"):
+        return _bad_kind(error)
     model = _KINDS.get(str(loc[0])) if loc else None
     path = loc[1:] if model is not None else loc
+    if not path:  # about the whole document: only non-mappings, which the loader catches first
+        return Explanation((), True, str(error.get("msg", kind)))
     if kind == "extra_forbidden":
         key = str(path[-1])
         allowed = _fields(model, _names(path[:-1])) if model is not None else ()
         return Explanation(path, True, _prefixed(path[:-1], _unknown(key, allowed)))
     if kind == "missing":
-        return Explanation(
-            path[:-1], True, _prefixed(path[:-1], f"missing required key {path[-1]!r}")
-        )
+        hint = f": add apiVersion: {specs.API_VERSION}" if path == ("apiVersion",) else ""
+        message = f"missing required key {path[-1]!r}{hint}"
+        return Explanation(path[:-1], True, _prefixed(path[:-1], message))
     secret = any(is_secret_key(part) for part in path)
     return Explanation(path, False, _prefixed(path, _message(kind, error, path, secret)))
+
+
+def _bad_kind(error: Mapping[str, Any]) -> Explanation:
+    document = error.get("input")
+    if not isinstance(document, dict) or "kind" not in document:
+        return Explanation((), True, "missing required key 'kind' (Project or Schedule)")
+    tag = document["kind"]
+    if isinstance(tag, str):
+        return Explanation(("kind",), False, f"kind: {_one_of(tag, list(_KINDS))}")
+    return Explanation(
+        ("kind",), False, f"kind: must be 'Project' or 'Schedule', got {_describe(tag)}"
+    )
 
 
 def _message(kind: str, error: Mapping[str, Any], path: tuple[Any, ...], secret: bool) -> str:  # noqa: PLR0911

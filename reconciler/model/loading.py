@@ -170,8 +170,10 @@ def _identity(doc: ParsedDocument, display: str) -> _Declared | None:
     if not isinstance(value, dict):
         return None
     kind, metadata = value.get("kind"), value.get("metadata")
-    name = metadata.get("name") if isinstance(metadata, dict) else None
-    if kind not in ("Project", "Schedule") or not isinstance(name, str):
+    if kind not in ("Project", "Schedule") or not isinstance(metadata, dict):
+        return None
+    name = metadata.get("name")
+    if not isinstance(name, str):
         return None
     line, column = position_of(doc, metadata, "name")
     project = None
