@@ -439,3 +439,12 @@ def test_documents_after_a_refused_one_are_still_checked() -> None:
     loaded = load(refused + schedule(CRON, name="after") + "---\n" + schedule("  interval: 1"))
     assert [f.line for f in loaded.findings] == [5, 11, 25]
     assert [d.document.metadata.name for d in loaded.documents] == ["sales", "after"]
+
+
+def test_syntax_error_keeps_the_names_declared_before_it() -> None:
+    """A project in a document cut short by a syntax error still counts as declared."""
+    broken = PROJECT.replace("name: sales", "name: cut") + "bad: [\n"
+    loaded = load(broken, schedule(CRON, project="cut"))
+    assert [str(f) for f in loaded.findings] == [
+        "schedules.d/s0.yaml:8:1: invalid YAML: did not find expected node content"
+    ]

@@ -56,7 +56,6 @@ _SeqEnd = yaml.SequenceEndEvent
 _Alias = yaml.AliasEvent
 _DocStart = yaml.DocumentStartEvent
 _DocEnd = yaml.DocumentEndEvent
-_StreamStart = yaml.StreamStartEvent
 _StreamEnd = yaml.StreamEndEvent
 _TOO_DEEP = f"nested deeper than {MAX_DEPTH} levels; the rest of the file was not read"
 _TOO_MANY = (
@@ -116,7 +115,9 @@ def parse_documents(data: bytes, text: str) -> tuple[list[ParsedDocument], list[
 
 
 def _interrupted(documents: list[ParsedDocument]) -> list[ParsedDocument]:
-    if documents and not documents[-1].complete and not documents[-1].problems:
+    """Keep the interrupted document if it has anything: its name still counts across files."""
+    last = documents[-1] if documents else None
+    if last is not None and not last.complete and last.value is None and not last.problems:
         documents.pop()
     return documents
 
