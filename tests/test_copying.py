@@ -179,33 +179,33 @@ def test_an_unknown_encoding_is_refused(conn: psycopg.Connection) -> None:
         inspect_target(conn, Target(table="sales"), CsvDialect(encoding="KLINGON"))
 
 
-class _Generated:
-    """A reader producing ``rows`` CSV rows on the fly, as a network source would."""
+class _Repeated:
+    """A reader handing out the same block of CSV lines ``times`` times, as a network would."""
 
-    def __init__(self, rows: int) -> None:
-        self._rows = iter(range(rows))
-        self._pending = b"sale_id,sold_at,amount\n"
+    def __init__(self, block: bytes, times: int) -> None:
+        self._block, self._left = block, times
 
     def read(self, n: int = -1) -> bytes:
-        while len(self._pending) < n:
-            i = next(self._rows, None)
-            if i is None:
-                break
-            self._pending += b"%d,2026-11-01,%d.25\n" % (i, i % 1000)
-        block, self._pending = self._pending[:n], self._pending[n:]
-        return block
+        assert len(self._block) <= n
+        if not self._left:
+            return b""
+        self._left -= 1
+        return self._block
 
 
 def test_memory_stays_flat_whatever_the_size(conn: psycopg.Connection) -> None:
-    """Streaming 300,000 rows (~7 MB) allocates no more than a few blocks at a time."""
-    target = inspect_target(conn, Target(table="sales"), CsvDialect())
+    """Streaming 50 MB allocates no more than a block at a time: nothing is buffered."""
+    conn.execute("CREATE TABLE notes (id int, note text)")
+    line = b"7," + b"x" * 120 + b"\n"
+    block = line * ((128 * 1024) // len(line))
+    target = inspect_target(conn, Target(table="notes"), CsvDialect(header=False))
     tracemalloc.start()
     try:
         with conn.transaction():
-            rows, nbytes = load(conn, target, _Generated(300_000))
+            rows, nbytes = load(conn, target, _Repeated(block, 400))
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert rows == 300_000
-    assert nbytes > 6_000_000
-    assert peak < 2_000_000
+    assert rows == 400 * (len(block) // len(line))
+    assert nbytes == 400 * len(block) > 50_000_000
+    assert peak < 1_000_000

@@ -103,6 +103,11 @@ def inspect_target(
     conn: psycopg.Connection[Any], target: Target, dialect: CsvDialect
 ) -> TargetTable:
     """Check table, columns, upsert key, encoding and privileges; ``TargetError`` if unusable."""
+    with conn.transaction():  # read-only; a savepoint if the caller has a transaction open
+        return _inspect(conn, target, dialect)
+
+
+def _inspect(conn: psycopg.Connection[Any], target: Target, dialect: CsvDialect) -> TargetTable:
     name = sql.Identifier(*target.table.split(".")).as_string(conn)
     row = conn.execute("SELECT to_regclass(%s)::oid", (name,)).fetchone()
     if row is None or row[0] is None:
@@ -136,7 +141,6 @@ def inspect_target(
     encoding = conn.execute("SELECT pg_char_to_encoding(%s)", (dialect.encoding,)).fetchone()
     if not encoding or encoding[0] < 0:
         raise TargetError(f"csv.encoding {dialect.encoding!r} is not an encoding PostgreSQL knows")
-    conn.rollback()
     return TargetTable(target.table, columns, target.mode, key, dialect)
 
 

@@ -157,6 +157,14 @@ class _Changed(Exception):
     """The file's size differs from its listing: it was still being written."""
 
 
+def _failed(
+    f: SourceFile, read: int, error: str, *, line: int | None = None, column: str | None = None
+) -> FileResult:
+    return FileResult(
+        f.path, f.size, f.mtime, "failed", bytes=read, error=error, line=line, column=column
+    )
+
+
 def _load_one(conn: psycopg.Connection[Any], run: _Run, f: SourceFile) -> FileResult:
     """Load ``f`` in one transaction (a savepoint inside a replace); never raises our errors."""
     run.meter.file_started(f)
@@ -168,40 +176,32 @@ def _load_one(conn: psycopg.Connection[Any], run: _Run, f: SourceFile) -> FileRe
         newlines += lines
         run.meter.block(nbytes, lines)
 
-    base = {"path": f.path, "size": f.size, "mtime": f.mtime}
     began = time.monotonic()
     try:
         with conn.transaction():
             if not run.ledger.claim(conn, f, run.job_id):
-                result = FileResult(**base, status="skipped", note="already imported")
+                result = FileResult(f.path, f.size, f.mtime, "skipped", note="already imported")
             else:
                 with run.source.open(f) as reader:
                     rows, nbytes = load(conn, run.target, reader, on_block=on_block)
                 if nbytes != f.size:
                     raise _Changed(f"listed {f.size} bytes but read {nbytes}")
                 run.ledger.settle(conn, f, rows)
-                result = FileResult(**base, status="imported", rows=rows, bytes=nbytes)
+                result = FileResult(f.path, f.size, f.mtime, "imported", rows=rows, bytes=nbytes)
     except pg_errors.LockNotAvailable:
-        result = FileResult(
-            **base, status="failed", bytes=read, error="another run is loading this file right now"
-        )
+        result = _failed(f, read, "another run is loading this file right now")
     except psycopg.Error as exc:
         if conn.broken:
-            result = FileResult(**base, status="failed", bytes=read, error=str(exc).strip())
+            result = _failed(f, read, str(exc).strip())
         else:
             why = copy_failure(exc)
-            result = FileResult(
-                **base, status="failed", bytes=read,
-                error=why.message, line=why.line, column=why.column,
-            )  # fmt: skip
+            result = _failed(f, read, why.message, line=why.line, column=why.column)
     except _Changed as exc:
-        result = FileResult(
-            **base, status="failed", bytes=read,
-            error=f"the file changed while it was read ({exc}); it is retried on the next run",
-        )  # fmt: skip
+        result = _failed(
+            f, read, f"the file changed while it was read ({exc}); it is retried on the next run"
+        )
     except (ReconcileError, OSError) as exc:
-        message = exc.message if isinstance(exc, ReconcileError) else str(exc)
-        result = FileResult(**base, status="failed", bytes=read, error=message)
+        result = _failed(f, read, exc.message if isinstance(exc, ReconcileError) else str(exc))
     run.meter.file_done(result, newlines)
     _log_file(result, time.monotonic() - began)
     return result

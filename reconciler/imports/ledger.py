@@ -99,13 +99,14 @@ class Ledger:
         if not listed:
             return set()
         column, owner = self._owner
-        rows = conn.execute(
-            sql.SQL(
-                "SELECT path, size, mtime FROM {} WHERE {} = %s AND source = %s AND path = ANY(%s)"
-            ).format(self._table, column),
-            (owner, self.source, sorted({k[0] for k in listed})),
-        ).fetchall()
-        conn.rollback()
+        with conn.transaction():
+            rows = conn.execute(
+                sql.SQL(
+                    "SELECT path, size, mtime FROM {} WHERE {} = %s AND source = %s "
+                    "AND path = ANY(%s)"
+                ).format(self._table, column),
+                (owner, self.source, sorted({k[0] for k in listed})),
+            ).fetchall()
         return {(r[0], r[1], r[2]) for r in rows} & listed
 
     def claim(self, conn: psycopg.Connection[Any], f: SourceFile, job_id: str) -> bool:
