@@ -234,7 +234,8 @@ def test_a_changed_host_key_is_refused(sftp_server: SftpServer, tmp_path: Path) 
     with pytest.raises(HostKeyError) as caught:
         _connect(sftp_server, sftp_server.folder(), known_hosts_file=str(known_hosts))
     message = _one_line_error(caught.value)
-    assert "has CHANGED" in message
+    assert f"host key for [127.0.0.1]:{sftp_server.port} has CHANGED" in message
+    assert f"`ssh-keygen -R '[127.0.0.1]:{sftp_server.port}' -f {known_hosts}`" in message
     assert _fingerprint(impostor) in message
     assert _fingerprint(sftp_server.host_public_key) in message
 

@@ -2,10 +2,10 @@
 
 ``imports.sftp`` wraps each opened file in one. SFTP answers each READ request separately, so a
 reader that waits for every reply is bound by the round trip, while paramiko's ``prefetch`` sends
-requests for the whole file at once and keeps every reply in memory until it is read. This reader
-keeps a fixed window of READ requests outstanding (``requests`` of ``request_size`` bytes), and
-sends a new one each time the oldest reply is consumed: the server is never idle, and at most the
-window (plus the SSH channel window) is buffered, whatever the size of the file.
+a request for every block of the whole file at once, from a helper thread. This reader keeps a
+fixed window of READ requests outstanding (``requests`` of ``request_size`` bytes) and sends a new
+one each time the oldest reply is consumed: the server is never idle, and at most the window (plus
+the SSH channel window) is buffered, whatever the size of the file and the pace of the consumer.
 
 It speaks through paramiko's SFTP request layer (``_async_request``/``_read_response``, the same
 calls ``SFTPFile.prefetch`` and ``readv`` are built on): replies are dispatched by request number
