@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
@@ -14,6 +16,7 @@ import psycopg
 import pytest
 from conftest import database_url_for
 from import_rows import SALES, add_project, add_schedule, count, jobs, write_sales
+from sftp_servers import PASSWORD, SftpServer
 
 from reconciler.imports.importing import Progress
 from reconciler.imports.running import run_schedule
@@ -221,3 +224,53 @@ def test_the_callback_is_recorded_and_never_fails_the_run(
         "files", "error", "scheduled_for", "started_at", "finished_at",
     }  # fmt: skip
     assert jobs(database_url)[0]["callback"] == result.callback
+
+
+def _sftp_project(url: str, server: SftpServer, remote: Path, **fields: Any) -> None:
+    sftp = server.sftp_fields(remote, pattern="sales_*.csv", **fields)
+    add_project(url, target={"table": "public.sales"}, sftp=sftp)
+
+
+def test_an_sftp_run_loads_then_moves_each_file(
+    folder: Path, database_url: str, sftp_server: SftpServer
+) -> None:
+    """Files stream from a real SFTP server; after the commit they move to the archive."""
+    remote = sftp_server.folder()
+    archive = remote / "done"
+    archive.mkdir()
+    write_sales(remote / "sales_1.csv", range(0, 40))
+    write_sales(remote / "sales_2.csv", range(40, 100))
+    _sftp_project(database_url, sftp_server, remote, after_import="move", archive_dir=str(archive))
+    add_schedule(database_url, sftp_override={"pattern": "sales_*"})
+    result = run_schedule(NAME, settings=_settings(folder, database_url))
+    assert (result.status, result.rows_imported) == ("succeeded", 100), result.error
+    assert sorted(p.name for p in archive.iterdir()) == ["sales_1.csv", "sales_2.csv"]
+    assert not list(remote.glob("sales_*.csv"))
+    assert count(database_url) == 100
+    with psycopg.connect(database_url) as conn:
+        (source,) = {r[0] for r in conn.execute("SELECT source FROM cpi_imported_files")}
+    assert source == f"sftp://{sftp_server.username}@{sftp_server.host}:{sftp_server.port}"
+
+
+@pytest.mark.parametrize(
+    ("password", "error"),
+    [("wrong", "authentication failed"), (None, "refused")],
+)
+def test_sftp_failures_fail_the_job_in_one_line(
+    folder: Path, database_url: str, asyncssh_server: SftpServer, password: str | None, error: str
+) -> None:
+    """A wrong password or an unreachable server: a failed job with a one-line error."""
+    server, remote = asyncssh_server, asyncssh_server.folder()
+    if password is None:  # the right password, but nothing listens on the port any more
+        with socket.create_server(("127.0.0.1", 0)) as closed:
+            server = replace(server, port=closed.getsockname()[1])
+    _sftp_project(database_url, server, remote, password="${SFTP_PASSWORD}", private_key_file=None)
+    add_schedule(database_url)
+    secret = password or PASSWORD
+    result = run_schedule(NAME, settings=_settings(folder, database_url, SFTP_PASSWORD=secret))
+    assert result.status == "failed"
+    assert result.error is not None
+    assert error in result.error.lower()
+    assert "\n" not in result.error
+    assert secret not in result.error
+    assert jobs(database_url)[0]["error"] == result.error
