@@ -41,6 +41,7 @@ __all__ = [
     "job_lock_key",
     "reap_abandoned",
     "record_callback",
+    "record_missed",
     "start_job",
 ]
 
@@ -252,6 +253,23 @@ def _skip(
         return _claimed_elsewhere(conn, schedule.name, scheduled_for)
     _log.warning("run skipped", schedule=schedule.name, job_id=job_id, reason=reason)
     return Started(job_id, "skipped", started_at, error=reason)
+
+
+def record_missed(
+    conn: psycopg.Connection[Any], schedule: ScheduleRef, scheduled_for: datetime, reason: str
+) -> Started:
+    """Record an occurrence that was not run (downtime beyond its grace) as ``missed``.
+
+    The occurrence index makes this exactly once across replicas: if another replica already
+    recorded or ran it, nothing is written and ``claimed`` is false.
+    """
+    try:
+        job_id, started_at = _insert(
+            conn, schedule, "missed", trigger="schedule", scheduled_for=scheduled_for, error=reason
+        )
+    except pg_errors.UniqueViolation:
+        return _claimed_elsewhere(conn, schedule.name, scheduled_for)
+    return Started(job_id, "missed", started_at, error=reason)
 
 
 def _claimed_elsewhere(
