@@ -101,14 +101,23 @@ def _run(
     _log.info("import started", schedule=spec.schedule.name, job_id=started.id)
     try:
         with Heartbeat(conn, started.id, meter.totals):
-            files = _import(spec, settings, started.id, management_url, meter)
+            _import(
+                spec, settings, job_id=started.id, management_url=management_url,
+                meter=meter, results=files,
+            )  # fmt: skip
     except ReconcileError as exc:
         error = exc.message
     except psycopg.Error as exc:
         error = f"PostgreSQL: {redact(str(exc).strip().splitlines()[0])}"
     except BaseException as exc:  # an interrupt or a bug: the row must not stay 'running'
-        error = f"interrupted: {type(exc).__name__}: {exc}".rstrip(": ")
-        finish_job(conn, spec.schedule, started, status="failed", files=(), error=error)
+        kind = "interrupted" if not isinstance(exc, Exception) else "unexpected error"
+        error = f"{kind}: {type(exc).__name__}: {exc}".rstrip(": ")
+        try:
+            finish_job(
+                conn, spec.schedule, started, status="failed", files=tuple(files), error=error
+            )
+        except Exception as again:  # the next run marks it abandoned instead
+            _log.error("cannot record the job's end", job_id=started.id, error=str(again))
         raise
     failed = [f for f in files if f.status == "failed"]
     if error is None and failed:
@@ -134,8 +143,17 @@ def _run(
 
 
 def _import(
-    spec: ImportSpec, settings: Settings, job_id: str, management_url: str, meter: Meter
-) -> list[FileResult]:
+    spec: ImportSpec,
+    settings: Settings,
+    *,
+    job_id: str,
+    management_url: str,
+    meter: Meter,
+    results: list[FileResult],
+) -> None:
+    """Load the schedule's new files; ``results`` fills in as soon as data is committed, so a
+    later failure (an after-import action, closing the source) keeps the record of what landed.
+    """
     project = spec.project_spec
     target = spec.target  # TargetError for a project managed elsewhere
     assert project is not None
@@ -159,13 +177,28 @@ def _import(
             job_id=job_id, meter=meter, workers=settings.import_workers,
         )  # fmt: skip
         by_path = {r.path: r for r in loaded}
-        results = [by_path.get(f.path) or _already(f) for f in listed]
+        results.extend(by_path.get(f.path) or _already(f) for f in listed)
         _after_import(source, listed, results)
         if external:
-            with connect(management_url) as mconn:
-                ledger.mirror(mconn, [(f, r.rows) for f, r in zip(listed, results, strict=True)
-                                      if r.status == "imported"], job_id)  # fmt: skip
-    return results
+            _mirror(ledger, management_url, listed=listed, results=results, job_id=job_id)
+
+
+def _mirror(
+    ledger: Ledger,
+    management_url: str,
+    *,
+    listed: Sequence[SourceFile],
+    results: list[FileResult],
+    job_id: str,
+) -> None:
+    loaded = [(f, r.rows) for f, r in zip(listed, results, strict=True) if r.status == "imported"]
+    if not loaded:
+        return
+    try:
+        with connect(management_url) as conn:
+            ledger.mirror(conn, loaded, job_id)
+    except (ReconcileError, psycopg.Error) as exc:  # informational copy: the target's record rules
+        _log.warning("cannot copy the import records to cpi_imported_files", error=str(exc))
 
 
 def _already(f: SourceFile) -> FileResult:
