@@ -124,6 +124,8 @@ def _run(
         first = failed[0]
         where = f"{first.path}" + (f" line {first.line}" if first.line else "")
         error = f"{len(failed)} of {len(files)} files failed; first: {where}: {first.error}"
+    if error:
+        error = " ".join(error.split())  # one line, whatever a library put in its message
     status: JobStatus = "failed" if error else "succeeded"
     finished_at = finish_job(
         conn, spec.schedule, started, status=status, files=tuple(files), error=error
