@@ -14,7 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import paramiko
 import pytest
 from sftp_servers import SftpServer, known_hosts_line, write_key_pair
 
@@ -95,6 +94,23 @@ def test_a_file_that_grew_since_listing_is_read_to_its_end(sftp_server: SftpServ
         (folder / "grow.csv").write_bytes(b"b" * 300_000)
         with source.open(f) as stream:
             assert stream.read() == b"b" * 300_000
+
+
+def test_a_stream_left_midway_leaves_the_source_usable(sftp_server: SftpServer) -> None:
+    """Stopping early (a failed COPY) discards the read-ahead; the next file reads normally."""
+    folder = sftp_server.folder()
+    first, second = os.urandom(4 * 1024 * 1024), os.urandom(300_000)
+    (folder / "a.csv").write_bytes(first)
+    (folder / "b.csv").write_bytes(second)
+    with _connect(sftp_server, folder) as source:
+        a, b = source.list_files()
+        with pytest.raises(RuntimeError), source.open(a) as stream:
+            assert stream.read(1000) == first[:1000]
+            raise RuntimeError("COPY failed")
+        with source.open(a) as stream:
+            assert stream.read(1000) == first[:1000]
+        with source.open(b) as stream:
+            assert stream.read() == second
 
 
 def test_files_stream_in_parallel_threads(sftp_server: SftpServer) -> None:
@@ -418,9 +434,3 @@ def test_resolve_never_repeats_a_literal() -> None:
     with pytest.raises(ValueError, match="must be a") as caught:
         secrets.resolve("hunter2", environ={}, where="x")
     assert "hunter2" not in str(caught.value)
-
-
-def test_paramiko_is_the_client() -> None:
-    """The SFTP client is paramiko with the request layer the reader relies on."""
-    assert hasattr(paramiko.SFTPClient, "_async_request")
-    assert hasattr(paramiko.SFTPClient, "_read_response")

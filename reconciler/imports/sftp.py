@@ -38,7 +38,9 @@ from reconciler.model.specs import Sftp
 
 __all__ = ["SftpSource"]
 
-WINDOW_SIZE = 8 * 1024 * 1024  # per channel: what the server may send before we read it
+# Per channel: what the server may send before we read it. Above the reader's 8 MB of requests in
+# flight, so that the window never holds replies back on a long-distance link.
+WINDOW_SIZE = 16 * 1024 * 1024
 MAX_PACKET_SIZE = 256 * 1024
 _FAST_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 _KEEPALIVE_SECONDS = 30
@@ -296,11 +298,14 @@ class SftpSource:
             try:
                 yield reader
             finally:
-                if reader.at_end:
-                    with suppress(OSError, EOFError, paramiko.SSHException):
-                        handle.close()
+                if not reader.at_end:
+                    # Left early: replies to READs may still come; only closing the session
+                    # discards them (the server then closes the file too).
+                    sftp.close()
+                with suppress(OSError, EOFError, paramiko.SSHException):
+                    handle.close()  # after sftp.close() it only marks the handle closed
         finally:
-            sftp.close()  # also discards the replies to any READ still outstanding
+            sftp.close()
 
     def open(self, f: SourceFile) -> AbstractContextManager[Readable]:
         """``f`` as a stream of its bytes, read ahead through a bounded window of requests."""
