@@ -104,9 +104,14 @@ def test_a_stream_left_midway_leaves_the_source_usable(sftp_server: SftpServer) 
     (folder / "b.csv").write_bytes(second)
     with _connect(sftp_server, folder) as source:
         a, b = source.list_files()
-        with pytest.raises(RuntimeError), source.open(a) as stream:
-            assert stream.read(1000) == first[:1000]
-            raise RuntimeError("COPY failed")
+
+        def copy_fails() -> None:
+            with source.open(a) as stream:
+                assert stream.read(1000) == first[:1000]
+                raise RuntimeError("COPY failed")
+
+        with pytest.raises(RuntimeError, match="COPY failed"):
+            copy_fails()
         with source.open(a) as stream:
             assert stream.read(1000) == first[:1000]
         with source.open(b) as stream:
