@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -12,6 +13,8 @@ import pytest
 from conftest import Cli
 from import_rows import SALES, add_project, add_schedule, count, jobs, write_sales
 
+from reconciler.commands.running import _Bar
+from reconciler.imports.importing import Progress
 from reconciler.imports.jobs import job_lock_key
 
 NAME = "daily-sales-import"
@@ -186,3 +189,17 @@ def test_the_example_folder_imports_its_sample_data(cli: Cli, database_url: str)
     assert done.returncode == 0, done.stderr
     assert count(database_url) == 24
     assert "imported    sales_2026-11-01.csv  12 rows" in done.stdout
+
+
+def test_the_progress_line_shows_files_bytes_rows_and_rate() -> None:
+    """On a terminal, one self-overwriting line: file i of n, bytes, rows, rate; cleared at end."""
+    stream = io.StringIO()
+    bar = _Bar(stream)
+    bar(Progress(2, 1, "sales_2.csv", 3_000_000, 12_000_000, 45_000, 2.0))
+    bar.close()
+    shown, cleared = stream.getvalue().split("\r")[1:3]
+    assert shown.split() == [
+        "file", "2", "of", "2", "sales_2.csv", "3.0", "MB", "/", "12.0", "MB",
+        "~45,000", "rows", "1.5", "MB/s",
+    ]  # fmt: skip
+    assert not cleared.strip()
