@@ -72,6 +72,12 @@ def _transport(
     return transport
 
 
+def _keyscan(host: str, port: int, known_hosts: Path) -> str:
+    """The command that appends a server's host keys to ``known_hosts``."""
+    option = f" -p {port}" if port != 22 else ""
+    return f"`ssh-keyscan{option} {host} >> {known_hosts}`"
+
+
 class _RefuseUnknown(paramiko.RejectPolicy):
     """paramiko's RejectPolicy, saying which key was offered and how to trust it."""
 
@@ -81,11 +87,10 @@ class _RefuseUnknown(paramiko.RejectPolicy):
     def missing_host_key(
         self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
     ) -> NoReturn:
-        scan = "ssh-keyscan" + (f" -p {self._port}" if self._port != 22 else "")
         raise HostKeyError(
             f"unknown host key for {hostname}: {key.get_name()} {key.fingerprint} is not in "
             f"{self._known_hosts}; check that fingerprint with the server's operator, then run "
-            f"`{scan} {self._host} >> {self._known_hosts}`"
+            + _keyscan(self._host, self._port, self._known_hosts)
         )
 
 
@@ -133,8 +138,8 @@ class SftpSource:
         if not known_hosts.is_file():
             raise HostKeyError(
                 f"known_hosts file {known_hosts} does not exist: host keys are always verified; "
-                f"create it with `ssh-keyscan -p {config.port} {config.host} >> {known_hosts}` "
-                "after checking the fingerprint, or set sftp.known_hosts_file"
+                f"create it with {_keyscan(config.host, config.port, known_hosts)} after checking "
+                "the fingerprint, or set sftp.known_hosts_file"
             )
         pkey = self._private_key()
         if pkey is None and self._password is None:
