@@ -29,6 +29,7 @@ _COMMANDS: dict[str, str] = {
     "export": "reconciler.commands.reconciling:export",
     "run": "reconciler.commands.running:run",
     "history": "reconciler.commands.running:history",
+    "sql": "reconciler.commands.querying:sql",
 }
 
 # Commands that never log: skipping structlog's import (and asyncio's, through it) keeps CI's
@@ -116,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("run", "run one import of a schedule now")
     p.add_argument("name")
     p.add_argument("--dir", dest="schedules_dir")
+    _database(p)
+    p = command("sql", "run SQL against the management database (embedded included)")
+    p.add_argument("-c", dest="command_text", metavar="SQL", help="the statements to run")
+    p.add_argument("-f", dest="file", metavar="FILE", help="a file of statements to run")
     _database(p)
     p = command("history", "list a schedule's runs, newest first")
     p.add_argument("name")

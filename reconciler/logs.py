@@ -76,5 +76,9 @@ def configure(*, log_format: str = "console", level: str = "info", color: bool =
 
 
 def get_logger(name: str) -> Any:
-    """A structlog logger carrying ``logger_name=name``."""
-    return structlog.get_logger().bind(logger_name=name)
+    """A structlog logger carrying ``logger_name=name``.
+
+    It is a lazy proxy: modules call this at import time, before ``configure`` has run, and the
+    logger still follows the configuration in force when it first logs.
+    """
+    return structlog.get_logger(logger_name=name)
