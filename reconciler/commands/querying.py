@@ -18,12 +18,13 @@ __all__ = ["sql"]
 
 
 def _statements(args: argparse.Namespace) -> str:
-    command = getattr(args, "command_text", None)
-    file = getattr(args, "file", None)
+    command: str | None = getattr(args, "command_text", None)
+    file: str | None = getattr(args, "file", None)
     if (command is None) == (file is None):
         raise UsageError("give exactly one of -c SQL and -f FILE")
     if command is not None:
-        return str(command)
+        return command
+    assert file is not None
     try:
         return Path(file).read_text(encoding="utf-8")
     except OSError as exc:
