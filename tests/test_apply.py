@@ -303,3 +303,12 @@ def test_embedded_default_is_used_and_logged(cli: Cli, tmp_path: Path) -> None:
     assert "embedded PostgreSQL" in result.stderr
     assert (tmp_path / "state" / "postgres" / "PG_VERSION").exists()
     assert embedded("plan", timeout=120).stdout.strip() == "No changes."
+
+
+def test_dry_run_never_migrates(cli: Cli, empty_database_url: str) -> None:
+    """A plan against a database without the schema shows creates and leaves it untouched."""
+    seed(cli, schedules=1)
+    result = cli("plan", env={"RECONCILER_DATABASE_URL": empty_database_url})
+    assert result.returncode == 0, result.stderr
+    assert "Plan: 2 to create, 0 to update, 0 to delete." in result.stdout
+    assert rows(empty_database_url, "SELECT to_regclass('cpi_schedules')") == [(None,)]

@@ -60,7 +60,7 @@ def plan(args: argparse.Namespace, settings: Settings) -> int:
     from reconciler.store.connecting import open_store
 
     desired = load_desired(settings)
-    with open_store(settings) as conn:
+    with open_store(settings, migrate=False) as conn:
         result = plan_against(conn, desired, owner=settings.owner, adopt=_flag(args, "adopt"))
     _print_plan(result, settings, "Plan")
     refuse_if_blocked(result)

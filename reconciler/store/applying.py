@@ -15,6 +15,7 @@ from reconciler.errors import OwnershipConflict, PlanRefused
 from reconciler.logs import get_logger
 from reconciler.model import guards
 from reconciler.model.plans import Plan, Row, make_plan
+from reconciler.store.migrating import apply_schema, is_current
 from reconciler.store.rows import execute_plan, fetch_rows
 
 if TYPE_CHECKING:
@@ -37,8 +38,15 @@ class Desired:
 def plan_against(
     conn: psycopg.Connection[Any], desired: Desired, *, owner: str, adopt: bool = False
 ) -> Plan:
-    """The plan for the database as it is now; changes nothing."""
-    with conn.transaction():
+    """The plan for the database as it is now; changes nothing.
+
+    A database whose schema is missing or older is planned against the current schema inside a
+    transaction that is rolled back (PostgreSQL's DDL is transactional), so a dry run never
+    migrates anything.
+    """
+    with conn.transaction(force_rollback=True):
+        if not is_current(conn):
+            apply_schema(conn)
         actual = fetch_rows(conn)
     return make_plan(desired.rows, actual, owner=owner, adopt=adopt)
 

@@ -7,16 +7,19 @@ racing on ``CREATE TABLE IF NOT EXISTS`` (which is not race-free in PostgreSQL o
 
 from __future__ import annotations
 
+import hashlib
 from functools import cache
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from psycopg import sql
+
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["MIGRATION_LOCK", "migrate", "schema_sql"]
+__all__ = ["MIGRATION_LOCK", "apply_schema", "is_current", "migrate", "schema_sql"]
 
-# Advisory lock keys: arbitrary constants, distinct from the apply lock in store.locking.
+# Advisory lock keys: arbitrary constants, distinct from the apply lock in store.applying.
 MIGRATION_LOCK = 0x7265636F6E01
 
 
@@ -26,19 +29,31 @@ def schema_sql() -> str:
     return resources.files("reconciler.store").joinpath("schema.sql").read_text("utf-8")
 
 
-def _is_current(conn: psycopg.Connection[Any]) -> bool:
-    # Cheap check so the common case (already migrated) costs one round trip and takes no lock.
+def _version() -> str:
+    return "reconcile schema " + hashlib.sha256(schema_sql().encode()).hexdigest()[:16]
+
+
+def is_current(conn: psycopg.Connection[Any]) -> bool:
+    """Whether this version's schema is in place: one cheap query, no lock.
+
+    The version is the hash of ``schema.sql``, kept as the comment of a table only reconcile
+    uses, so any change to the file migrates again.
+    """
     row = conn.execute(
-        "SELECT count(*) FROM pg_indexes WHERE indexname = 'idx_cpi_jobs_occurrence'"
+        "SELECT obj_description(to_regclass('cpi_imported_files'), 'pg_class')"
     ).fetchone()
-    conn.rollback()
-    return bool(row and row[0])
+    return bool(row and row[0] == _version())
+
+
+def apply_schema(conn: psycopg.Connection[Any]) -> None:
+    """Run the schema inside the caller's transaction, serialised with other migrators."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+    conn.execute(schema_sql().encode())
+    conn.execute(sql.SQL("COMMENT ON TABLE cpi_imported_files IS {}").format(_version()))
 
 
 def migrate(conn: psycopg.Connection[Any]) -> None:
-    """Bring the management schema up to date; a no-op when it already is."""
-    if _is_current(conn):
-        return
+    """Bring the management schema up to date and commit; a no-op when it already is."""
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-        conn.execute(schema_sql().encode())
+        if not is_current(conn):
+            apply_schema(conn)
