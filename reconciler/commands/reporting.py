@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from reconciler.model.timing import next_fire_times
+from reconciler.model.timing import describe, next_fire_times
 
 if TYPE_CHECKING:
     import psycopg
@@ -83,7 +83,7 @@ def fetch_status(
         source,
         line,
     ) in conn.execute(_QUERY, {"name": name}):
-        timing = cron if kind == "cron" else f"every {interval}s"
+        timing = cron if kind == "cron" else describe(None, interval) if interval else None
         entries.append(
             StatusEntry(
                 name=sname,
