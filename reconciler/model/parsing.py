@@ -283,6 +283,8 @@ def _syntax_problem(exc: yaml.MarkedYAMLError, text: str) -> Problem:
             return Problem(line, column, "indent with spaces, not tabs")
         example = ' (e.g. cron: "@daily")' if char == "@" else ""
         return Problem(line, column, f"a value starting with {char!r} must be quoted{example}")
+    if "maximum nesting depth" in problem:  # libyaml's own limit (0.2.5+), met before ours
+        return Problem(line, column, _TOO_DEEP)
     if "tab character" in problem:
         return Problem(line, column, "indent with spaces, not tabs")
     if problem == "mapping values are not allowed in this context":
