@@ -265,6 +265,17 @@ def byte_position(data: bytes, offset: int) -> tuple[int, int]:
     return data.count(b"\n", 0, offset) + 1, column
 
 
+# libyaml's wording -> what to do about it. Its own nesting limit (0.2.5+) can trip before ours.
+_ADVICE = (
+    ("maximum nesting depth", _TOO_DEEP),
+    ("tab character", "indent with spaces, not tabs"),
+    (
+        "mapping values are not allowed in this context",
+        "unexpected ':': check the indentation, or quote a value containing ': '",
+    ),
+)
+
+
 def _syntax_problem(exc: yaml.MarkedYAMLError, text: str) -> Problem:
     mark = exc.problem_mark or exc.context_mark
     line, column = (mark.line + 1, mark.column + 1) if mark is not None else (0, 0)
@@ -283,14 +294,9 @@ def _syntax_problem(exc: yaml.MarkedYAMLError, text: str) -> Problem:
             return Problem(line, column, "indent with spaces, not tabs")
         example = ' (e.g. cron: "@daily")' if char == "@" else ""
         return Problem(line, column, f"a value starting with {char!r} must be quoted{example}")
-    if "maximum nesting depth" in problem:  # libyaml's own limit (0.2.5+), met before ours
-        return Problem(line, column, _TOO_DEEP)
-    if "tab character" in problem:
-        return Problem(line, column, "indent with spaces, not tabs")
-    if problem == "mapping values are not allowed in this context":
-        return Problem(
-            line, column, "unexpected ':': check the indentation, or quote a value containing ': '"
-        )
+    for fragment, advice in _ADVICE:
+        if fragment in problem:
+            return Problem(line, column, advice)
     where = ""
     if context and exc.context_mark is not None and exc.context_mark.line + 1 != line:
         where = f" ({context} started at line {exc.context_mark.line + 1})"
