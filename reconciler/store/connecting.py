@@ -68,7 +68,8 @@ def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:
     try:
         return psycopg.connect(url, autocommit=autocommit, connect_timeout=10)
     except psycopg.Error as exc:
-        raise StoreError(f"cannot connect to PostgreSQL at {redact(url)}: {exc}") from exc
+        reason = redact(" ".join(str(exc).split()))  # libpq's hint spans lines; keep one
+        raise StoreError(f"cannot connect to PostgreSQL at {redact(url)}: {reason}") from exc
 
 
 @contextmanager
@@ -87,6 +88,6 @@ def open_store(settings: Settings, *, migrate: bool = True) -> Iterator[psycopg.
             run_migrations(conn)
         yield conn
     except psycopg.Error as exc:
-        raise StoreError(f"PostgreSQL: {str(exc).strip()}") from exc
+        raise StoreError(f"PostgreSQL: {redact(' '.join(str(exc).split()))}") from exc
     finally:
         conn.close()
