@@ -7,7 +7,7 @@ everything in the plan lands or nothing does.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -76,7 +76,6 @@ def apply_plan(
     adopt: bool = False,
     allow_empty: bool = False,
     max_deletes: int = 10,
-    before_execute: Callable[[Plan], None] | None = None,
 ) -> Plan:
     """Recompute the plan under the lock, check it, execute it, commit; return what was applied."""
     with conn.transaction():
@@ -91,7 +90,5 @@ def apply_plan(
             allow_empty=allow_empty,
             max_deletes=max_deletes,
         )
-        if before_execute is not None:
-            before_execute(plan)
         execute_plan(conn, plan, desired.local_files)
     return plan
