@@ -91,6 +91,16 @@ def test_deleting_a_project_used_by_another_owner_is_refused() -> None:
     assert "theirs" in plan.errors[0]
 
 
+def test_a_project_turned_external_is_kept() -> None:
+    """Declaring an owned project external stops managing it; it is never deleted."""
+    external = Row(
+        Kind.PROJECT, "p", {"spec": {"external": True}}, OWNER, "p.yaml", 1, external=True
+    )
+    plan = make_plan([external, schedule("a")], [project(), schedule("a")], owner=OWNER)
+    assert plan.empty
+    assert plan.errors == ()
+
+
 def test_rename_is_a_delete_and_a_create_and_says_so() -> None:
     """Renaming a schedule deletes the old name and creates the new one, marked as a rename."""
     plan = make_plan([project(), schedule("new")], [project(), schedule("old")], owner=OWNER)

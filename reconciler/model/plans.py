@@ -275,7 +275,9 @@ def make_plan(
                 f"project {row.name} is declared external but does not exist in the database; "
                 "create it there or declare it here with a target"
             )
-    deleting = {r.key for r in actual if r.owner == owner and r.key not in want}
+    # A project now declared external stays: schedules here still use it.
+    declared = set(want) | {r.key for r in desired if r.external}
+    deleting = {r.key for r in actual if r.owner == owner and r.key not in declared}
     for key in sorted(deleting):
         changes.append(Change(Op.DELETE, key[0], key[1], None, have[key]))
     for row in actual:  # the seed's ON DELETE CASCADE would take other owners' schedules along
