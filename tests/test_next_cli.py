@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import Cli
+
 _DOCUMENTS = """\
 apiVersion: reconciler/v1
 kind: Project
@@ -68,15 +70,7 @@ def folder(tmp_path: Path) -> Path:
 
 
 def _next(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "reconciler", "next", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return Cli(env, cwd)("next", *args)
 
 
 def _parse(text: str) -> datetime:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import Cli
+
 EXAMPLES = Path(__file__).parent.parent / "schedules.d"
 
 BAD_SCHEDULE = """\
@@ -27,15 +29,7 @@ spec:
 
 def run(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """``python -m reconciler ARGS`` in ``cwd``."""
-    return subprocess.run(
-        [sys.executable, "-m", "reconciler", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return Cli(env, cwd)(*args)
 
 
 @pytest.fixture
