@@ -15,6 +15,7 @@ exceptions into these at the seam (``raise StoreError(...) from exc``); the CLI 
     │   └── EmbeddedServerError    the embedded PostgreSQL could not start
     ├── SecretError                a ${VAR} reference is not set at run time
     ├── TargetError                an import's target table, columns or key are unusable
+    ├── DataError                  a file's content cannot be loaded as declared (with its line)
     └── SourceError                a local or SFTP source failed (retryable)
         └── HostKeyError           an SFTP host key is unknown or changed
 
@@ -31,6 +32,7 @@ __all__ = [
     "EXIT_ERROR",
     "EXIT_GUARD",
     "EXIT_OK",
+    "DataError",
     "EmbeddedServerError",
     "Finding",
     "GuardRefused",
@@ -152,6 +154,17 @@ class SecretError(ReconcileError):
 
 class TargetError(ReconcileError):
     """An import's target table, columns, key or privileges are not usable as declared."""
+
+
+class DataError(ReconcileError):
+    """A file's content cannot be loaded as declared: its header, encoding or a record.
+
+    ``line`` is the 1-based physical line of the file where the problem lies, when known.
+    """
+
+    def __init__(self, message: str, *, line: int | None = None) -> None:
+        super().__init__(message)
+        self.line = line
 
 
 class SourceError(ReconcileError):
