@@ -12,7 +12,6 @@ decision, so a dead run never blocks its schedule; ``idx_cpi_jobs_one_running`` 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import threading
@@ -27,6 +26,7 @@ from psycopg.types.json import Jsonb
 
 from reconciler.imports.results import FileResult, JobStatus
 from reconciler.logs import get_logger
+from reconciler.store.locks import Named, named_key
 
 if TYPE_CHECKING:
     import psycopg
@@ -78,8 +78,7 @@ class Started:
 
 def job_lock_key(schedule_name: str) -> int:
     """The advisory lock a runner holds for the whole run (signed 64-bit, stable across hosts)."""
-    digest = hashlib.blake2b(f"reconcile.job:{schedule_name}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
+    return named_key(Named.JOB, schedule_name)
 
 
 def _lock_holder(conn: psycopg.Connection[Any], key: int) -> int | None:

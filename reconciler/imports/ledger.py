@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from psycopg import sql
 
 from reconciler.errors import TargetError
+from reconciler.store.locks import Fixed
 
 if TYPE_CHECKING:
     import psycopg
@@ -35,7 +36,7 @@ __all__ = ["CLAIM_WAIT", "EXTERNAL_LEDGER", "Ledger"]
 
 EXTERNAL_LEDGER = "reconcile_imported_files"
 CLAIM_WAIT = "30s"  # how long a claim waits for a concurrent run loading the same file
-_CREATE_LOCK = 0x7265636F6E02  # advisory key serialising CREATE TABLE IF NOT EXISTS (not race-free)
+_CREATE_LOCK = Fixed.LEDGER_CREATE  # CREATE TABLE IF NOT EXISTS is not race-free
 
 FileKey = tuple[str, int, Any]
 

@@ -15,6 +15,7 @@ from reconciler.errors import OwnershipConflict, PlanRefused
 from reconciler.logs import get_logger
 from reconciler.model import guards
 from reconciler.model.plans import Plan, Row, make_plan
+from reconciler.store.locks import Fixed
 from reconciler.store.migrating import apply_schema, is_current
 from reconciler.store.rows import execute_plan, fetch_rows
 
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = ["APPLY_LOCK", "Desired", "apply_plan", "plan_against", "refuse_if_blocked"]
 
-APPLY_LOCK = 0x7265636F6E02
+APPLY_LOCK = Fixed.APPLY
 _log = get_logger("reconciler.apply")
 
 

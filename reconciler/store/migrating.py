@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 
+from reconciler.store.locks import Fixed
+
 if TYPE_CHECKING:
     import psycopg
 
 __all__ = ["MIGRATION_LOCK", "apply_schema", "is_current", "migrate", "schema_sql"]
 
-# Advisory lock keys: arbitrary constants, distinct from the apply lock in store.applying.
-MIGRATION_LOCK = 0x7265636F6E01
+MIGRATION_LOCK = Fixed.MIGRATION
 
 
 @cache
