@@ -159,12 +159,14 @@ class TargetError(ReconcileError):
 class DataError(ReconcileError):
     """A file's content cannot be loaded as declared: its header, encoding or a record.
 
-    ``line`` is the 1-based physical line of the file where the problem lies, when known.
+    ``line`` is the 1-based physical line of the file where the problem lies, when known;
+    ``record`` the 1-based data record (after any header) when only that is known yet.
     """
 
-    def __init__(self, message: str, *, line: int | None = None) -> None:
+    def __init__(self, message: str, *, line: int | None = None, record: int | None = None) -> None:
         super().__init__(message)
         self.line = line
+        self.record = record
 
 
 class SourceError(ReconcileError):

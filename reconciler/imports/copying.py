@@ -3,8 +3,10 @@
 ``imports.running`` calls ``inspect_target`` once per run (the table, its columns, the upsert key
 and the privileges, checked before any byte is read) and ``load`` once per file, inside the file's
 transaction. No CSV is parsed in Python and nothing is written to disk: the server parses, the
-client only moves blocks, so memory stays flat whatever the file size. Identifiers are always
-composed with ``psycopg.sql.Identifier`` and option values with ``sql.Literal``, never pasted.
+client only moves blocks (framed by ``imports.framing``), so memory stays flat whatever the file
+size. With ``header: true`` the file's header names its columns: COPY gets them in the file's
+order. Identifiers are always composed with ``psycopg.sql.Identifier`` and option values with
+``sql.Literal``, never pasted.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from psycopg import sql
 
-from reconciler.errors import TargetError
+from reconciler.errors import DataError, TargetError
+from reconciler.imports.framing import Framed
 
 if TYPE_CHECKING:
     import psycopg
@@ -32,6 +35,7 @@ __all__ = [
     "copy_statement",
     "inspect_target",
     "load",
+    "match_header",
 ]
 
 # psycopg hands blocks of up to 128 KiB to libpq as they are and slices bigger ones (a copy), so
@@ -42,6 +46,10 @@ _STAGE = "_reconcile_stage"
 _STAGE_ORDER = "_reconcile_line"
 _LINE = re.compile(r"\bline (\d+)")
 _COLUMN = re.compile(r"\bcolumn ([^:,]+)")
+# The tool's own tables: loading into one would corrupt its state (a replace would wipe ledgers).
+_OWN_TABLES = frozenset(
+    {"cpi_schedules", "cpi_projects", "cpi_jobs", "cpi_imported_files", "reconcile_imported_files"}
+)
 _PRIVILEGES = {
     "append": ("INSERT",),
     "replace": ("INSERT", "DELETE"),
@@ -57,13 +65,23 @@ class Readable(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class TargetTable:
-    """A checked target: the table, the columns loaded, and what the run's mode needs."""
+    """A checked target: the table, the columns loaded, and what the run's mode needs.
+
+    ``columns`` are the declared columns (or all of the table's); a file with a header loads the
+    columns it names, in its order, which must be among ``insertable`` and include every declared
+    one. ``nulls_merge`` tells whether the upsert key's unique index treats NULLs as equal
+    (``NULLS NOT DISTINCT``); ``key_not_null`` whether a key column refuses NULL.
+    """
 
     table: str
     columns: tuple[str, ...]
     mode: str
     key: tuple[str, ...] = ()
     dialect: CsvDialect | None = None
+    insertable: tuple[str, ...] = ()
+    declared: bool = False
+    nulls_merge: bool = False
+    key_not_null: bool = False
 
     @property
     def identifier(self) -> sql.Composable:
@@ -109,10 +127,15 @@ def inspect_target(
 
 def _inspect(conn: psycopg.Connection[Any], target: Target, dialect: CsvDialect) -> TargetTable:
     name = sql.Identifier(*target.table.split(".")).as_string(conn)
-    row = conn.execute("SELECT to_regclass(%s)::oid", (name,)).fetchone()
-    if row is None or row[0] is None:
+    row = conn.execute(
+        "SELECT c.oid, n.nspname, c.relname, c.relkind FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass(%s)",
+        (name,),
+    ).fetchone()
+    if row is None:
         raise TargetError(f"table {target.table} does not exist in the target database")
-    oid = row[0]
+    oid, schema, relname, relkind = row
+    _refuse_reserved(target.table, schema, relname, relkind)
     found = [
         r[0]
         for r in conn.execute(
@@ -129,8 +152,9 @@ def _inspect(conn: psycopg.Connection[Any], target: Target, dialect: CsvDialect)
             f"(its columns: {', '.join(found)})"
         )
     key = tuple(target.key or ())
+    nulls_merge = key_not_null = False
     if target.mode == "upsert":
-        _check_key(conn, oid, target.table, key, columns)
+        nulls_merge, key_not_null = _check_key(conn, oid, target.table, key, columns)
     for privilege in _PRIVILEGES[target.mode]:
         allowed = conn.execute("SELECT has_table_privilege(%s, %s)", (oid, privilege)).fetchone()
         if not (allowed and allowed[0]):
@@ -141,7 +165,33 @@ def _inspect(conn: psycopg.Connection[Any], target: Target, dialect: CsvDialect)
     encoding = conn.execute("SELECT pg_char_to_encoding(%s)", (dialect.encoding,)).fetchone()
     if not encoding or encoding[0] < 0:
         raise TargetError(f"csv.encoding {dialect.encoding!r} is not an encoding PostgreSQL knows")
-    return TargetTable(target.table, columns, target.mode, key, dialect)
+    return TargetTable(
+        target.table,
+        columns,
+        target.mode,
+        key,
+        dialect,
+        insertable=tuple(found),
+        declared=target.columns is not None,
+        nulls_merge=nulls_merge,
+        key_not_null=key_not_null,
+    )
+
+
+def _refuse_reserved(table: str, schema: str, relname: str, relkind: str) -> None:
+    if schema in ("pg_catalog", "information_schema") or schema.startswith("pg_"):
+        raise TargetError(
+            f"table {table} is {schema}.{relname}, a system catalog: imports never write there; "
+            "set target.table to a table of your own"
+        )
+    if relname in _OWN_TABLES:
+        raise TargetError(
+            f"table {table} is {schema}.{relname}, one of reconcile's own tables: loading into it "
+            "would corrupt the schedules, jobs or the record of imported files; set target.table "
+            "to a table of your own"
+        )
+    if relkind not in ("r", "p"):
+        raise TargetError(f"{table} is not a table (a view, sequence or foreign table?)")
 
 
 def _check_key(
@@ -150,18 +200,22 @@ def _check_key(
     table: str,
     key: tuple[str, ...],
     columns: tuple[str, ...],
-) -> None:
+) -> tuple[bool, bool]:
+    """Check the key's unique index; ``(NULLs merge as one key, a key column is NOT NULL)``."""
     absent = [k for k in key if k not in columns]
     if absent:
         raise TargetError(f"upsert key {', '.join(absent)} is not among the loaded columns")
     # ON CONFLICT (key) needs a non-partial, non-expression, immediate unique index on exactly
     # these columns; checking first gives a clear message before a large file is streamed.
+    # Every matching index is an arbiter: one that merges NULLs makes NULL keys conflict.
     unique = conn.execute(
-        "SELECT 1 FROM pg_index i WHERE i.indrelid = %s AND i.indisunique AND i.indimmediate "
+        "SELECT i.indnullsnotdistinct FROM pg_index i "
+        "WHERE i.indrelid = %s AND i.indisunique AND i.indimmediate "
         "AND i.indpred IS NULL AND i.indexprs IS NULL AND ("
         "  SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute a"
         "  WHERE a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)"
-        ") = %s::text[] AND i.indnkeyatts = %s",
+        ") = %s::text[] AND i.indnkeyatts = %s "
+        "ORDER BY 1 DESC",
         (oid, sorted(key), len(key)),
     ).fetchone()
     if unique is None:
@@ -170,6 +224,52 @@ def _check_key(
             f"upsert key ({listed}) of {table} has no unique constraint; add one with "
             f"ALTER TABLE {table} ADD UNIQUE ({listed})"
         )
+    not_null = conn.execute(
+        "SELECT bool_or(attnotnull) FROM pg_attribute WHERE attrelid = %s AND attname = ANY(%s)",
+        (oid, list(key)),
+    ).fetchone()
+    return bool(unique[0]), bool(not_null and not_null[0])
+
+
+def match_header(names: list[str], target: TargetTable) -> tuple[str, ...]:
+    """The target columns the header names, in the file's order; ``DataError`` unless they fit.
+
+    A name matches a column exactly, or else ignoring case and surrounding spaces when that is
+    unambiguous. Every name must be a column the target takes, none twice, and every declared
+    column and upsert key column must be there.
+    """
+    takes = target.columns if target.declared else target.insertable
+    folded: dict[str, list[str]] = {}
+    for column in takes:
+        folded.setdefault(column.casefold(), []).append(column)
+    chosen: list[str] = []
+    unknown: list[str] = []
+    for position, raw in enumerate(names, start=1):
+        name = raw.strip()
+        if not name:
+            unknown.append(f"(column {position} has no name)")
+        elif name in takes:
+            chosen.append(name)
+        elif len(folded.get(name.casefold(), ())) == 1:
+            chosen.append(folded[name.casefold()][0])
+        else:
+            unknown.append(name)
+    twice = sorted({c for c in chosen if chosen.count(c) > 1})
+    required = [*(target.columns if target.declared else ()), *target.key]
+    missing = [c for c in dict.fromkeys(required) if c not in chosen]
+    if unknown or twice or missing:
+        problems = [
+            *([f"unknown: {', '.join(unknown)}"] if unknown else []),
+            *([f"named twice: {', '.join(twice)}"] if twice else []),
+            *([f"missing: {', '.join(missing)}"] if missing else []),
+        ]
+        where = "target.columns" if target.declared else f"table {target.table}"
+        raise DataError(
+            f"the header does not match the target ({'; '.join(problems)}): the header has "
+            f"{', '.join(n.strip() for n in names)}; {where} takes {', '.join(takes)}",
+            line=1,
+        )
+    return tuple(chosen)
 
 
 def load(
@@ -182,18 +282,29 @@ def load(
 ) -> tuple[int, int]:
     """Stream ``reader`` into the target inside the caller's transaction; ``(rows, bytes)``.
 
-    ``on_block(bytes, newlines)`` is called per block (newlines approximate rows for progress).
+    ``rows`` are the rows that landed (for an upsert, those inserted or updated), ``bytes`` the
+    bytes read from ``reader``. ``on_block(bytes, newlines)`` is called per block (newlines
+    approximate rows for progress). ``DataError`` when the file cannot be loaded as declared.
     """
     assert target.dialect is not None
+    framed = Framed(reader, target.dialect, block_size=block_size)
+    columns = target.columns
+    if target.dialect.header and (names := framed.header()) is not None:
+        columns = match_header(names, target)
     if target.mode != "upsert":
         return _stream(
-            conn, target.identifier, target, reader, block_size=block_size, on_block=on_block
+            conn,
+            target.identifier,
+            columns=columns,
+            dialect=target.dialect,
+            framed=framed,
+            on_block=on_block,
         )
     # COPY lands in a session-private stage; the merge is one INSERT ... ON CONFLICT. The stage
     # is built from the loaded columns only (not LIKE the table) so NOT NULL columns that the
     # file does not carry cannot reject rows that the target would have filled with defaults.
     stage = sql.Identifier(_STAGE)
-    cols = sql.SQL(", ").join(sql.Identifier(c) for c in target.columns)
+    cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
     conn.execute(
         sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
             stage, cols, target.identifier
@@ -204,15 +315,43 @@ def load(
             stage, sql.Identifier(_STAGE_ORDER)
         )
     )
-    rows, nbytes = _stream(conn, stage, target, reader, block_size=block_size, on_block=on_block)
-    conn.execute(_merge(target, stage, cols))
+    _, nbytes = _stream(
+        conn, stage, columns=columns, dialect=target.dialect, framed=framed, on_block=on_block
+    )
+    if target.key_not_null:
+        _refuse_null_keys(conn, target, stage)
+    with conn.cursor() as cur:
+        cur.execute(_merge(target, stage, columns))
+        rows = cur.rowcount
     conn.execute(sql.SQL("DROP TABLE {}").format(stage))
     return rows, nbytes
 
 
-def _merge(target: TargetTable, stage: sql.Identifier, cols: sql.Composable) -> sql.Composed:
+def _any_null_key(target: TargetTable) -> sql.Composable:
+    return sql.SQL(" OR ").join(sql.SQL("{} IS NULL").format(sql.Identifier(k)) for k in target.key)
+
+
+def _refuse_null_keys(
+    conn: psycopg.Connection[Any], target: TargetTable, stage: sql.Identifier
+) -> None:
+    """``DataError`` naming the first record whose key is empty, when the key cannot be NULL."""
+    row = conn.execute(
+        sql.SQL("SELECT min({}) FROM {} WHERE {}").format(
+            sql.Identifier(_STAGE_ORDER), stage, _any_null_key(target)
+        )
+    ).fetchone()
+    if row is not None and row[0] is not None:
+        raise DataError(
+            f"the upsert key ({', '.join(target.key)}) is empty (NULL) in this record, and "
+            f"{target.table} does not allow NULL there; every record needs a key",
+            record=int(row[0]),
+        )
+
+
+def _merge(target: TargetTable, stage: sql.Identifier, columns: tuple[str, ...]) -> sql.Composed:
+    cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
     key = sql.SQL(", ").join(sql.Identifier(k) for k in target.key)
-    others = [c for c in target.columns if c not in target.key]
+    others = [c for c in columns if c not in target.key]
     action = (
         sql.SQL("DO UPDATE SET {}").format(
             sql.SQL(", ").join(
@@ -223,36 +362,41 @@ def _merge(target: TargetTable, stage: sql.Identifier, cols: sql.Composable) -> 
         if others
         else sql.SQL("DO NOTHING")
     )
+    line = sql.Identifier(_STAGE_ORDER)
     # A key repeated within one file would make ON CONFLICT touch a row twice (an error); the
-    # last occurrence in the file wins, as if the rows had been applied in order.
+    # last occurrence in the file wins, as if the rows had been applied in order. A key with a
+    # NULL never conflicts under a NULLS DISTINCT index, so such rows are all inserted, as a
+    # plain INSERT ... ON CONFLICT would: each is its own group (DISTINCT ON groups NULLs).
+    groups = (
+        key
+        if target.nulls_merge
+        else sql.SQL("{}, CASE WHEN {} THEN {} END").format(key, _any_null_key(target), line)
+    )
     return sql.SQL(
         "INSERT INTO {} ({}) SELECT DISTINCT ON ({}) {} FROM {} ORDER BY {}, {} DESC "
         "ON CONFLICT ({}) {}"
-    ).format(
-        target.identifier, cols, key, cols, stage, key, sql.Identifier(_STAGE_ORDER), key, action
-    )
+    ).format(target.identifier, cols, groups, cols, stage, groups, line, key, action)
 
 
 def _stream(
     conn: psycopg.Connection[Any],
     table: sql.Composable,
-    target: TargetTable,
-    reader: Readable,
     *,
-    block_size: int,
+    columns: tuple[str, ...],
+    dialect: CsvDialect,
+    framed: Framed,
     on_block: Callable[[int, int], None] | None,
 ) -> tuple[int, int]:
-    assert target.dialect is not None
-    statement = copy_statement(table, target.columns, target.dialect)
-    nbytes = 0
+    statement = copy_statement(table, columns, dialect)
+    read = 0
     with conn.cursor() as cur:
         with cur.copy(statement) as copy:
-            while block := reader.read(block_size):
+            for block in framed.blocks():
                 copy.write(block)
-                nbytes += len(block)
                 if on_block is not None:
-                    on_block(len(block), block.count(b"\n"))
-        return cur.rowcount, nbytes
+                    on_block(framed.bytes_read - read, block.count(b"\n"))
+                read = framed.bytes_read
+        return cur.rowcount, framed.bytes_read
 
 
 def copy_failure(exc: psycopg.Error) -> CopyFailure:

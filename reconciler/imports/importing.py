@@ -24,8 +24,9 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
 
-from reconciler.errors import ReconcileError
-from reconciler.imports.copying import TargetTable, copy_failure, load
+from reconciler.errors import DataError, ReconcileError
+from reconciler.imports.copying import CopyFailure, TargetTable, copy_failure, load
+from reconciler.imports.framing import locate_open_quote, record_line
 from reconciler.imports.results import FileResult
 from reconciler.logs import get_logger
 from reconciler.store.connecting import connect
@@ -194,8 +195,10 @@ def _load_one(conn: psycopg.Connection[Any], run: _Run, f: SourceFile) -> FileRe
         if conn.broken:
             result = _failed(f, read, str(exc).strip())
         else:
-            why = copy_failure(exc)
+            why = _located(run, f, copy_failure(exc))
             result = _failed(f, read, why.message, line=why.line, column=why.column)
+    except DataError as exc:
+        result = _failed(f, read, exc.message, line=exc.line or _record_line(run, f, exc.record))
     except _Changed as exc:
         result = _failed(
             f, read, f"the file changed while it was read ({exc}); it is retried on the next run"
@@ -205,6 +208,42 @@ def _load_one(conn: psycopg.Connection[Any], run: _Run, f: SourceFile) -> FileRe
     run.meter.file_done(result, newlines)
     _log_file(result, time.monotonic() - began)
     return result
+
+
+_UNTERMINATED = "unterminated CSV quoted field"
+
+
+def _located(run: _Run, f: SourceFile, why: CopyFailure) -> CopyFailure:
+    """PostgreSQL's account, with the line where an unterminated quote began, not the file's end.
+
+    Found by reading the file again: only on this error path.
+    """
+    if not why.message.startswith(_UNTERMINATED) or run.target.dialect is None:
+        return why
+    try:
+        with run.source.open(f) as reader:
+            line = locate_open_quote(reader, run.target.dialect)
+    except (ReconcileError, OSError):
+        line = None
+    if line is None:
+        return CopyFailure(f"{_UNTERMINATED}: a quoted value is never closed")
+    quote = run.target.dialect.quote
+    return CopyFailure(
+        f"{_UNTERMINATED}: the quote in the record starting on line {line} is never closed "
+        f"(a {quote} inside a quoted value is written twice: {quote}{quote})",
+        line=line,
+    )
+
+
+def _record_line(run: _Run, f: SourceFile, record: int | None) -> int | None:
+    """The first line of data record ``record`` of ``f``, by reading it again (error path)."""
+    if record is None or run.target.dialect is None:
+        return None
+    try:
+        with run.source.open(f) as reader:
+            return record_line(reader, run.target.dialect, record)
+    except (ReconcileError, OSError):
+        return None
 
 
 def _log_file(result: FileResult, seconds: float) -> None:

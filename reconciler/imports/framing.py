@@ -1,0 +1,383 @@
+r"""Framing a CSV byte stream for COPY: the few things the server must not see, fixed in flight.
+
+``imports.copying.load`` wraps each file's stream in ``Framed`` before ``COPY ... FROM STDIN``:
+
+- a UTF-8 byte-order mark at the start is dropped: it is never data. A UTF-8 mark under another
+  ``csv.encoding``, or a UTF-16 one, fails the file saying what to set or convert instead;
+- a record that is exactly ``\.`` is sent quoted: PostgreSQL 15 to 17 take an unquoted ``\.``
+  line for end-of-data in CSV mode and silently drop the rest of the file, while ``"\."`` is the
+  same two-character value on every version;
+- empty lines at the end of the file are dropped: they are not records;
+- with ``header: true`` the header record is read ahead (``header()``), so that the file's
+  columns are matched to the table's by name.
+
+Nothing is parsed into values on this path: blocks are searched for line ends and quote
+characters with ``bytes`` methods, so the cost per byte stays in C and memory stays one block.
+Whether a ``\.`` line lies inside a quoted value is told by the parity of the quote characters
+before it (the quote doubles as its own escape by default); with a distinct escape character the
+quote and escape bytes are walked one by one instead.
+
+When COPY has failed, ``locate_open_quote`` and ``record_line`` read the file again with Python's
+csv module to say where the problem lies: only on that error path.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Protocol
+
+from reconciler.errors import DataError
+
+if TYPE_CHECKING:
+    from reconciler.model.specs import CsvDialect
+
+__all__ = [
+    "HEADER_LIMIT",
+    "Framed",
+    "Readable",
+    "locate_open_quote",
+    "python_codec",
+    "record_line",
+]
+
+HEADER_LIMIT = 1 << 20  # a header record longer than this is not a header
+_BOM = b"\xef\xbb\xbf"
+_UTF16 = {b"\xff\xfe": "UTF-16LE", b"\xfe\xff": "UTF-16BE"}
+_EOL = frozenset(b"\r\n")
+_MARKER = b"\\."
+_DIAGNOSE_BLOCK = 64 * 1024
+
+
+class Readable(Protocol):
+    """A binary stream read in blocks."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+def _is_utf8(encoding: str) -> bool:
+    return encoding.upper().replace("-", "").replace("_", "") in {"UTF8", "UNICODE"}
+
+
+def python_codec(encoding: str) -> str:
+    """Python's codec for a PostgreSQL encoding name (``latin-1`` when Python has none)."""
+    name = encoding.upper().replace("-", "").replace("_", "")
+    if name in {"UTF8", "UNICODE"}:
+        return "utf-8"
+    if name == "SQLASCII":
+        return "latin-1"
+    if name.startswith("WIN") and name[3:].isdigit():
+        name = f"cp{name[3:]}"
+    try:
+        return codecs.lookup(name).name
+    except LookupError:
+        return "latin-1"
+
+
+class _Quotes:
+    """Whether a position of the stream lies inside a quoted value, carried across blocks."""
+
+    def __init__(self, quote: int, escape: int) -> None:
+        self._quote, self._escape = quote, escape
+        self._parity = quote == escape  # then the quote is a toggle: counting them is enough
+        self._count = 0
+        self.inside = False
+        self._escaped = False  # an escape inside quotes was the last byte: the next is literal
+
+    def advance(self, data: bytes, start: int, end: int) -> None:
+        """Move the state over ``data[start:end]``."""
+        if self._parity:
+            self._count += data.count(self._quote, start, end)
+            self.inside = bool(self._count & 1)
+            return
+        # A distinct escape only matters inside quotes, before a quote or another escape.
+        quote, escape, i = self._quote, self._escape, start
+        while i < end:
+            if self._escaped:
+                self._escaped = False
+                if data[i] in (quote, escape):
+                    i += 1
+                    continue
+            q = data.find(quote, i, end)
+            e = data.find(escape, i, end) if self.inside else -1
+            if q < 0 and e < 0:
+                return
+            if e >= 0 and (q < 0 or e < q):
+                self._escaped = True
+                i = e + 1
+            else:
+                self.inside = not self.inside
+                i = q + 1
+
+    def copy(self) -> _Quotes:
+        twin = _Quotes(self._quote, self._escape)
+        twin._count, twin.inside, twin._escaped = self._count, self.inside, self._escaped
+        return twin
+
+
+class Framed:
+    """``reader``'s bytes as COPY must receive them; iterate ``blocks()`` once."""
+
+    def __init__(self, reader: Readable, dialect: CsvDialect, *, block_size: int) -> None:
+        self._reader = reader
+        self._dialect = dialect
+        self._block_size = block_size
+        quote = dialect.quote.encode("utf-8")
+        escape = (dialect.escape or dialect.quote).encode("utf-8")
+        self._quote = quote
+        # PostgreSQL refuses multi-byte quote and escape characters itself; nothing to track then.
+        self._quotes = _Quotes(quote[0], escape[0]) if len(quote) == len(escape) == 1 else None
+        self._head = b""
+        self._started = False
+        self._line_start = True
+        self.lines = 0  # line ends passed on so far
+        self.bytes_read = 0  # from ``reader``, before framing
+
+    def _read(self) -> bytes:
+        block = self._reader.read(self._block_size)
+        self.bytes_read += len(block)
+        return block
+
+    def _first(self) -> None:
+        """Read the first bytes and deal with a byte-order mark."""
+        self._started = True
+        head = b""
+        while len(head) < len(_BOM):
+            block = self._read()
+            if not block:
+                break
+            head += block
+        if head.startswith(_BOM):
+            if not _is_utf8(self._dialect.encoding):
+                raise DataError(
+                    "the file starts with a UTF-8 byte-order mark but csv.encoding is "
+                    f"{self._dialect.encoding}; set csv.encoding: UTF8",
+                    line=1,
+                )
+            head = head[len(_BOM) :]
+        elif head[:2] in _UTF16:
+            raise DataError(
+                f"the file is {_UTF16[head[:2]]} (it starts with that byte-order mark), which "
+                "PostgreSQL cannot read; have it exported as UTF-8",
+                line=1,
+            )
+        self._head = head
+
+    def header(self) -> list[str] | None:
+        """The header record's names, read ahead of the stream; None for an empty file."""
+        if not self._started:
+            self._first()
+        while (end := _record_end(self._head, self._dialect)) is None:
+            if len(self._head) > HEADER_LIMIT:
+                raise DataError(
+                    f"the header record is longer than {HEADER_LIMIT // 1024} KiB; "
+                    "is csv.header right for this file?",
+                    line=1,
+                )
+            block = self._read()
+            if not block:
+                end = len(self._head)
+                break
+            self._head += block
+        text = self._head[:end].decode(python_codec(self._dialect.encoding), errors="replace")
+        if not text.strip("\r\n"):
+            return None
+        try:
+            return next(csv.reader([text.rstrip("\r\n")], **_csv_options(self._dialect)), [])
+        except csv.Error as exc:
+            raise DataError(f"the header record is not valid CSV ({exc})", line=1) from exc
+
+    def blocks(self) -> Iterator[bytes]:
+        """The framed stream, block by block."""
+        if not self._started:
+            self._first()
+        carry, self._head = self._head, b""
+        while True:
+            block = self._read()
+            data = carry + block if carry else block
+            if not block:
+                tail = _without_blank_tail(data, after_record=not self._line_start)
+                if tail := self._frame(tail, final=True):
+                    yield tail
+                return
+            cut = self._cut(data)
+            carry = data[cut:]
+            if cut:
+                yield self._frame(data[:cut] if cut < len(data) else data, final=False)
+
+    @staticmethod
+    def _cut(data: bytes) -> int:
+        """Where to stop passing on: before line ends that may be blank lines at the very end, and
+        before a last line that may yet become ``\\.`` once its next byte is known."""
+        end = len(data)
+        while end and data[end - 1] in _EOL:
+            end -= 1
+        start = max(data.rfind(b"\n", 0, end), data.rfind(b"\r", 0, end)) + 1
+        if end - start <= len(_MARKER) and _MARKER.startswith(data[start:end]) and end > start:
+            return start
+        return end
+
+    def _frame(self, chunk: bytes, *, final: bool) -> bytes:
+        out = chunk
+        if _MARKER in chunk and self._quotes is not None:
+            out = self._quote_markers(chunk, final=final)
+        if self._quotes is not None:
+            self._quotes.advance(chunk, 0, len(chunk))
+        if chunk:
+            self._line_start = chunk[-1] in _EOL
+        self.lines += chunk.count(b"\n")
+        return out
+
+    def _quote_markers(self, chunk: bytes, *, final: bool) -> bytes:
+        assert self._quotes is not None
+        state = self._quotes.copy()
+        pieces: list[bytes] = []
+        done = scanned = 0
+        at = chunk.find(_MARKER)
+        while at >= 0:
+            after = at + len(_MARKER)
+            starts = chunk[at - 1] in _EOL if at else self._line_start
+            ends = chunk[after] in _EOL if after < len(chunk) else final
+            if starts and ends:
+                state.advance(chunk, scanned, at)
+                scanned = at
+                if not state.inside:
+                    line = self.lines + chunk.count(b"\n", 0, at) + 1
+                    if self._dialect.null == "\\.":
+                        raise DataError(
+                            "this line is exactly \\., which is both csv.null and what "
+                            "PostgreSQL 15 to 17 take for the end of the data; choose another "
+                            "csv.null",
+                            line=line,
+                        )
+                    pieces += (chunk[done:at], self._quote, _MARKER, self._quote)
+                    done = after
+            at = chunk.find(_MARKER, after)
+        if not pieces:
+            return chunk
+        pieces.append(chunk[done:])
+        return b"".join(pieces)
+
+
+def _without_blank_tail(data: bytes, *, after_record: bool) -> bytes:
+    """``data`` with the empty lines at its end removed; the last record keeps its line end.
+
+    ``after_record``: the bytes passed on before ``data`` ended inside a record.
+    """
+    end = len(data)
+    while end and data[end - 1] in _EOL:
+        end -= 1
+    if end == 0 and not after_record:
+        return b""
+    run = data[end : end + 2]
+    if run.startswith(b"\r\n"):
+        return data[: end + 2]
+    return data[: end + len(run[:1])]
+
+
+def _record_end(data: bytes, dialect: CsvDialect) -> int | None:
+    """The offset of the first line end outside quotes (the header's end); None if not yet seen."""
+    quote = dialect.quote.encode("utf-8")
+    escape = (dialect.escape or dialect.quote).encode("utf-8")
+    if len(quote) != 1 or len(escape) != 1:
+        quote = escape = b"\x00"
+    state = _Quotes(quote[0], escape[0])
+    scanned = search = 0
+    while True:
+        ends = [p for p in (data.find(b"\n", search), data.find(b"\r", search)) if p >= 0]
+        if not ends:
+            return None
+        at = min(ends)
+        state.advance(data, scanned, at)
+        scanned = at
+        if not state.inside:
+            return at
+        search = at + 1
+
+
+def _csv_options(dialect: CsvDialect) -> dict[str, Any]:
+    escape = dialect.escape or dialect.quote
+    return {
+        "delimiter": dialect.delimiter,
+        "quotechar": dialect.quote,
+        "escapechar": None if escape == dialect.quote else escape,
+        "doublequote": escape == dialect.quote,
+        "strict": True,
+    }
+
+
+class _RawReader(io.RawIOBase):
+    """A ``Readable`` as a raw stream, so that ``io.TextIOWrapper`` can decode it."""
+
+    def __init__(self, blocks: Iterator[bytes]) -> None:
+        self._blocks = blocks
+        self._rest = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        while not self._rest:
+            self._rest = next(self._blocks, b"")
+            if not self._rest:
+                return 0
+        n = min(len(buffer), len(self._rest))
+        buffer[:n] = self._rest[:n]
+        self._rest = self._rest[n:]
+        return n
+
+
+def _records(reader: Readable, dialect: CsvDialect) -> Iterator[tuple[int, list[str]]]:
+    """``(first line, fields)`` of each record as COPY saw the file; raises ``csv.Error``."""
+    framed = Framed(reader, dialect, block_size=_DIAGNOSE_BLOCK)
+    text = io.TextIOWrapper(
+        io.BufferedReader(_RawReader(framed.blocks())),
+        encoding=python_codec(dialect.encoding),
+        errors="replace",
+        newline="",
+    )
+    rows = csv.reader(text, **_csv_options(dialect))
+    while True:
+        first = rows.line_num + 1
+        try:
+            fields = next(rows)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise _Broken(first) from exc
+        yield first, fields
+
+
+class _Broken(Exception):
+    def __init__(self, line: int) -> None:
+        super().__init__(line)
+        self.line = line
+
+
+def locate_open_quote(reader: Readable, dialect: CsvDialect) -> int | None:
+    """The first line of the record whose quoting goes wrong (an unterminated quoted value).
+
+    PostgreSQL reports such a file at its end: a quote never closed swallows every line after
+    it. Read strictly (a closing quote must be followed by a delimiter or a line end), the first
+    record that breaks is where the stray quote is.
+    """
+    try:
+        for _ in _records(reader, dialect):
+            pass
+    except _Broken as broken:
+        return broken.line
+    return None
+
+
+def record_line(reader: Readable, dialect: CsvDialect, record: int) -> int | None:
+    """The first line of data record ``record`` (1-based, after the header if any)."""
+    skip = 1 if dialect.header else 0
+    try:
+        for index, (line, _fields) in enumerate(_records(reader, dialect)):
+            if index - skip + 1 == record:
+                return line
+    except _Broken:
+        return None
+    return None
