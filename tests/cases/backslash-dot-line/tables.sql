@@ -1,0 +1,1 @@
+CREATE TABLE public.case01_patterns (pattern text);

@@ -1,0 +1,1 @@
+CREATE TABLE public.case08_tickets (ticket_id int, note text);

@@ -1,0 +1,1 @@
+CREATE TABLE public.case03_stock (sku text, qty int);

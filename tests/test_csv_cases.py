@@ -1,0 +1,156 @@
+"""Real-world CSV files that once loaded wrong, run end to end: apply, create the tables, run.
+
+Each case folder under ``tests/cases`` holds the user's ``schedules.d`` and ``data`` and the
+target tables; its README states the right result, which the table below checks.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.conftest import Cli
+
+CASES = Path(__file__).parent / "cases"
+
+
+def _setup(cli: Cli, case: str) -> None:
+    shutil.rmtree(cli.cwd / "schedules.d")
+    shutil.copytree(CASES / case / "schedules.d", cli.cwd / "schedules.d")
+    shutil.copytree(CASES / case / "data", cli.cwd / "data")
+    made = cli("sql", "-f", str(CASES / case / "tables.sql"))
+    assert made.returncode == 0, made.stderr
+    applied = cli("apply")
+    assert applied.returncode == 0, applied.stderr
+
+
+def _run(cli: Cli, schedule: str) -> dict[str, Any]:
+    done = cli("run", schedule, "--output", "json")
+    assert done.stdout, done.stderr
+    document: dict[str, Any] = json.loads(done.stdout)
+    assert "Traceback" not in done.stderr
+    return document
+
+
+def _query(url: str, sql: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def test_a_line_that_is_backslash_dot_is_data(cli: Cli, database_url: str) -> None:
+    r"""A record that is exactly \. is a value, never the end of the data: all 4 rows land."""
+    _setup(cli, "backslash-dot-line")
+    job = _run(cli, "case01-patterns")
+    assert (job["status"], job["rows_imported"]) == ("succeeded", 4)
+    rows = _query(database_url, "SELECT pattern FROM case01_patterns ORDER BY ctid")
+    assert rows == [("[0-9]+",), ("\\.",), ("^abc$",), ("\\d{4}",)]
+
+
+def test_header_columns_are_matched_by_name(cli: Cli, database_url: str) -> None:
+    """A header in another order than the table loads each value into the column it names."""
+    _setup(cli, "header-column-order")
+    job = _run(cli, "case02-customers")
+    assert (job["status"], job["rows_imported"]) == ("succeeded", 2)
+    rows = _query(
+        database_url,
+        "SELECT customer_id, first_name, last_name FROM case02_customers ORDER BY 1",
+    )
+    assert rows == [(101, "Ada", "Quill"), (102, "Ben", "Marsh")]
+
+
+def test_a_byte_order_mark_is_never_data(cli: Cli, database_url: str) -> None:
+    """A leading UTF-8 byte-order mark is dropped, with and without a header."""
+    _setup(cli, "utf8-bom-csv")
+    for schedule in ("case03-stock-noheader", "case03-stock-header"):
+        job = _run(cli, schedule)
+        assert (job["status"], job["rows_imported"]) == ("succeeded", 2), job
+    rows = _query(database_url, "SELECT sku, length(sku), qty FROM case03_stock ORDER BY 1")
+    assert rows == [("A-100", 5, 5), ("A-200", 5, 7), ("B-100", 5, 1), ("B-200", 5, 2)]
+
+
+def test_an_unterminated_quote_names_the_line_it_began_on(cli: Cli, database_url: str) -> None:
+    """The error names line 4, where the stray quote opened, never a line past the file's end."""
+    _setup(cli, "unterminated-quote-line")
+    job = _run(cli, "case08-tickets")
+    assert job["status"] == "failed"
+    (failed,) = job["files"]
+    assert failed["line"] == 4
+    assert "line 4" in failed["error"]
+    assert "unterminated" in failed["error"]
+    assert _query(database_url, "SELECT count(*) FROM case08_tickets") == [(0,)]
+
+
+def test_blank_lines_at_the_end_are_not_records(cli: Cli, database_url: str) -> None:
+    """Trailing empty CRLF lines add no NULL rows and fail no file."""
+    _setup(cli, "trailing-blank-lines")
+    for schedule in ("case10-codes", "case10-readings"):
+        job = _run(cli, schedule)
+        assert (job["status"], job["rows_imported"]) == ("succeeded", 2), job
+    assert _query(database_url, "SELECT code FROM case10_codes ORDER BY 1") == [
+        ("AX1",),
+        ("BQ7",),
+    ]
+    readings = _query(database_url, "SELECT meter_id, kwh::text FROM case10_readings ORDER BY 1")
+    assert readings == [(7, "12.5"), (8, "3.25")]
+
+
+def test_upsert_rows_with_a_null_key_are_all_inserted(cli: Cli, database_url: str) -> None:
+    """NULL keys never conflict (as INSERT ... ON CONFLICT); rows_imported is what landed."""
+    _setup(cli, "upsert-null-key")
+    job = _run(cli, "case12-contacts")
+    assert job["status"] == "succeeded"
+    rows = _query(
+        database_url, "SELECT email, full_name, phone FROM case12_contacts ORDER BY 2"
+    )
+    assert rows == [
+        (None, "Ana Diaz", "555-0103"),
+        ("kim@example.test", "Kim Rowe", "555-0199"),
+        (None, "Lee Park", "555-0102"),
+    ]
+    assert job["rows_imported"] == len(rows)
+
+
+def test_upsert_null_key_into_a_not_null_key_fails_naming_the_line(
+    cli: Cli, database_url: str
+) -> None:
+    """When the key column refuses NULL, the file fails naming the first keyless line."""
+    _setup(cli, "upsert-null-key")
+    cli("sql", "-c", "DELETE FROM case12_contacts WHERE false")
+    altered = cli("sql", "-c", "ALTER TABLE case12_contacts ALTER email SET NOT NULL")
+    assert altered.returncode == 0, altered.stderr
+    job = _run(cli, "case12-contacts")
+    assert job["status"] == "failed"
+    (failed,) = job["files"]
+    assert failed["line"] == 3
+    assert "email" in failed["error"]
+    assert _query(database_url, "SELECT count(*) FROM case12_contacts") == [(0,)]
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        ("customer_id,surname,first_name,email", "unknown: surname"),
+        ("customer_id,first_name,email", "missing: last_name"),
+        ("customer_id,first_name,first_name,last_name,email", "named twice: first_name"),
+    ],
+)
+def test_a_header_that_does_not_fit_fails_showing_both_lists(
+    cli: Cli, database_url: str, header: str, message: str
+) -> None:
+    """Unknown, missing and repeated header names fail the file with both column lists."""
+    _setup(cli, "header-column-order")
+    for old in (cli.cwd / "data").iterdir():
+        old.unlink()
+    (cli.cwd / "data" / "customers_1.csv").write_text(f"{header}\n101,Ada,Quill,a@x\n")
+    job = _run(cli, "case02-customers")
+    assert job["status"] == "failed"
+    (failed,) = job["files"]
+    assert message in failed["error"]
+    assert f"the header has {header.replace(',', ', ')}" in failed["error"]
+    assert "target.columns takes customer_id, first_name, last_name, email" in failed["error"]
+    assert failed["line"] == 1
