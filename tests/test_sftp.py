@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from sftp_servers import SftpServer, known_hosts_line, write_key_pair
+from structlog.testing import capture_logs
 
 from reconciler import logs
 from reconciler.errors import HostKeyError, SecretError, SourceError
@@ -60,6 +61,24 @@ def test_listing_matches_the_pattern_sorted_by_name(sftp_server: SftpServer) -> 
     assert first.mtime.tzinfo is not None
     assert int(first.mtime.timestamp()) == int((folder / "sales_a.csv").stat().st_mtime)
     assert source.key == f"sftp://{sftp_server.username}@127.0.0.1:{sftp_server.port}"
+
+
+def test_a_name_that_is_not_utf8_is_skipped_with_a_warning(sftp_server: SftpServer) -> None:
+    """A name that is not UTF-8 is left out with a warning naming it escaped; the rest lists."""
+    folder = sftp_server.folder()
+    (folder / "sales_a.csv").write_text("a")
+    for raw in (b"sales_\xe9.csv", b"x\xff.csv"):
+        with open(bytes(folder) + b"/" + raw, "wb") as odd:
+            odd.write(b"odd")
+    with _connect(sftp_server, folder, pattern="*") as source:
+        with capture_logs() as events:
+            assert [f.name for f in source.list_files()] == ["sales_a.csv"]
+        assert [f.name for f in source.list_files()] == ["sales_a.csv"]  # the session still works
+    skipped = sorted((e["log_level"], e["folder"], e["name"]) for e in events)
+    assert skipped == [
+        ("warning", str(folder), "sales_\\xe9.csv"),
+        ("warning", str(folder), "x\\xff.csv"),
+    ]
 
 
 @pytest.mark.parametrize("block", [128 * 1024, 1000, 1 << 20, -1])

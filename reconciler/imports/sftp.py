@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import paramiko
+from paramiko.sftp import CMD_CLOSE, CMD_HANDLE, CMD_NAME, CMD_OPENDIR, CMD_READDIR
 
 from reconciler import logs
 from reconciler.errors import HostKeyError, ReconcileError, SourceError
@@ -44,6 +45,7 @@ WINDOW_SIZE = 16 * 1024 * 1024
 MAX_PACKET_SIZE = 256 * 1024
 _FAST_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 _KEEPALIVE_SECONDS = 30
+_ATTRIBUTES: Any = paramiko.SFTPAttributes
 _log = logs.get_logger(__name__)
 
 
@@ -270,15 +272,55 @@ class SftpSource:
 
     # -- the Source protocol ------------------------------------------------------------------
 
+    def _read_folder(self, folder: str) -> list[tuple[bytes, paramiko.SFTPAttributes]]:
+        """Every entry of ``folder`` but '.' and '..', with its name as the server sent it.
+
+        paramiko's ``listdir_attr`` decodes every name as UTF-8 and fails the whole listing on the
+        first that is not (leaving the folder's handle open); this is the same OPENDIR, READDIR
+        and CLOSE exchange through paramiko's request method, reading names as bytes."""
+        session: Any = self._sftp  # ``_request`` and ``_from_msg`` are paramiko internals
+        kind, reply = session._request(CMD_OPENDIR, folder)
+        if kind != CMD_HANDLE:
+            raise OSError("the server answered OPENDIR without a handle")
+        handle = reply.get_binary()
+        entries: list[tuple[bytes, paramiko.SFTPAttributes]] = []
+        try:
+            while True:
+                try:
+                    kind, reply = session._request(CMD_READDIR, handle)
+                except EOFError:  # the end of the folder
+                    return entries
+                if kind != CMD_NAME:
+                    raise OSError("the server answered READDIR without names")
+                for _ in range(reply.get_int()):
+                    name = reply.get_string()
+                    reply.get_string()  # the `ls -l` line: unused, and no more UTF-8 than the name
+                    attrs = _ATTRIBUTES._from_msg(reply)
+                    if name not in (b".", b".."):
+                        entries.append((name, attrs))
+        finally:
+            with suppress(OSError, EOFError, paramiko.SSHException):
+                session._request(CMD_CLOSE, handle)
+
     def list_files(self) -> list[SourceFile]:
         """Regular files in ``remote_dir`` matching ``pattern`` (as a shell would: hidden files
-        only when the pattern starts with '.'), sorted by name."""
+        only when the pattern starts with '.'), sorted by name. A name that is not UTF-8 cannot
+        be matched, recorded or shown faithfully: it is skipped with a warning."""
         pattern = self.config.pattern
         with self._lock:
-            entries = self._call(self._sftp.listdir_attr, self._folder, what="remote_dir")
+            entries = self._call(self._read_folder, self._folder, what="remote_dir")
             files = []
-            for entry in entries:
-                name = entry.filename
+            for raw, entry in entries:
+                try:
+                    name = raw.decode()
+                except UnicodeDecodeError:
+                    _log.warning(
+                        "file skipped: its name is not UTF-8 (rename it to import it)",
+                        source=self.key,
+                        folder=self._folder,
+                        name=raw.decode(errors="backslashreplace"),
+                    )
+                    continue
                 hidden = name.startswith(".") and not pattern.startswith(".")
                 if hidden or not fnmatchcase(name, pattern):
                     continue
