@@ -1,8 +1,12 @@
 """structlog set-up and secret redaction; the CLI calls ``configure`` once per process.
 
 Logs go to stderr: readable on a terminal, one JSON object per line otherwise. A redaction
-processor masks passwords in URLs and every secret value registered with ``register_secret`` (the
+processor masks passwords in every form libpq accepts (URI user info, ``?password=``, keyword/value
+``password=...`` quoted or not) and every secret value registered with ``register_secret`` (the
 import engine registers each ``${VAR}`` value it resolves), so no secret reaches a log line.
+``mask_url`` is for a string known to be a connection string: it parses it as libpq does, so
+whatever the quoting, the password is what gets masked; every place that shows a database URL
+(error messages, logs) shows it through ``mask_url``.
 """
 
 from __future__ import annotations
@@ -13,15 +17,29 @@ import sys
 import threading
 from collections.abc import MutableMapping
 from typing import Any
+from urllib.parse import unquote
 
 import structlog
 
-__all__ = ["configure", "get_logger", "redact", "register_secret"]
+__all__ = ["MASK", "configure", "get_logger", "mask_url", "redact", "register_secret"]
 
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@", re.IGNORECASE)
+MASK = "***"
+# The patterns behind ``redact``: free text may hold a connection string anywhere in it.
+_PATTERNS = (
+    # URI user info: postgresql://user:PASSWORD@host (any scheme: sftp:// too)
+    re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+(?P<tail>@)", re.IGNORECASE),
+    # URI query parameter: ?password=... &sslpassword=...
+    re.compile(r"(?P<head>[?&][\w.-]*password=)[^&#\s]*(?P<tail>)", re.IGNORECASE),
+    # keyword/value: password=x, password = 'a b', password='it\'s', PGPASSWORD=x
+    re.compile(
+        r"(?P<head>(?<![^\s'\"(\[{,;])[\w.-]*password\s*=\s*)"
+        r"(?:'(?:[^'\\]|\\.)*'?|(?:[^\s\\]|\\.)+)(?P<tail>)",
+        re.IGNORECASE,
+    ),
+)
+_CONNINFO_SECRETS = ("password", "sslpassword")  # libpq keywords whose values are secrets
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
-MASK = "***"
 
 
 def register_secret(value: str) -> None:
@@ -32,14 +50,62 @@ def register_secret(value: str) -> None:
 
 
 def redact(text: str) -> str:
-    """``text`` with URL passwords and registered secret values masked."""
-    text = _URL_PASSWORD.sub(rf"\g<scheme>{MASK}@", text)
+    """``text`` with connection-string passwords and registered secret values masked."""
+    for pattern in _PATTERNS:
+        text = pattern.sub(rf"\g<head>{MASK}\g<tail>", text)
     with _secrets_lock:
         secrets = sorted(_secrets, key=len, reverse=True)
     for secret in secrets:
         if secret in text:
             text = text.replace(secret, MASK)
     return text
+
+
+def mask_url(url: str) -> str:
+    """A database URL or conninfo string fit to show: as written, its passwords masked.
+
+    libpq's own parser (through psycopg) is the judge: the string is shown as written with its
+    passwords masked when libpq reads that as the same settings with masked passwords, and
+    rebuilt from the parsed settings otherwise, whatever the quoting or escaping. A string libpq
+    cannot parse is masked by pattern and cut after its first password, since without libpq's
+    reading nothing says where that password ends.
+    """
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    try:
+        params = conninfo_to_dict(url)
+    except ProgrammingError:
+        shown = redact(url)
+        cut = shown.find(MASK)
+        return shown if cut < 0 else shown[: cut + len(MASK)] + " ..."
+    masked = {**params, **{key: MASK for key in _CONNINFO_SECRETS if params.get(key)}}
+    candidates = [redact(url)]
+    if url.startswith(("postgresql://", "postgres://")):
+        candidates.append(_mask_uri(url))
+    for candidate in candidates:
+        try:
+            if conninfo_to_dict(candidate) == masked:
+                return redact(candidate)
+        except ProgrammingError:
+            continue
+    return redact(make_conninfo("", **masked))
+
+
+def _mask_uri(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    rest, hash_, fragment = rest.partition("#")
+    rest, question, query = rest.partition("?")
+    authority, slash, path = rest.partition("/")
+    userinfo, at, hosts = authority.rpartition("@")
+    if ":" in userinfo:
+        userinfo = userinfo.partition(":")[0] + ":" + MASK
+    items = []
+    for item in query.split("&"):
+        key, equals, _value = item.partition("=")
+        items.append(f"{key}={MASK}" if equals and unquote(key) in _CONNINFO_SECRETS else item)
+    query = "&".join(items)
+    return f"{scheme}://{userinfo}{at}{hosts}{slash}{path}{question}{query}{hash_}{fragment}"
 
 
 def _redact_event(

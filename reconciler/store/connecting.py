@@ -7,14 +7,15 @@ here into ``StoreError`` / ``EmbeddedServerError`` with passwords masked.
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from reconciler.errors import EmbeddedServerError, StoreError
-from reconciler.logs import get_logger, redact
+from reconciler.errors import EmbeddedServerError, StoreError, UsageError
+from reconciler.logs import MASK, get_logger, mask_url, redact
 from reconciler.settings import Settings
 
 if TYPE_CHECKING:
@@ -62,14 +63,32 @@ def database_url(settings: Settings) -> str:
 
 
 def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:
-    """A psycopg connection to ``url``; connection failures become ``StoreError``."""
-    import psycopg
+    """A psycopg connection to ``url``; connection failures become ``StoreError``.
 
+    A string libpq cannot parse is a ``UsageError``: retrying cannot help.
+    """
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:
+        raise UsageError(
+            # Not shown: without libpq's reading of it, nothing says which part is the password.
+            f"the database URL is not a PostgreSQL connection string ({_parse_reason(exc, url)})"
+        ) from exc
     try:
         return psycopg.connect(url, autocommit=autocommit, connect_timeout=10)
     except psycopg.Error as exc:
         reason = redact(" ".join(str(exc).split()))  # libpq's hint spans lines; keep one
-        raise StoreError(f"cannot connect to PostgreSQL at {redact(url)}: {reason}") from exc
+        raise StoreError(f"cannot connect to PostgreSQL at {mask_url(url)}: {reason}") from exc
+
+
+def _parse_reason(exc: Exception, url: str) -> str:
+    reason = " ".join(str(exc).split())
+    if redact(url) != url:  # libpq quotes the text it stumbled on, which may be the password
+        reason = re.sub(r'"[^"]*"', f'"{MASK}"', reason)
+    return redact(reason)
 
 
 @contextmanager
@@ -81,7 +100,7 @@ def open_store(settings: Settings, *, migrate: bool = True) -> Iterator[psycopg.
 
     url = database_url(settings)
     if settings.database_url:
-        _log.debug("using configured PostgreSQL", url=redact(url))
+        _log.debug("using configured PostgreSQL", url=mask_url(url))
     conn = connect(url)
     try:
         if migrate:
