@@ -104,9 +104,7 @@ def test_upsert_rows_with_a_null_key_are_all_inserted(cli: Cli, database_url: st
     _setup(cli, "upsert-null-key")
     job = _run(cli, "case12-contacts")
     assert job["status"] == "succeeded"
-    rows = _query(
-        database_url, "SELECT email, full_name, phone FROM case12_contacts ORDER BY 2"
-    )
+    rows = _query(database_url, "SELECT email, full_name, phone FROM case12_contacts ORDER BY 2")
     assert rows == [
         (None, "Ana Diaz", "555-0103"),
         ("kim@example.test", "Kim Rowe", "555-0199"),

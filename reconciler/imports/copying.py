@@ -179,7 +179,7 @@ def _inspect(conn: psycopg.Connection[Any], target: Target, dialect: CsvDialect)
 
 
 def _refuse_reserved(table: str, schema: str, relname: str, relkind: str) -> None:
-    if schema in ("pg_catalog", "information_schema") or schema.startswith("pg_"):
+    if schema in ("pg_catalog", "information_schema") or schema.startswith("pg_toast"):
         raise TargetError(
             f"table {table} is {schema}.{relname}, a system catalog: imports never write there; "
             "set target.table to a table of your own"
