@@ -75,7 +75,7 @@ def test_framing_does_not_depend_on_block_boundaries(
 
 def test_a_utf8_mark_under_another_encoding_fails_with_advice() -> None:
     """A UTF-8 byte-order mark under csv.encoding LATIN1 says what to set."""
-    with pytest.raises(DataError, match="set csv.encoding: UTF8"):
+    with pytest.raises(DataError, match=r"set csv\.encoding: UTF8"):
         _framed(b"\xef\xbb\xbfa\n", CsvDialect(header=False, encoding="LATIN1"), 64)
 
 
@@ -147,6 +147,7 @@ def _field(value: str | None) -> str:
 )
 def test_postgres_loads_exactly_the_values_written(
     conn: psycopg.Connection,
+    *,
     rows: list[list[str | None]],
     eol: str,
     bom: bool,
