@@ -11,8 +11,20 @@ from hypothesis import strategies as st
 
 from reconciler.errors import GuardRefused
 from reconciler.model import guards
-from reconciler.model.plans import Kind, Op, Plan, Row, make_plan, schedule_fields, spec_hash
+from reconciler.model.loading import LoadedDocument
+from reconciler.model.plans import (
+    Kind,
+    Op,
+    Plan,
+    Row,
+    desired_rows,
+    make_plan,
+    resolve_local_files,
+    schedule_fields,
+    spec_hash,
+)
 from reconciler.model.rendering import plan_document, render_plan
+from reconciler.model.specs import ScheduleDocument
 
 OWNER = "reconcile"
 
@@ -28,7 +40,6 @@ def schedule(name: str, owner: str | None = OWNER, **changes: Any) -> Row:
         "sftp_override": None,
         "local_files": None,
         "misfire_grace_seconds": 300,
-        "source": "a.yaml",
     }
     spec.update(changes)
     return Row(Kind.SCHEDULE, name, schedule_fields(**spec), owner, "a.yaml", 1)
@@ -115,6 +126,64 @@ def test_moved_document_is_not_a_change() -> None:
     plan = make_plan(desired, [schedule("a")], owner=OWNER)
     assert plan.empty
     assert [r.name for r in plan.moved] == ["a"]
+
+
+def loaded_schedule(source: str, *local_files: str) -> LoadedDocument:
+    document = ScheduleDocument.model_validate(
+        {
+            "apiVersion": "reconciler/v1",
+            "kind": "Schedule",
+            "metadata": {"name": "orders"},
+            "spec": {"project": "p", "cron": "0 6 * * *", "local_files": list(local_files)},
+        }
+    )
+    return LoadedDocument(document, source, 12, 1)
+
+
+@pytest.mark.parametrize(
+    ("source", "written", "stored"),
+    [
+        ("imports.yaml", "../data/orders_*.csv", "../data/orders_*.csv"),
+        ("team/imports.yaml", "../../data/orders_*.csv", "../data/orders_*.csv"),
+        ("team/imports.yaml", "../data/orders_*.csv", "data/orders_*.csv"),
+        ("team/imports.yaml", "./in//*.csv", "team/in/*.csv"),
+        ("a/b/imports.yaml", "**/*.csv", "a/b/**/*.csv"),
+        ("team/imports.yaml", "/srv/in/*.csv", "/srv/in/*.csv"),
+    ],
+)
+def test_local_files_are_stored_relative_to_the_schedules_folder(
+    source: str, written: str, stored: str
+) -> None:
+    """A glob written beside a file becomes the glob a run reads, from the schedules folder."""
+    assert resolve_local_files([written], source) == [stored]
+    (row,) = desired_rows([loaded_schedule(source, written)], owner=OWNER)
+    assert row.fields["local_files"] == [stored]
+
+
+@pytest.mark.parametrize(
+    ("moved_to", "written", "diff"),
+    [
+        ("team/imports.yaml", "../../data/orders_*.csv", None),
+        ("team/imports.yaml", "../data/orders_*.csv", ["data/orders_*.csv"]),
+        ("imports.yaml", "../data/orders_*.csv", None),
+    ],
+)
+def test_moving_a_file_plans_what_the_run_will_read(
+    moved_to: str, written: str, diff: list[str] | None
+) -> None:
+    """A move that keeps the files read is no change; one that changes them is an update."""
+    (before,) = desired_rows([loaded_schedule("imports.yaml", "../data/orders_*.csv")], owner=OWNER)
+    actual = replace(before, stored_hash=spec_hash(before.fields))
+    desired = desired_rows([loaded_schedule(moved_to, written)], owner=OWNER)
+    plan = make_plan(desired, [actual], owner=OWNER)
+    if diff is None:
+        assert plan.empty
+        return
+    (change,) = plan.changes
+    assert [(d.field, d.old, d.new) for d in change.diffs] == [
+        ("local_files", ["../data/orders_*.csv"], diff)
+    ]
+    assert not change.drift
 
 
 def test_drift_is_labelled() -> None:

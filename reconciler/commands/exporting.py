@@ -3,12 +3,17 @@
 A team moving from the old REST API to Git exports its schedules, commits the files, and applies
 once with ``--adopt``. Projects are exported as ``external: true`` (they stay where they are);
 secrets found in the rows are replaced by ``${VAR}`` references and reported, never written out.
+``local_files`` are stored relative to the schedules folder and written relative to the file
+they are written into, so they read the same files (printed documents belong at the top).
 """
 
 from __future__ import annotations
 
+import os
+import posixpath
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +43,24 @@ def _variable(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9]", "_", name).upper()
 
 
-def _schedule_spec(row: tuple[Any, ...], warnings: list[str]) -> dict[str, Any]:
+def _relocator(schedules_dir: Path, folder: Path) -> Callable[[list[str]], list[str]]:
+    """Globs relative to ``schedules_dir`` rewritten relative to ``folder``; absolute ones kept."""
+    root, there = os.path.abspath(schedules_dir), os.path.abspath(folder)
+
+    def relocate(globs: list[str]) -> list[str]:
+        return [
+            g
+            if posixpath.isabs(g)
+            else Path(os.path.relpath(os.path.normpath(os.path.join(root, g)), there)).as_posix()
+            for g in globs
+        ]
+
+    return relocate
+
+
+def _schedule_spec(
+    row: tuple[Any, ...], warnings: list[str], relocate: Callable[[list[str]], list[str]]
+) -> dict[str, Any]:
     (name, project, kind, cron, interval, tz, enabled, callback, override, local, grace) = row
     spec: dict[str, Any] = {"project": project}
     if kind == "cron":
@@ -58,16 +80,22 @@ def _schedule_spec(row: tuple[Any, ...], warnings: list[str]) -> dict[str, Any]:
             warnings.append(f"schedule {name}: its SFTP password is now ${{{variable}}}; set it")
         spec["sftp_override"] = override
     if local:
-        spec["local_files"] = list(local)
+        is_globs = isinstance(local, list) and all(isinstance(g, str) for g in local)
+        spec["local_files"] = relocate(local) if is_globs else local
     if grace is not None and grace != 300:
         spec["misfire_grace"] = grace
     return spec
 
 
 def schedule_documents(
-    rows: list[tuple[Any, ...]], warnings: list[str]
+    rows: list[tuple[Any, ...]],
+    warnings: list[str],
+    relocate: Callable[[list[str]], list[str]] = list,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Documents grouped by project: an external Project, then its schedules."""
+    """Documents grouped by project: an external Project, then its schedules.
+
+    ``relocate`` rewrites a schedule's stored ``local_files`` for the file it is written into.
+    """
     grouped: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         project = row[1]
@@ -87,7 +115,7 @@ def schedule_documents(
                 "apiVersion": API_VERSION,
                 "kind": "Schedule",
                 "metadata": {"name": row[0]},
-                "spec": _schedule_spec(row, warnings),
+                "spec": _schedule_spec(row, warnings, relocate),
             }
         )
     return grouped
@@ -97,13 +125,13 @@ def export_rows(conn: psycopg.Connection[Any], *, settings: Settings, out: str |
     """Write (or print) the documents; return the exit code."""
     rows = conn.execute(_QUERY, (settings.owner,)).fetchall()
     warnings: list[str] = []
-    grouped = schedule_documents(rows, warnings)
+    folder = settings.schedules_dir if out is None else Path(out)
+    grouped = schedule_documents(rows, warnings, _relocator(settings.schedules_dir, folder))
     for project, docs in grouped.items():
         text = yaml.safe_dump_all(docs, sort_keys=False, default_flow_style=False)
         if out is None:
             sys.stdout.write(f"# {project}\n---\n{text}")
             continue
-        folder = Path(out)
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / f"{project}.yaml"
         target.write_text(text, encoding="utf-8")

@@ -15,7 +15,6 @@ from reconciler.errors import EXIT_CHANGES, EXIT_OK, GuardRefused, UsageError
 from reconciler.logs import get_logger
 from reconciler.model.plans import Plan, desired_rows
 from reconciler.model.rendering import plan_document, render_plan
-from reconciler.model.specs import ScheduleDocument
 from reconciler.settings import Settings
 from reconciler.store.applying import Desired
 
@@ -39,12 +38,7 @@ def load_desired(settings: Settings) -> Desired:
             f"{findings}\n{len(loaded.findings)} problem(s) in {folder}; nothing was applied "
             "(fix them, `reconcile validate` lists them)"
         )
-    local_files = {
-        d.document.metadata.name: d.document.spec.local_files
-        for d in loaded.documents
-        if isinstance(d.document, ScheduleDocument)
-    }
-    return Desired(desired_rows(loaded.documents, owner=settings.owner), local_files)
+    return Desired(desired_rows(loaded.documents, owner=settings.owner))
 
 
 def _print_plan(plan: Plan, settings: Settings, kind: str) -> None:

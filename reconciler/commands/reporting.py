@@ -20,7 +20,7 @@ __all__ = ["StatusEntry", "fetch_status", "render_status"]
 _QUERY = """
 SELECT s.name, p.name, s.schedule_type, s.cron_expression, s.interval_seconds, s.timezone,
        s.enabled, s.owner, s.last_run_at, j.status, s.interval_anchor, s.source_file,
-       s.source_line
+       s.source_line, s.local_files
 FROM cpi_schedules s
 LEFT JOIN cpi_projects p ON p.id = s.project_id
 LEFT JOIN cpi_jobs j ON j.id = s.last_job_id
@@ -31,6 +31,8 @@ ORDER BY s.name
 
 @dataclass(frozen=True, slots=True)
 class StatusEntry:
+    """One schedule as stored; ``local_files`` are relative to the schedules folder."""
+
     name: str
     project: str | None
     timing: str
@@ -41,6 +43,7 @@ class StatusEntry:
     last_result: str | None
     next_run_at: datetime | None
     source: str | None
+    local_files: Any = None  # JSON as stored: a list of globs unless edited by hand
 
     def document(self) -> dict[str, Any]:
         doc = asdict(self)
@@ -82,6 +85,7 @@ def fetch_status(
         anchor,
         source,
         line,
+        local,
     ) in conn.execute(_QUERY, {"name": name}):
         timing = cron if kind == "cron" else describe(None, interval) if interval else None
         entries.append(
@@ -96,6 +100,7 @@ def fetch_status(
                 last_result=result,
                 next_run_at=_next(cron, interval, tz or "UTC", anchor, now) if enabled else None,
                 source=f"{source}:{line}" if source else None,
+                local_files=local,
             )
         )
     if name is not None and not entries:

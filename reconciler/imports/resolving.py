@@ -7,12 +7,15 @@ unreachable SFTP server or an unset ``${VAR}`` is recorded on the job rather tha
 
 from __future__ import annotations
 
+import glob
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from reconciler.errors import NotFound, TargetError
 from reconciler.imports.jobs import ScheduleRef
+from reconciler.logs import get_logger
 from reconciler.model.specs import ProjectSpec, SftpOverride, Target
 
 if TYPE_CHECKING:
@@ -23,10 +26,15 @@ if TYPE_CHECKING:
 
 __all__ = ["ImportSpec", "load_import", "open_source", "target_url"]
 
+_log = get_logger("reconciler.imports")
+
 
 @dataclass(frozen=True, slots=True)
 class ImportSpec:
-    """A schedule row and its project's spec, parsed back into the document models."""
+    """A schedule row and its project's spec, parsed back into the document models.
+
+    ``local_files`` are relative to the schedules folder, as apply stores them.
+    """
 
     schedule: ScheduleRef
     project_spec: ProjectSpec | None
@@ -76,16 +84,29 @@ def open_source(spec: ImportSpec, settings: Settings) -> Source:
     from reconciler.imports import sources
 
     if spec.local_files:
-        # Globs are relative to the folder of the YAML file that declared the schedule.
-        folder = PurePosixPath(spec.source_file).parent if spec.source_file else PurePosixPath()
+        _warn_unmatched(spec, spec.local_files, base=os.path.abspath(settings.schedules_dir))
         return sources.local_source(
-            spec.local_files,
-            base_dir=settings.schedules_dir / folder,
-            roots=settings.local_roots,
+            spec.local_files, base_dir=settings.schedules_dir, roots=settings.local_roots
         )
     project_sftp = spec.project_spec.sftp if spec.project_spec else None
     config = sources.merge_sftp(project_sftp, spec.sftp_override)
     return sources.sftp_source(config, environ=settings.environ)
+
+
+def _warn_unmatched(spec: ImportSpec, patterns: Sequence[str], *, base: str) -> None:
+    """Log each glob that matches nothing, resolved: a run that reads no file is never silent."""
+    for pattern in patterns:
+        full = os.path.normpath(os.path.join(base, pattern))
+        if glob.escape(full) == full:
+            continue  # a plain path: the source reports a missing one as an error
+        if next(glob.iglob(full, recursive=True), None) is None:
+            _log.warning(
+                "local_files pattern matches no file",
+                schedule=spec.schedule.name,
+                pattern=full,
+                stored=pattern,
+                declared_in=spec.source_file,
+            )
 
 
 def target_url(spec: ImportSpec, settings: Settings, management_url: str) -> tuple[str, bool]:

@@ -31,6 +31,7 @@ __all__ = [
     "desired_rows",
     "flatten_fields",
     "make_plan",
+    "resolve_local_files",
     "schedule_fields",
     "spec_hash",
 ]
@@ -129,7 +130,12 @@ def spec_hash(fields: Mapping[str, Any]) -> str:
 
 
 def resolve_local_files(globs: Sequence[str] | None, source: str | None) -> list[str] | None:
-    """Globs made relative to the schedules folder, so moving a file shows as the change it is."""
+    """Globs written relative to ``source``'s folder, made relative to the schedules folder.
+
+    This is the form that is stored, compared and read by a run, so moving a document to another
+    folder shows as the change it is. Absolute globs stay as written; relative ones are
+    posix-normalised (``team/../../data/*.csv`` is ``../data/*.csv``).
+    """
     if globs is None:
         return None
     base = posixpath.dirname(source or "")
@@ -147,9 +153,11 @@ def schedule_fields(
     sftp_override: Mapping[str, Any] | None,
     local_files: Sequence[str] | None,
     misfire_grace_seconds: int | None,
-    source: str | None,
 ) -> dict[str, Any]:
-    """The compared fields of a schedule, in normal form, from either side."""
+    """The compared fields of a schedule, in normal form, from either side.
+
+    ``local_files`` are relative to the schedules folder (``resolve_local_files``), as stored.
+    """
     return {
         "project": project,
         "schedule_type": "cron" if cron is not None else "interval",
@@ -159,7 +167,7 @@ def schedule_fields(
         "enabled": True if enabled is None else enabled,
         "callback_url": callback_url,
         "sftp_override": dict(sftp_override) if sftp_override else None,
-        "local_files": resolve_local_files(local_files, source),
+        "local_files": None if local_files is None else list(local_files),
         "misfire_grace_seconds": 300 if misfire_grace_seconds is None else misfire_grace_seconds,
     }
 
@@ -189,9 +197,8 @@ def _desired(loaded: LoadedDocument, owner: str) -> Row:
         sftp_override=s.sftp_override.model_dump(mode="json", exclude_none=True)
         if s.sftp_override
         else None,
-        local_files=s.local_files,
+        local_files=resolve_local_files(s.local_files, loaded.source),
         misfire_grace_seconds=s.misfire_grace,
-        source=loaded.source,
     )
     return Row(Kind.SCHEDULE, doc.metadata.name, fields, owner, loaded.source, loaded.line)
 

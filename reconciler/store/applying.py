@@ -7,7 +7,6 @@ everything in the plan lands or nothing does.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,10 +29,9 @@ _log = get_logger("reconciler.apply")
 
 @dataclass(frozen=True, slots=True)
 class Desired:
-    """What the folder asks for: the rows, and each schedule's ``local_files`` as written."""
+    """What the folder asks for: one row per document, in the form that is stored."""
 
     rows: tuple[Row, ...]
-    local_files: Mapping[str, Sequence[str] | None]
 
 
 def plan_against(
@@ -91,5 +89,5 @@ def apply_plan(
             allow_empty=allow_empty,
             max_deletes=max_deletes,
         )
-        execute_plan(conn, plan, desired.local_files)
+        execute_plan(conn, plan)
     return plan

@@ -8,10 +8,17 @@ unpacked by ``jsonb_to_recordset``), so applying 10,000 schedules costs a handfu
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from reconciler.model.plans import Kind, Op, Plan, Row, schedule_fields, spec_hash
+from reconciler.model.plans import (
+    Kind,
+    Op,
+    Plan,
+    Row,
+    resolve_local_files,
+    schedule_fields,
+    spec_hash,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -32,38 +39,52 @@ def fetch_rows(conn: psycopg.Connection[Any]) -> list[Row]:
     rows: list[Row] = []
     for name, spec, owner, source, line, stored in conn.execute(_PROJECTS):
         rows.append(Row(Kind.PROJECT, name, {"spec": spec}, owner, source, line or 0, stored))
-    for (
-        name,
-        project,
-        cron,
-        interval,
-        tz,
-        enabled,
-        callback,
-        override,
-        local,
-        grace,
-        owner,
-        source,
-        line,
-        stored,
-    ) in conn.execute(_SCHEDULES):
-        fields = schedule_fields(
-            project=project,
-            cron=cron,
-            interval_seconds=interval,
-            timezone=tz,
-            enabled=enabled,
-            callback_url=callback,
-            sftp_override=override,
-            local_files=local,
-            misfire_grace_seconds=grace,
-            source=source,
-        )
-        if cron is None and interval is None:
-            fields["schedule_type"] = None
-        rows.append(Row(Kind.SCHEDULE, name, fields, owner, source, line or 0, stored))
+    rows.extend(_schedule_row(record) for record in conn.execute(_SCHEDULES))
     return rows
+
+
+def _schedule_row(record: tuple[Any, ...]) -> Row:
+    (
+        name, project, cron, interval, tz, enabled, callback, override, local, grace,
+        owner, source, line, stored,
+    ) = record  # fmt: skip
+    globs = local if _is_globs(local) else None
+    fields = schedule_fields(
+        project=project,
+        cron=cron,
+        interval_seconds=interval,
+        timezone=tz,
+        enabled=enabled,
+        callback_url=callback,
+        sftp_override=override,
+        local_files=globs,
+        misfire_grace_seconds=grace,
+    )
+    if cron is None and interval is None:
+        fields["schedule_type"] = None
+    if globs is None:  # NULL, or edited by hand into no list of globs: shown as is, set back
+        fields["local_files"] = local
+    elif _written_beside(fields, globs, source, stored):
+        stored = None  # a change of storage format, not drift
+    return Row(Kind.SCHEDULE, name, fields, owner, source, line or 0, stored)
+
+
+def _is_globs(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(g, str) and g for g in value)
+
+
+def _written_beside(
+    fields: dict[str, Any], globs: list[str], source: str | None, stored: str | None
+) -> bool:
+    """Whether ``globs`` are stored as the previous version wrote them: relative to the folder of
+    ``source`` rather than to the schedules folder (its hash was taken over them resolved).
+
+    Such a row shows as an ordinary update of ``local_files``, which one apply fixes.
+    """
+    if stored is None or stored == spec_hash(fields):
+        return False
+    resolved = resolve_local_files(globs, source)
+    return resolved != globs and stored == spec_hash({**fields, "local_files": resolved})
 
 
 def _project_record(row: Row, owner: str) -> dict[str, Any]:
@@ -77,7 +98,7 @@ def _project_record(row: Row, owner: str) -> dict[str, Any]:
     }
 
 
-def _schedule_record(row: Row, owner: str, local_files: Sequence[str] | None) -> dict[str, Any]:
+def _schedule_record(row: Row, owner: str) -> dict[str, Any]:
     f = row.fields
     return {
         "name": row.name,
@@ -89,7 +110,7 @@ def _schedule_record(row: Row, owner: str, local_files: Sequence[str] | None) ->
         "enabled": f["enabled"],
         "callback_url": f["callback_url"],
         "sftp_override": f["sftp_override"],
-        "local_files": local_files,
+        "local_files": f["local_files"],
         "misfire_grace_seconds": f["misfire_grace_seconds"],
         "owner": owner,
         "source_file": row.source,
@@ -157,13 +178,11 @@ def _json(records: list[dict[str, Any]]) -> str:
     return json.dumps(records, separators=(",", ":"))
 
 
-def execute_plan(
-    conn: psycopg.Connection[Any], plan: Plan, local_files: Mapping[str, Sequence[str] | None]
-) -> None:
+def execute_plan(conn: psycopg.Connection[Any], plan: Plan) -> None:
     """Carry out ``plan`` on ``conn`` inside the caller's transaction.
 
-    ``local_files`` maps schedule names to their globs as written (the seed's column stores them
-    so; the plan compares them resolved against the folder).
+    ``local_files`` are stored as the plan compared them: relative to the schedules folder, the
+    way a run reads them, wherever the document sits.
     """
     owner = plan.owner
 
@@ -175,9 +194,7 @@ def execute_plan(
         return [c.desired for c in plan.of(op, kind) if c.desired is not None]
 
     def schedules(op: Op) -> list[dict[str, Any]]:
-        return [
-            _schedule_record(r, owner, local_files.get(r.name)) for r in rows(op, Kind.SCHEDULE)
-        ]
+        return [_schedule_record(r, owner) for r in rows(op, Kind.SCHEDULE)]
 
     deleted_schedules = [c.name for c in plan.of(Op.DELETE, Kind.SCHEDULE)]
     if deleted_schedules:
