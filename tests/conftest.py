@@ -21,15 +21,40 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from reconciler.store.migrating import migrate
 
-# Real SFTP servers (OpenSSH's sshd and asyncssh) for the source tests.
-pytest_plugins = ["sftp_servers"]
+# Real SFTP servers (OpenSSH's sshd and asyncssh) for the source tests; PostgreSQL 15 beside the
+# embedded server for the import tests.
+pytest_plugins = ["sftp_servers", "oldest_postgres"]
+
+# Modules whose tests run on the embedded server and again on the oldest supported PostgreSQL.
+_ON_EVERY_SERVER = frozenset(
+    {"test_copying", "test_framing", "test_csv_cases", "test_running", "test_run_cli", "test_jobs"}
+)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Import tests run once per server: ``[embedded]`` and ``[pg15]``."""
+    module = metafunc.module.__name__.rpartition(".")[2]
+    if module in _ON_EVERY_SERVER and "pg_server" in metafunc.fixturenames:
+        metafunc.parametrize("postgres", ["embedded", "pg15"], indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
+def postgres(request: pytest.FixtureRequest) -> str:
+    """Which server a test runs on: the embedded default unless parametrized."""
+    return str(getattr(request, "param", "embedded"))
+
 
 _TEMPLATE = "reconcile_test_template"
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_server(
+    postgres: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     """The URL of a PostgreSQL server for the whole test session (maintenance database)."""
+    if postgres == "pg15":
+        yield request.getfixturevalue("oldest_postgres")
+        return
     url = os.environ.get("RECONCILER_TEST_DATABASE_URL")
     if url:
         yield url
