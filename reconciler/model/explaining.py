@@ -3,7 +3,7 @@
 ``model.loading`` validates each document with ``specs.document_adapter()`` and passes every error
 here. ``explain`` returns where in the document the problem is and a short message that says what
 to do: ``spec: unknown key 'crn' (did you mean 'cron'?)``. A value written under a secret key is
-never repeated in a message. Pure.
+never repeated in a message, and any other is quoted short (``scalars.excerpt``). Pure.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from reconciler.model import specs
-from reconciler.model.scalars import is_secret_key
+from reconciler.model.scalars import MAX_SHOWN, excerpt, is_secret_key
 
 __all__ = ["Explanation", "dotted", "explain"]
 
@@ -30,7 +30,6 @@ _KINDS: dict[str, type[BaseModel]] = {
 }
 _QUOTED = re.compile(r"'([^']*)'")
 _PATTERN_HINTS = {"callback_url": "must be an http:// or https:// URL"}
-_MAX_SHOWN = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,11 +134,12 @@ def _one_of(value: str, options: list[str]) -> str:
 
 def _unknown(key: str, allowed: tuple[str, ...]) -> str:
     close = difflib.get_close_matches(key, allowed, n=1)
+    shown = excerpt(key)
     if close:
-        return f"unknown key {key!r} (did you mean {close[0]!r}?)"
+        return f"unknown key {shown} (did you mean {close[0]!r}?)"
     if allowed:
-        return f"unknown key {key!r} (allowed: {', '.join(allowed)})"
-    return f"unknown key {key!r}"
+        return f"unknown key {shown} (allowed: {', '.join(allowed)})"
+    return f"unknown key {shown}"
 
 
 def _describe(value: object) -> str:
@@ -148,13 +148,14 @@ def _describe(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
-        return f"the number {value}"
+        # str() of an int past 4300 digits raises; the loader never passes one, but never crash.
+        text = "..." if isinstance(value, int) and value.bit_length() > 1000 else str(value)
+        return f"the number {text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + '...'}"
     if isinstance(value, dict):
         return "a mapping"
     if isinstance(value, list | tuple):
         return "a list"
-    text = str(value)
-    return repr(text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 3] + "...")
+    return excerpt(str(value))
 
 
 def _names(path: tuple[Any, ...]) -> tuple[str, ...]:

@@ -26,6 +26,7 @@ from reconciler.model.parsing import (
     parse_documents,
     position_of,
 )
+from reconciler.model.scalars import excerpt
 
 __all__ = ["MAX_FILE_BYTES", "Loaded", "LoadedDocument", "load_files"]
 
@@ -162,7 +163,10 @@ def _validate(
 
 
 def _kind(doc: ParsedDocument) -> str:
-    return "a list" if isinstance(doc.value, list) else f"the single value {doc.value!r}"
+    # Never the value itself: a file that is not YAML (a symlinked .env) is one long value.
+    if isinstance(doc.value, list):
+        return "a list"
+    return "a single value (is this a YAML file?)"
 
 
 def _identity(doc: ParsedDocument, display: str) -> _Declared | None:
@@ -195,7 +199,7 @@ def _cross_checks(declared: list[_Declared]) -> list[Finding]:
                     item.display,
                     item.line,
                     item.column,
-                    f"metadata.name: {item.kind} {item.name!r} is already declared at "
+                    f"metadata.name: {item.kind} {excerpt(item.name)} is already declared at "
                     f"{earlier.display}:{earlier.line}:{earlier.column}; "
                     "names must be unique per kind",
                 )
@@ -212,8 +216,8 @@ def _cross_checks(declared: list[_Declared]) -> list[Finding]:
                 item.display,
                 line,
                 column,
-                f"spec.project: project {name!r} is not declared in this folder{hint}; add a "
-                "Project document, or one with 'external: true' if it is managed elsewhere",
+                f"spec.project: project {excerpt(name)} is not declared in this folder{hint}; "
+                "add a Project document, or one with 'external: true' if it is managed elsewhere",
             )
         )
     return findings

@@ -15,6 +15,8 @@ Choices, documented for users in the README:
   underscores and integers with a leading zero (``0755``) are problems: YAML 1.1 tools read them
   differently, so the user is asked to quote them or write them plainly.
 - Merge keys (``<<``), custom tags and non-text keys are problems.
+- A NUL character (only a double-quoted ``"\\0"`` can write one) is a problem anywhere, keys
+  included: PostgreSQL text and JSONB cannot store it.
 
 Pure: bytes in, values and problems out.
 """
@@ -27,7 +29,7 @@ from typing import Any, NamedTuple
 
 import yaml
 
-from reconciler.model.scalars import NUMBER_START, resolve
+from reconciler.model.scalars import NUMBER_START, excerpt, resolve
 
 __all__ = [
     "MAX_DEPTH",
@@ -63,6 +65,7 @@ _TOO_MANY = (
     "split the document or remove the aliases"
 )
 _NO_MERGE = "merge keys ('<<') are not supported: write the keys out"
+_NUL = "contains a NUL character ('\\0'), which PostgreSQL cannot store: remove it"
 _CONTAINER_TAGS = frozenset({None, "!", "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"})
 
 
@@ -165,6 +168,8 @@ def _build(get_event: Any, documents: list[ParsedDocument]) -> None:  # noqa: PL
         if kind is _Scalar:
             count += 1
             text = event.value
+            if event.style == '"' and "\x00" in text:  # no other style can write one
+                problems.append(_problem(event, _NUL))
             if is_map and key is _NO_KEY:
                 if text in container:
                     problems.append(_duplicate(text, event, table[text][0]))
@@ -197,14 +202,14 @@ def _build(get_event: Any, documents: list[ParsedDocument]) -> None:  # noqa: PL
                 problems.append(_problem(event, _TOO_DEEP))
                 return
             if event.tag not in _CONTAINER_TAGS:
-                problems.append(_problem(event, f"unsupported tag {event.tag!r}: remove it"))
+                problems.append(_problem(event, f"unsupported tag {excerpt(event.tag)}: remove it"))
             count += 1
             value = {} if kind is _MapStart else []
         elif kind is _Alias:
             anchored = anchors.get(event.anchor)
             if anchored is None or (is_map and key is _NO_KEY):
                 message = (
-                    f"unknown alias '*{event.anchor}': {_ALIAS_HINT}"
+                    f"unknown alias {excerpt('*' + event.anchor)}: {_ALIAS_HINT}"
                     if anchored is None
                     else "a key must be plain text, not an alias"
                 )
@@ -254,7 +259,7 @@ def _problem(event: Any, message: str) -> Problem:
 
 
 def _duplicate(key: str, event: Any, first: int) -> Problem:
-    return _problem(event, f"duplicate key {key!r} (first at line {first + 1}): keep one")
+    return _problem(event, f"duplicate key {excerpt(key)} (first at line {first + 1}): keep one")
 
 
 def byte_position(data: bytes, offset: int) -> tuple[int, int]:

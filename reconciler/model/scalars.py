@@ -8,9 +8,12 @@ is kept as text and reported, so that one file never means two things to two too
 - decimal, ``0x`` and ``0o`` integers and decimal floats (with ``.inf``, ``.nan``) are numbers;
 - plain ``yes``/``no``/``on``/``off``/``y``/``n``, base-60 numbers (``06:00``, ``1:30:00``),
   numbers with underscores (``1_000``) and integers with a leading zero (``0755``) are problems;
-- quoted and block scalars are always text; ``!!str``/``!`` force text, ``!!int`` etc. are checked.
+- quoted and block scalars are always text; ``!!str``/``!`` force text, ``!!int`` etc. are checked;
+- integers longer than ``MAX_DIGITS`` digits are problems: no setting takes one, and converting
+  thousands of digits is slow (Python refuses past 4,300).
 
-Messages never repeat a value written under a secret key (``password``, ``database_url``). Pure.
+Messages never repeat a value written under a secret key (``password``, any ``*_url``), and
+quote any other value through ``excerpt``: a few dozen characters, never a whole file. Pure.
 """
 
 from __future__ import annotations
@@ -18,7 +21,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-__all__ = ["NUMBER_START", "is_secret_key", "resolve"]
+__all__ = ["MAX_DIGITS", "MAX_SHOWN", "NUMBER_START", "excerpt", "is_secret_key", "resolve"]
+
+MAX_SHOWN = 40  # characters of a value a message may quote; the rest is cut
+MAX_DIGITS = 30  # far more than any setting takes (the largest holds 10 digits)
 
 NUMBER_START = frozenset("0123456789+-.")  # plain scalars not starting so and longer than 5: text
 _NUMBER_END = frozenset("0123456789._abcdefABCDEFnN")  # how numbers end: hex, .inf, .nan too
@@ -31,7 +37,8 @@ _FLOAT = re.compile(r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?\
 _SPECIAL_FLOAT = {".inf": float("inf"), "+.inf": float("inf"), "-.inf": float("-inf")}
 _SEXAGESIMAL = re.compile(r"[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?\Z")
 _UNDERSCORED = re.compile(r"[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?\Z")
-_SECRET_WORDS = ("pass", "secret", "token", "credential", "database_url")
+# URLs carry passwords and tokens (a webhook's path often is one): never quote them back either.
+_SECRET_WORDS = ("pass", "secret", "token", "credential", "url")
 _STR_TAGS = frozenset({"!", "tag:yaml.org,2002:str"})
 _TYPED_TAGS: dict[str, type] = {
     "tag:yaml.org,2002:int": int,
@@ -54,6 +61,17 @@ def is_secret_key(key: object) -> bool:
     return known
 
 
+def excerpt(text: str) -> str:
+    """``text`` quoted for a message, cut to ``MAX_SHOWN`` characters with ``...``.
+
+    A file that is not YAML (a symlinked ``.env``) reads as one long value; a finding must name
+    it, not print it into a CI log.
+    """
+    if len(text) > MAX_SHOWN:
+        text = text[: MAX_SHOWN - 3] + "..."
+    return repr(text)
+
+
 def resolve(text: str, style: str | None, tag: str | None, key: object) -> tuple[Any, str]:
     """The value of a scalar written under ``key``, and a problem message ('' when none)."""
     if tag is None:
@@ -67,10 +85,10 @@ def resolve(text: str, style: str | None, tag: str | None, key: object) -> tuple
         value, code = _plain(text)
         if wanted is float and type(value) is int:
             value = float(value)
-        if code or type(value) is not wanted:
+        if code != "huge" and (code or type(value) is not wanted):
             value, code = text, "tagged"
     else:
-        return text, f"unsupported tag {tag!r}: remove it"
+        return text, f"unsupported tag {excerpt(tag)}: remove it"
     if not code:
         return value, ""
     return text, _message(code, text, tag, secret=is_secret_key(key))
@@ -94,13 +112,13 @@ def _number(text: str) -> tuple[Any, str]:  # noqa: PLR0911 -- one exit per read
     if text[-1] not in _NUMBER_END:  # "2h", "300s", "0 0 * * *": durations and crons are text
         return text, ""
     if _DECIMAL.match(text):
-        return int(text), ""
+        return (int(text), "") if len(text.lstrip("+-")) <= MAX_DIGITS else (text, "huge")
     if _LEADING_ZERO.match(text):
         return text, "octal"
     if _FLOAT.match(text):
         return float(text), ""
     if _HEX_OR_OCTAL.match(text):
-        return int(text, 0), ""
+        return (int(text, 0), "") if len(text) - 2 <= MAX_DIGITS else (text, "huge")
     lowered = text.lower()
     if lowered in _SPECIAL_FLOAT:
         return _SPECIAL_FLOAT[lowered], ""
@@ -114,7 +132,9 @@ def _number(text: str) -> tuple[Any, str]:  # noqa: PLR0911 -- one exit per read
 
 
 def _message(code: str, text: str, tag: str | None, *, secret: bool) -> str:
-    shown = "this value" if secret else repr(text)
+    shown = "this value" if secret else excerpt(text)
+    if code == "huge":
+        return "this number is far too large for any setting (none takes more than 2147483647)"
     if code == "bool":
         word = "" if secret else f" {text!r}"
         return f"ambiguous YAML 1.1 boolean{word}: write true or false, or quote it"
@@ -126,7 +146,7 @@ def _message(code: str, text: str, tag: str | None, *, secret: bool) -> str:
     if code == "tagged":
         return f"{shown} is not a valid {str(tag).rsplit(':', 1)[-1]}"
     number = _base60(text) if code == "base60" else text.replace("_", "")
-    shown_number = "" if secret else f" {number}"
+    shown_number = "" if secret else f" {excerpt(number)[1:-1]}"
     return f"{shown} would be read as the number{shown_number} in YAML 1.1: quote it"
 
 
