@@ -530,3 +530,92 @@ def test_fire_times_match_the_contract_minute_by_minute(
         cron=expression, interval_seconds=None, timezone=name, start=start, end=end
     )
     assert actual == expected
+
+
+# --- the end of time and values too long to quote ---------------------------------------------
+
+_DIGITS = "9" * 5000
+
+
+@pytest.mark.parametrize(
+    ("expression", "message"),
+    [
+        (
+            f"{_DIGITS} * * * *",
+            f"'{'9' * 37}...': minute {'9' * 37}... is out of range 0-59",
+        ),
+        (f"0 0{_DIGITS} * * *", f"'0 0{'9' * 34}...': hour 0{'9' * 36}... is out of range 0-23"),
+        (f"*/x{_DIGITS} * * * *", f"'*/x{'9' * 34}...': step 'x{'9' * 36}...' in the minute"),
+        (f"@x{_DIGITS}", f"'@x{'9' * 35}...' is not a cron macro"),
+        (f"0 0 * * {'a' * 200}", f"'0 0 * * {'a' * 29}...': '{'a' * 37}...' is not a valid day"),
+    ],
+    ids=["5000 digits", "leading zero and digits", "long step", "long macro", "long name"],
+)
+def test_long_expressions_are_quoted_short(expression: str, message: str) -> None:
+    """A rejected expression and its token are quoted to 40 characters; digits never overflow."""
+    with pytest.raises(ValueError, match=re.escape(message)) as raised:
+        normalize_cron(expression)
+    assert len(str(raised.value)) < 250
+
+
+@pytest.mark.parametrize(
+    ("spellings", "canonical"),
+    [
+        ((f"*/{_DIGITS} * * * *", "*/60 * * * *", "*/0060 * * * *"), "0 * * * *"),
+        (("0000000000000000005 * * * *", "05 * * * *"), "5 * * * *"),
+    ],
+    ids=["a step past the field", "leading zeros"],
+)
+def test_long_numbers_in_a_cron_mean_what_they_say(
+    spellings: tuple[str, ...], canonical: str
+) -> None:
+    """Steps past the field keep its first value; leading zeros change nothing."""
+    assert {normalize_cron(s) for s in spellings} == {canonical}
+
+
+END = [
+    # (cron or interval, zone, after, what is left before datetime's last instant)
+    ("0 0 * * *", "UTC", "9999-12-29T12:00", ["9999-12-30T00:00", "9999-12-31T00:00"]),
+    ("0 0 * * *", "America/New_York", "9999-12-30T06:00", ["9999-12-31T05:00"]),
+    ("59 23 31 12 *", "America/New_York", "9999-12-30T00:00", []),  # 10000-01-01 04:59 UTC
+    ("0 0 29 2 *", "UTC", "9996-03-01T00:00", []),  # 10000 would be the next leap year
+    (7200, "UTC", "9999-12-31T19:00", ["9999-12-31T21:00", "9999-12-31T23:00"]),
+]
+
+
+@pytest.mark.parametrize(("timing", "zone", "after", "expected"), END)
+def test_fire_times_end_with_year_9999(
+    timing: str | int, zone: str, after: str, expected: list[str]
+) -> None:
+    """Past datetime's last instant there are no more fire times: fewer, never an overflow."""
+    cron, interval = (timing, None) if isinstance(timing, str) else (None, timing)
+    times = next_fire_times(
+        cron=cron, interval_seconds=interval, timezone=zone, after=_utc(after), count=5
+    )
+    assert [t.strftime("%Y-%m-%dT%H:%M") for t in times] == expected
+
+
+def test_the_longest_interval_a_thousand_times_ends_quietly() -> None:
+    """A 68-year interval asked for 1000 times gives the runs before year 10000."""
+    times = next_fire_times(
+        cron=None,
+        interval_seconds=2_147_483_647,
+        timezone="UTC",
+        after=_utc("2026-01-01T00:00"),
+        count=1000,
+    )
+    assert 100 < len(times) < 1000
+    assert times[-1].year <= 9999
+
+
+@pytest.mark.parametrize("zone", ["America", "US", "A" * 300, "../etc/passwd", ""])
+def test_fire_times_refuse_what_is_not_a_zone(zone: str) -> None:
+    """A folder of the tz database, a key too long for a file name, or a path: ValueError."""
+    with pytest.raises(ValueError, match="unknown time zone"):
+        next_fire_times(
+            cron="0 * * * *",
+            interval_seconds=None,
+            timezone=zone,
+            after=_utc("2026-01-01T00:00"),
+            count=1,
+        )

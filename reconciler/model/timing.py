@@ -10,6 +10,8 @@ are rejected. Fire times come from iterating local wall-clock times and mapping 
 a time skipped by a spring-forward runs once at the first instant after the gap, a repeated time
 runs once, at its first occurrence. The field parsing is our own so that a mistake gets a precise
 message; ``croniter`` iterates the canonical spelling, which it reads exactly as we do.
+Messages quote the expression short (``scalars.excerpt``), and fire times end quietly where
+``datetime`` does, at the end of year 9999.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from reconciler.model.scalars import excerpt
 
 __all__ = ["describe", "fire_times_between", "next_fire_times", "normalize_cron"]
 
@@ -71,10 +75,13 @@ _DOM, _MONTH, _DOW = 2, 3, 4
 
 def _value(token: str, field: _Field, expression: str, *, range_end: bool = False) -> int:
     if token.isascii() and token.isdigit():
-        number = int(token)
+        digits = token.lstrip("0") or "0"
+        # Converted only when short: thousands of digits are slow, and Python refuses past 4300.
+        number = int(digits) if len(digits) <= 2 else field.top + 1
         if not field.low <= number <= field.top:
             raise ValueError(
-                f"{expression!r}: {field.name} {number} is out of range {field.low}-{field.top}"
+                f"{excerpt(expression)}: {field.name} {excerpt(token)[1:-1]} is out of range "
+                f"{field.low}-{field.top}"
             )
         return number
     name = token.lower()
@@ -84,7 +91,7 @@ def _value(token: str, field: _Field, expression: str, *, range_end: bool = Fals
         return 7 if range_end and field is _FIELDS[_DOW] and number == 0 else number
     extension = " (L, W, #, ? and H are extensions, not standard cron)"
     raise ValueError(
-        f"{expression!r}: {token!r} is not a valid {field.name}; use {field.hint}"
+        f"{excerpt(expression)}: {excerpt(token)} is not a valid {field.name}; use {field.hint}"
         + (extension if _EXTENSIONS.search(token) else "")
     )
 
@@ -95,12 +102,14 @@ def _parse_field(text: str, field: _Field, expression: str) -> frozenset[int]:
         base, slash, step_text = item.partition("/")
         step = 1
         if slash:
-            if not (step_text.isascii() and step_text.isdigit()) or int(step_text) == 0:
+            digits = step_text.lstrip("0")
+            if not (step_text.isascii() and step_text.isdigit()) or not digits:
                 raise ValueError(
-                    f"{expression!r}: step {step_text!r} in the {field.name} field "
+                    f"{excerpt(expression)}: step {excerpt(step_text)} in the {field.name} field "
                     "must be a whole number of at least 1"
                 )
-            step = int(step_text)
+            # Any step past the field's span keeps only the first value: no need to convert.
+            step = int(digits) if len(digits) <= 2 else field.top + 1
         if base == "*":
             low, high = field.low, field.high
         elif "-" in base:
@@ -109,7 +118,7 @@ def _parse_field(text: str, field: _Field, expression: str) -> frozenset[int]:
             high = _value(last, field, expression, range_end=True)
             if low > high:
                 raise ValueError(
-                    f"{expression!r}: the {field.name} range {base} runs backwards; "
+                    f"{excerpt(expression)}: the {field.name} range {base} runs backwards; "
                     f"write it as two ranges, e.g. {first}-{field.top},{field.low}-{last}"
                 )
         elif base:
@@ -118,7 +127,9 @@ def _parse_field(text: str, field: _Field, expression: str) -> frozenset[int]:
             if slash:  # '5/15': from 5 to the end of the field in steps of 15
                 low, high = low % (field.high + 1), field.high  # '7/2' starts on Sunday, 0
         else:
-            raise ValueError(f"{expression!r}: the {field.name} field {text!r} has an empty item")
+            raise ValueError(
+                f"{excerpt(expression)}: the {field.name} field {excerpt(text)} has an empty item"
+            )
         values.update(range(low, high + 1, step))
     if field is _FIELDS[_DOW] and 7 in values:
         values = (values - {7}) | {0}
@@ -164,7 +175,7 @@ def _check_fires(days: frozenset[int], months: frozenset[int], expression: str) 
     month_words = _words([_MONTH_NAMES[m - 1] for m in sorted(months)], "and")
     verb = "has" if len(months) == 1 else "have"
     day_words = _words([_ordinal(d) for d in sorted(days)], "or")
-    raise ValueError(f"{expression!r} never fires ({month_words} {verb} no {day_words})")
+    raise ValueError(f"{excerpt(expression)} never fires ({month_words} {verb} no {day_words})")
 
 
 @functools.lru_cache(maxsize=512)
@@ -188,13 +199,15 @@ def normalize_cron(expression: str) -> str:
                 "or '0 3 * * *'"
             )
         if macro not in _MACROS:
-            raise ValueError(f"{expression!r} is not a cron macro; use one of {', '.join(_MACROS)}")
+            raise ValueError(
+                f"{excerpt(expression)} is not a cron macro; use one of {', '.join(_MACROS)}"
+            )
         if len(fields) > 1:
-            raise ValueError(f"{expression!r}: a macro such as {macro} stands alone")
+            raise ValueError(f"{excerpt(expression)}: a macro such as {macro} stands alone")
         fields = _MACROS[macro].split()
     if len(fields) != len(_FIELDS):
         raise ValueError(
-            f"{expression!r} has {len(fields)} fields; standard cron has 5 (minute hour "
+            f"{excerpt(expression)} has {len(fields)} fields; standard cron has 5 (minute hour "
             "day-of-month month day-of-week), without seconds or years"
         )
     sets = [
@@ -214,8 +227,8 @@ def normalize_cron(expression: str) -> str:
 def _zone(timezone: str) -> ZoneInfo:
     try:
         return ZoneInfo(timezone)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {timezone!r}") from None
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: 'America' is a folder
+        raise ValueError(f"unknown time zone {excerpt(timezone)}") from None
 
 
 def _instant(wall: datetime, zone: ZoneInfo) -> datetime:
@@ -249,9 +262,11 @@ def _cron_times(canonical: str, zone: ZoneInfo, after: datetime) -> Iterator[dat
     while True:
         try:
             candidate: datetime = walker.get_next()
+            instant = _instant(candidate, zone)
         except CroniterBadDateError:  # nothing within 50 years of the last fire time
             return
-        instant = _instant(candidate, zone)
+        except (OverflowError, ValueError):  # past year 9999: datetime ends there
+            return
         if instant > floor:  # several gap times map to one instant: it runs once
             floor = instant
             yield instant
@@ -260,10 +275,13 @@ def _cron_times(canonical: str, zone: ZoneInfo, after: datetime) -> Iterator[dat
 def _interval_times(seconds: int, after: datetime, anchor: datetime) -> Iterator[datetime]:
     period = timedelta(seconds=seconds)
     base = anchor.astimezone(UTC)
-    moment = base + ((after - base) // period + 1) * period
-    while True:
-        yield moment
-        moment += period
+    try:
+        moment = base + ((after - base) // period + 1) * period
+        while True:
+            yield moment
+            moment += period
+    except OverflowError:  # past year 9999: datetime ends there
+        return
 
 
 def _fire_times(
