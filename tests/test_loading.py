@@ -448,3 +448,253 @@ def test_syntax_error_keeps_the_names_declared_before_it() -> None:
     assert [str(f) for f in loaded.findings] == [
         "schedules.d/s0.yaml:8:1: invalid YAML: did not find expected node content"
     ]
+
+
+def project(table: str, *spec: str) -> str:
+    """A Project 'other' whose ``target.table`` value starts at line 6, column 19."""
+    text = PROJECT.replace("{table: public.sales}", f"{{table: {table}}}")
+    return text.replace("name: sales", "name: other") + "".join(line + "\n" for line in spec)
+
+
+DIGITS = "9" * 5000
+NUL = "contains a NUL character ('\\0'), which PostgreSQL cannot store: remove it"
+HUGE = "this number is far too large for any setting (none takes more than 2147483647)"
+INT4 = "a duration must be at most 2147483647 seconds (about 68 years)"
+ZONE_HINT = "use an IANA name such as 'UTC' or 'Europe/Berlin'"
+BAD_URL = (
+    "spec.callback_url: must be a valid URL: check the host (an IPv6 address goes in "
+    "[brackets]) and the port (a number up to 65535)"
+)
+CREDENTIALS = (
+    "spec.callback_url: must not contain credentials ('user:password@'): they would be stored "
+    "and shown in plans; remove them and have the receiver check the webhook-signature header "
+    "(set RECONCILER_WEBHOOK_SECRET)"
+)
+OWN_TABLE = (
+    "is one of reconcile's own tables (its schedules, jobs, record of imported files or load "
+    "stage), which an import would corrupt: import into a table of your own"
+)
+
+DATABASE_REJECTS = [
+    # (id, text, "line:col", the whole message): what the database or the run would refuse
+    ("interval past integer", schedule("  interval: 2147483648"), "7:13",
+     f"spec.interval: {INT4}, got 2147483648"),
+    ("interval past integer in hours", schedule("  interval: 596524h"), "7:13",
+     f"spec.interval: {INT4}, got '596524h'"),
+    ("interval past integer in parts", schedule("  interval: 24855d3h15m"), "7:13",
+     f"spec.interval: {INT4}, got '24855d3h15m'"),
+    ("grace past integer", schedule(CRON, "  misfire_grace: 2147483648"), "8:18",
+     f"spec.misfire_grace: {INT4}, got 2147483648"),
+    ("grace past integer in seconds", schedule(CRON, '  misfire_grace: "2147483648s"'), "8:18",
+     f"spec.misfire_grace: {INT4}, got '2147483648s'"),
+    ("5000 digits", schedule("  interval: " + DIGITS), "7:13", HUGE),
+    ("5000 digits, signed", schedule(CRON, "  misfire_grace: -" + DIGITS), "8:18", HUGE),
+    ("5000 digits, tagged", schedule(CRON, "  sftp_override: {port: !!int " + DIGITS + "}"),
+     "8:25", HUGE),
+    ("hexadecimal past 30 digits", schedule(CRON, "  sftp_override: {port: 0x" + "f" * 31 + "}"),
+     "8:25", HUGE),
+    ("5000 digits, quoted", schedule(f'  interval: "{DIGITS}"'), "7:13",
+     f"spec.interval: {INT4}, got '{'9' * 37}...'"),
+    ("5000 digits in hours", schedule(f"  interval: {DIGITS}h"), "7:13",
+     f"spec.interval: {INT4}, got '{'9' * 37}...'"),
+    ("5000 digits in a cron", schedule(f'  cron: "{DIGITS} * * * *"'), "7:9",
+     f"spec.cron: '{'9' * 37}...': minute {'9' * 37}... is out of range 0-59"),
+    ("a digit that is not ASCII", schedule("  interval: '\u00b2'"), "7:13",
+     "spec.interval: '\u00b2' is not a duration: write whole seconds or units d, h, m, s "
+     "such as '2h', '90m' or '1h30m'"),
+    ("cron longer than its column",
+     schedule('  cron: "' + ",".join(str(m) for m in range(60) if m % 3 != 2) + ' * * * *"'),
+     "7:9",
+     "spec.cron: '0,1,3,4,6,7,9,10,12,13,15,16,18,19,21...' is 120 characters even in its "
+     "shortest spelling; the database stores at most 100: split it into two schedules"),
+    ("NUL in a value", schedule(CRON, '  timezone: "U\\0TC"'), "8:13", NUL),
+    ("NUL as \\x00 in a list", schedule(CRON, '  local_files: ["a\\x00b.csv"]'), "8:17", NUL),
+    ("NUL as \\u0000 in a key", schedule(CRON, '  "ena\\u0000bled": true'), "8:3", NUL),
+    ("NUL in a name", schedule(CRON, name='"da\\0ily"'), "4:9", NUL),
+    ("NUL as the CSV null", project("t", '  csv: {null: "\\0"}'), "7:15", NUL),
+    ("NUL in an SFTP pattern", schedule(CRON, '  sftp_override: {pattern: "*\\0.csv"}'), "8:28",
+     NUL),
+    ("a name with a trailing newline", schedule(CRON, name='"daily\\n"'), "4:9",
+     "metadata.name: 'daily\\n' is not a valid name: use letters, digits, '_', '-' and '.', "
+     "starting with a letter or digit, at most 255 characters"),
+    ("a table with a trailing newline", project('"sales\\n"'), "6:19",
+     "spec.target.table: 'sales\\n' is not a plain SQL identifier "
+     "(letters, digits, '_', at most 63 characters)"),
+    ("a reference with a trailing newline", project("t", '  sftp: {host: h, username: u, '
+     'password: "${P}\\n"}'), "7:42",
+     "spec.sftp.password: secrets must be references like ${SFTP_PASSWORD}, never literal "
+     "values; put the value in an environment variable and reference it here"),
+    ("a region of the tz database", schedule(CRON, "  timezone: America"), "8:13",
+     "spec.timezone: 'America' is a region, not a time zone: name a zone in it, such as "
+     "'America/New_York' or 'Europe/Berlin'"),
+    ("another region", schedule(CRON, "  timezone: US"), "8:13",
+     "spec.timezone: 'US' is a region, not a time zone: name a zone in it, such as "
+     "'America/New_York' or 'Europe/Berlin'"),
+    ("a path out of the tz database", schedule(CRON, "  timezone: ../../etc/passwd"), "8:13",
+     f"spec.timezone: unknown time zone '../../etc/passwd': {ZONE_HINT}"),
+    ("an absolute path", schedule(CRON, "  timezone: /etc/passwd"), "8:13",
+     f"spec.timezone: unknown time zone '/etc/passwd': {ZONE_HINT}"),
+    ("an empty zone", schedule(CRON, "  timezone: ''"), "8:13",
+     f"spec.timezone: unknown time zone '': {ZONE_HINT}"),
+    ("a file beside the zones", schedule(CRON, "  timezone: zone.tab"), "8:13",
+     f"spec.timezone: unknown time zone 'zone.tab': {ZONE_HINT}"),
+    ("a file of the tzdata package", schedule(CRON, "  timezone: __init__.py"), "8:13",
+     f"spec.timezone: unknown time zone '__init__.py': {ZONE_HINT}"),
+    ("a zone name longer than its column", schedule(CRON, "  timezone: " + "A" * 300), "8:13",
+     f"spec.timezone: unknown time zone '{'A' * 37}...': {ZONE_HINT}"),
+    ("posixrules", schedule(CRON, "  timezone: posixrules"), "8:13",
+     f"spec.timezone: 'posixrules' is a default rule of the tz code, not a zone: {ZONE_HINT}"),
+    ("localtime", schedule(CRON, "  timezone: localtime"), "8:13",
+     f"spec.timezone: 'localtime' is this machine's zone, not a named one: {ZONE_HINT}"),
+    ("a right/ zone", schedule(CRON, "  timezone: right/UTC"), "8:13",
+     "spec.timezone: 'right/UTC': the posix/ and right/ copies of the zones exist on some "
+     "systems only; write the zone without the prefix"),
+    ("an unclosed IPv6 host", schedule(CRON, "  callback_url: 'http://[::1/'"), "8:17", BAD_URL),
+    ("a port past 65535", schedule(CRON, "  callback_url: http://h.example:99999/"), "8:17",
+     BAD_URL),
+    ("a port that is not a number", schedule(CRON, "  callback_url: http://h.example:x/"),
+     "8:17", BAD_URL),
+    ("port 0", schedule(CRON, "  callback_url: http://h.example:0/"), "8:17",
+     "spec.callback_url: port 0 cannot be sent to: give the receiver's port, or none"),
+    ("no host", schedule(CRON, "  callback_url: 'https:///hook'"), "8:17",
+     "spec.callback_url: must be an absolute http:// or https:// URL with a host"),
+    ("a control character", schedule(CRON, '  callback_url: "https://h.example/\\a"'), "8:17",
+     "spec.callback_url: must be printable ASCII without spaces: percent-encode other "
+     "characters (a space as %20) and write an international host name in its xn-- form"),
+    ("not ASCII", schedule(CRON, "  callback_url: https://h.example/caf\u00e9"), "8:17",
+     "spec.callback_url: must be printable ASCII without spaces: percent-encode other "
+     "characters (a space as %20) and write an international host name in its xn-- form"),
+    ("not http", schedule(CRON, "  callback_url: 'ftp://h.example/'"), "8:17",
+     "spec.callback_url: must be an http:// or https:// URL"),
+    ("user and password", schedule(CRON, "  callback_url: https://user:pa55@h.example/hook"),
+     "8:17", CREDENTIALS),
+    ("a token as user", schedule(CRON, "  callback_url: https://t0ken@h.example/hook"), "8:17",
+     CREDENTIALS),
+    ("the management ledger", project("public.cpi_imported_files"), "6:19",
+     f"spec.target.table: public.cpi_imported_files {OWN_TABLE}"),
+    ("the ledger of another database", project("reconcile_imported_files"), "6:19",
+     f"spec.target.table: reconcile_imported_files {OWN_TABLE}"),
+    ("the schedules, in another schema", project("audit.cpi_schedules"), "6:19",
+     f"spec.target.table: audit.cpi_schedules {OWN_TABLE}"),
+    ("the jobs, upper case", project("CPI_JOBS"), "6:19",
+     f"spec.target.table: CPI_JOBS {OWN_TABLE}"),
+    ("the projects", project("cpi_projects"), "6:19",
+     f"spec.target.table: cpi_projects {OWN_TABLE}"),
+    ("the load stage", project("_reconcile_stage"), "6:19",
+     f"spec.target.table: _reconcile_stage {OWN_TABLE}"),
+    ("a system catalog", project("pg_catalog.pg_authid"), "6:19",
+     "spec.target.table: pg_catalog.pg_authid is in pg_catalog, PostgreSQL's own catalog "
+     "schema: import into a table of your own, such as public.pg_authid"),
+    ("a catalog, unqualified", project("pg_authid"), "6:19",
+     "spec.target.table: pg_authid would name a system catalog (pg_catalog is searched first): "
+     "write the schema, such as public.pg_authid, if it is a table of your own"),
+    ("information_schema", project("information_schema.tables"), "6:19",
+     "spec.target.table: information_schema.tables is in information_schema, PostgreSQL's own "
+     "catalog schema: import into a table of your own, such as public.tables"),
+    ("pg_toast", project("pg_toast.chunks"), "6:19",
+     "spec.target.table: pg_toast.chunks is in pg_toast, PostgreSQL's own catalog schema: "
+     "import into a table of your own, such as public.chunks"),
+    ("pg_temp", project("pg_temp.t"), "6:19",
+     "spec.target.table: pg_temp.t is in pg_temp, PostgreSQL's own catalog schema: "
+     "import into a table of your own, such as public.t"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "message"),
+    [c[1:] for c in DATABASE_REJECTS],
+    ids=[c[0] for c in DATABASE_REJECTS],
+)
+def test_what_the_database_or_the_run_would_refuse_is_a_finding(
+    text: str, where: str, message: str
+) -> None:
+    """Values past a column's range or type, or aimed at the tool's own tables, are findings."""
+    found = [str(f) for f in load(text).findings]
+    assert found == [f"schedules.d/s0.yaml:{where}: {message}"]
+
+
+def test_credentials_in_a_callback_url_are_never_repeated() -> None:
+    """A callback URL is never quoted back, whatever is wrong with it."""
+    for url in ("https://user:pa55word@h.example/", "ftp://user:pa55word@h.example/"):
+        findings = load(schedule(CRON, f"  callback_url: '{url}'")).findings
+        assert findings
+        assert all("pa55word" not in str(f) for f in findings)
+
+
+AT_THE_LIMITS = [
+    ("the largest interval", schedule("  interval: 2147483647")),
+    ("the largest interval in parts", schedule("  interval: 24855d3h14m7s")),
+    ("leading zeros are not digits", schedule("  interval: '000000000000003600'")),
+    ("an IPv6 callback", schedule(CRON, "  callback_url: 'https://[::1]:8443/hook'")),
+    ("a query in the callback", schedule(CRON, "  callback_url: http://h.example/x?a=1&b=%20")),
+    ("a table of your own named like a catalog", project("public.pg_things")),
+    ("a table named like ours, but longer", project("audit.cpi_jobs_archive")),
+    ("the longest zone name", schedule(CRON, "  timezone: America/Argentina/ComodRivadavia")),
+    ("a zone with a sign", schedule(CRON, "  timezone: Etc/GMT+5")),
+    ("a step past the field", schedule(f'  cron: "*/{DIGITS} * * * *"')),
+]
+
+
+@pytest.mark.parametrize("text", [c[1] for c in AT_THE_LIMITS], ids=[c[0] for c in AT_THE_LIMITS])
+def test_values_at_the_limits_load(text: str) -> None:
+    """Values just inside the database's limits, and safe look-alikes, are valid."""
+    loaded = load(text)
+    assert loaded.ok, [str(f) for f in loaded.findings]
+
+
+def test_a_step_past_the_field_keeps_the_first_value() -> None:
+    """``*/<5000 digits>`` means the field's first value, without converting the digits."""
+    document = load(schedule(f'  cron: "*/{DIGITS} * * * *"')).documents[-1].document
+    assert isinstance(document, ScheduleDocument)
+    assert document.spec.cron == "0 * * * *"
+
+
+MARKER = "S3CRET-" + "".join(f"{i:03d}" for i in range(100))  # no 41 characters repeat
+ECHOES = [
+    # (id, a document with MARKER somewhere a finding may quote it)
+    ("the whole file", MARKER),
+    ("a multi-line file", "\n".join(f"LINE{i}={MARKER}" for i in range(5))),
+    ("a list item", f"- {MARKER}\n"),
+    ("apiVersion", schedule(CRON).replace("reconciler/v1", MARKER)),
+    ("kind", schedule(CRON).replace("kind: Schedule", f"kind: {MARKER}")),
+    ("a name", schedule(CRON, name=MARKER)),
+    ("a duplicate name", 2 * (schedule(CRON, name="a" + MARKER) + "---\n")),
+    ("a project", schedule(CRON, project=MARKER)),
+    ("an unknown key", schedule(CRON, f"  {MARKER}: 1")),
+    ("a duplicate key", schedule(CRON, f"  {MARKER}: 1", f"  {MARKER}: 2")),
+    ("a cron", schedule(f'  cron: "{MARKER} * * * *"')),
+    ("a cron field", schedule(f'  cron: "0 {MARKER} * * *"')),
+    ("a cron step", schedule(f'  cron: "*/{MARKER} * * * *"')),
+    ("a cron macro", schedule(f'  cron: "@{MARKER}"')),
+    ("a duration", schedule(f"  interval: {MARKER}")),
+    ("a time zone", schedule(CRON, f"  timezone: {MARKER}")),
+    ("a boolean", schedule(CRON, f"  enabled: {MARKER}")),
+    ("a callback", schedule(CRON, f"  callback_url: ftp://h.example/{MARKER}")),
+    ("a table", project(MARKER)),
+    ("a column", project("t", f"  csv: {{delimiter: {MARKER}}}")),
+    ("a tag", schedule(CRON, f"  timezone: !{MARKER} UTC")),
+    ("an alias", schedule(f"  cron: *{MARKER}")),
+    ("underscores", schedule(CRON, "  misfire_grace: 1_" + "0" * 300)),
+    ("base 60", schedule(CRON, "  misfire_grace: 1:" + ":".join(["30"] * 100))),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("text", [c[1] for c in ECHOES], ids=[c[0] for c in ECHOES])
+def test_findings_quote_at_most_40_characters_of_a_value(text: str) -> None:
+    """No finding repeats more than 40 characters of what was written, wherever it was."""
+    findings = [str(f) for f in load(text).findings]
+    assert findings
+    for finding in findings:
+        assert len(finding) < 300, finding
+        chunks = {MARKER[i : i + 41] for i in range(len(MARKER) - 40)}
+        assert not any(chunk in finding for chunk in chunks), finding
+
+
+def test_a_file_that_is_not_yaml_is_never_printed() -> None:
+    """A symlinked ``.env`` (one plain scalar of many lines) is named, and none of it shown."""
+    secret = "API_KEY=sk-live-0123456789\nDB_PASSWORD=hunter2\nexport TOKEN=abc\n"
+    (finding,) = load(secret).findings
+    assert str(finding) == (
+        "schedules.d/s0.yaml:1:1: a document must be a mapping with apiVersion, kind, metadata "
+        "and spec, not a single value (is this a YAML file?)"
+    )

@@ -90,6 +90,8 @@ REJECTED = [
     ("wrong kind", {"kind": "Shedule"}),
     ("wrong type", {"spec": {**SCHEDULE["spec"], "enabled": "yes"}}),
     ("bad duration", {"spec": {**SCHEDULE["spec"], "interval": "two hours"}}),
+    ("duration past integer", {"spec": {**SCHEDULE["spec"], "misfire_grace": 2147483648}}),
+    ("duration in other digits", {"spec": {**SCHEDULE["spec"], "interval": "\u0663h"}}),
 ]
 
 

@@ -143,3 +143,84 @@ def test_validate_imports_no_database_or_daemon_library(
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "[]"
+
+
+ENV_FILE = """\
+# production credentials
+export DATABASE_URL=postgresql://app:Pr0d-pa55word@db.internal:5432/sales
+AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY
+STRIPE_KEY=sk_live_51Habcdefghijklmnopqrstuvwxyz0123456789
+"""
+SECRET_FRAGMENTS = ("Pr0d-pa55word", "db.internal", "wJalrXUtnFEMI", "sk_live_51H", "STRIPE")
+
+
+def test_a_symlinked_secret_file_is_named_never_printed(
+    cli_env: dict[str, str], folder: Path, tmp_path: Path
+) -> None:
+    """``schedules.d/x.yaml -> ~/.env``: validate names the file and prints none of it."""
+    secret = tmp_path / ".env"
+    secret.write_text(ENV_FILE, encoding="utf-8")
+    (folder / "x.yaml").symlink_to(secret)
+    for output in ("text", "json"):
+        done = run(cli_env, folder.parent, "validate", "-o", output, "schedules.d")
+        assert done.returncode == 1
+        for fragment in SECRET_FRAGMENTS:
+            assert fragment not in done.stdout + done.stderr
+    done = run(cli_env, folder.parent, "validate", "schedules.d")
+    assert done.stdout.splitlines() == [
+        "schedules.d/x.yaml:2:1: a document must be a mapping with apiVersion, kind, metadata "
+        "and spec, not a single value (is this a YAML file?)",
+        "1 problem in 1 file",
+    ]
+
+
+NOT_STORABLE = [
+    # (id, spec line, the finding): accepted once, refused by PostgreSQL or the run later
+    ("interval past integer", "  interval: 2147483648",
+     "schedules.d/bad.yaml:7:13: spec.interval: a duration must be at most 2147483647 seconds "
+     "(about 68 years), got 2147483648"),
+    ("5000 digits", "  interval: " + "9" * 5000,
+     "schedules.d/bad.yaml:7:13: this number is far too large for any setting "
+     "(none takes more than 2147483647)"),
+    ("a NUL character", '  interval: 2h\n  timezone: "UTC\\0"',
+     "schedules.d/bad.yaml:8:13: contains a NUL character ('\\0'), which PostgreSQL cannot "
+     "store: remove it"),
+    ("a tz folder", "  interval: 2h\n  timezone: America",
+     "schedules.d/bad.yaml:8:13: spec.timezone: 'America' is a region, not a time zone: name a "
+     "zone in it, such as 'America/New_York' or 'Europe/Berlin'"),
+    ("a broken callback", "  interval: 2h\n  callback_url: 'http://[::1/'",
+     "schedules.d/bad.yaml:8:17: spec.callback_url: must be a valid URL: check the host (an "
+     "IPv6 address goes in [brackets]) and the port (a number up to 65535)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("spec", "finding"), [c[1:] for c in NOT_STORABLE], ids=[c[0] for c in NOT_STORABLE]
+)
+def test_values_the_database_would_refuse_fail_validate(
+    cli_env: dict[str, str], folder: Path, spec: str, finding: str
+) -> None:
+    """validate exits 1 with one located finding, never a traceback."""
+    head = BAD_SCHEDULE.partition("  cron:")[0].replace("nowhere", "sales_project")
+    document = head + spec + "\n"
+    (folder / "bad.yaml").write_text(document, encoding="utf-8")
+    done = run(cli_env, folder.parent, "validate", "schedules.d")
+    assert (done.returncode, done.stderr) == (1, "")
+    assert done.stdout.splitlines() == [finding, "1 problem in 1 file"]
+
+
+def test_a_target_among_the_tools_own_tables_fails_validate(
+    cli_env: dict[str, str], folder: Path
+) -> None:
+    """A project loading into the exactly-once ledger is refused at its table."""
+    text = (folder / "sales.yaml").read_text(encoding="utf-8")
+    (folder / "sales.yaml").write_text(
+        text.replace("table: public.sales", "table: public.cpi_imported_files"), encoding="utf-8"
+    )
+    done = run(cli_env, folder.parent, "validate", "schedules.d")
+    assert done.returncode == 1
+    assert done.stdout.splitlines()[0].endswith(
+        ": spec.target.table: public.cpi_imported_files is one of reconcile's own tables (its "
+        "schedules, jobs, record of imported files or load stage), which an import would "
+        "corrupt: import into a table of your own"
+    )

@@ -1,14 +1,20 @@
 """The documents users write in ``schedules.d/``: frozen pydantic models with unknown keys rejected.
 
 ``model.loading`` turns YAML into these; ``model.plans`` turns them into desired rows; ``reconcile
-schema`` prints their JSON Schema. Everything here is pure: no I/O, no clock, no environment.
+schema`` prints their JSON Schema. Everything here is pure: no I/O, no clock, no environment
+(``ZoneInfo`` reads the time zone database, which is data, not state).
 Secrets are ``${VAR}`` references, kept verbatim; only the import engine resolves them.
+
+What validates here also fits the database: durations fit PostgreSQL's ``integer``, the canonical
+cron its ``VARCHAR(100)``, a time zone its ``VARCHAR(50)``; and a target is never a system catalog
+or one of reconcile's own tables (``reserved_target``, which the import engine checks again).
 """
 
 from __future__ import annotations
 
 import re
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -25,10 +31,13 @@ from pydantic import (
 )
 
 from reconciler.model import timing
+from reconciler.model.scalars import excerpt
 
 __all__ = [
     "API_VERSION",
+    "INT4_MAX",
     "MIN_INTERVAL_SECONDS",
+    "TOOL_TABLES",
     "CsvDialect",
     "Document",
     "Metadata",
@@ -41,29 +50,56 @@ __all__ = [
     "Target",
     "document_adapter",
     "parse_duration",
+    "reserved_target",
 ]
 
 API_VERSION = "reconciler/v1"
 MIN_INTERVAL_SECONDS = 3600  # the seed's CHECK (interval_seconds >= 3600)
+INT4_MAX = 2_147_483_647  # PostgreSQL integer: interval_seconds, misfire_grace_seconds
+# Tables reconcile itself writes (reconciler/store/schema.sql, imports.ledger, imports.copying's
+# stage): an import into one would corrupt schedules, jobs or the exactly-once record.
+TOOL_TABLES = frozenset(
+    {
+        "cpi_projects",
+        "cpi_schedules",
+        "cpi_jobs",
+        "cpi_imported_files",
+        "reconcile_imported_files",
+        "_reconcile_stage",
+    }
+)
+_CRON_MAX = 100  # cpi_schedules.cron_expression VARCHAR(100)
+_ZONE_MAX = 50  # cpi_schedules.timezone VARCHAR(50)
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
-_SECRET_REF = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$")
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
-_DURATION_PART = re.compile(r"(\d+)([dhms])")
+# fullmatch everywhere: '$' would let a trailing newline through ("sales\n" is another table).
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
+_SECRET_REF = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
+_DURATION_PART = re.compile(r"([0-9]+)([dhms])")
 _DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+_DURATION_DIGITS = len(str(INT4_MAX))  # more (leading zeros aside) is out of range in any unit
+# IANA zone names: ASCII letters, digits, '_', '-', '+' between slashes. This leaves out what the
+# database's folder holds beside the zones (zone.tab, tzdata.zi, the tzdata package's files).
+_ZONE_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_+-]*(?:/[A-Za-z][A-Za-z0-9_+-]*)*")
+_NOT_ZONES = {
+    "localtime": "'localtime' is this machine's zone, not a named one",
+    "posixrules": "'posixrules' is a default rule of the tz code, not a zone",
+}
+_ZONE_HINT = "use an IANA name such as 'UTC' or 'Europe/Berlin'"
+_SYSTEM_SCHEMAS = ("pg_", "information_schema")
 
 
 def _name(value: str) -> str:
-    if not _NAME.match(value):
+    if not _NAME.fullmatch(value):
         raise ValueError(
-            f"{value!r} is not a valid name: use letters, digits, '_', '-' and '.', "
+            f"{excerpt(value)} is not a valid name: use letters, digits, '_', '-' and '.', "
             "starting with a letter or digit, at most 255 characters"
         )
     return value
 
 
 def _secret_ref(value: str) -> str:
-    if not _SECRET_REF.match(value):
+    if not _SECRET_REF.fullmatch(value):
         raise ValueError(
             "secrets must be references like ${SFTP_PASSWORD}, never literal values; "
             "put the value in an environment variable and reference it here"
@@ -72,56 +108,137 @@ def _secret_ref(value: str) -> str:
 
 
 def _identifier(value: str) -> str:
-    if not _IDENTIFIER.match(value):
+    if not _IDENTIFIER.fullmatch(value):
         raise ValueError(
-            f"{value!r} is not a plain SQL identifier (letters, digits, '_', at most 63 characters)"
+            f"{excerpt(value)} is not a plain SQL identifier "
+            "(letters, digits, '_', at most 63 characters)"
         )
     return value
+
+
+def reserved_target(table: str) -> str | None:
+    """Why ``table`` (``name`` or ``schema.name``) must never receive an import; None if it may.
+
+    Refused: reconcile's own tables (``TOOL_TABLES``) in any schema, any table in a system schema
+    (``pg_*``, ``information_schema``), and an unqualified ``pg_*`` name, which finds a catalog
+    first because ``pg_catalog`` is always searched before the path. Case is ignored, so that a
+    quoted spelling cannot slip past. The loader checks every target with this; the import engine
+    checks again against what the database holds.
+    """
+    schema, _, name = table.rpartition(".")
+    if name.lower() in TOOL_TABLES:
+        return (
+            f"{table} is one of reconcile's own tables (its schedules, jobs, record of imported "
+            "files or load stage), which an import would corrupt: import into a table of your own"
+        )
+    if schema.lower().startswith(_SYSTEM_SCHEMAS):
+        return (
+            f"{table} is in {schema}, PostgreSQL's own catalog schema: "
+            "import into a table of your own, such as public." + name
+        )
+    if not schema and name.lower().startswith("pg_"):
+        return (
+            f"{table} would name a system catalog (pg_catalog is searched first): "
+            f"write the schema, such as public.{name}, if it is a table of your own"
+        )
+    return None
 
 
 def _table(value: str) -> str:
     parts = value.split(".")
     if len(parts) > 2:
-        raise ValueError(f"{value!r}: write a table as 'name' or 'schema.name'")
+        raise ValueError(f"{excerpt(value)}: write a table as 'name' or 'schema.name'")
     for part in parts:
         _identifier(part)
+    reason = reserved_target(value)
+    if reason is not None:
+        raise ValueError(reason)
     return value
 
 
 def _timezone(value: str) -> str:
+    shown = excerpt(value)
+    if value in _NOT_ZONES:
+        raise ValueError(f"{_NOT_ZONES[value]}: {_ZONE_HINT}")
+    if value.startswith(("posix/", "right/")):
+        raise ValueError(
+            f"{shown}: the posix/ and right/ copies of the zones exist on some systems only; "
+            "write the zone without the prefix"
+        )
+    if len(value) > _ZONE_MAX or not _ZONE_KEY.fullmatch(value):
+        raise ValueError(f"unknown time zone {shown}: {_ZONE_HINT}")
     try:
         ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
+    except IsADirectoryError:  # 'America' is a folder of the database (3.13 says "not found")
         raise ValueError(
-            f"unknown time zone {value!r}: use an IANA name such as 'UTC' or 'Europe/Berlin'"
+            f"{shown} is a region, not a time zone: name a zone in it, "
+            "such as 'America/New_York' or 'Europe/Berlin'"
         ) from None
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise ValueError(f"unknown time zone {shown}: {_ZONE_HINT}") from None
+    return value
+
+
+def _callback_url(value: str) -> str:
+    """An absolute http(s) URL the standard library can send to; never quoted back (tokens)."""
+    if not value.isascii() or any(char.isspace() or not char.isprintable() for char in value):
+        raise ValueError(
+            "must be printable ASCII without spaces: percent-encode other characters "
+            "(a space as %20) and write an international host name in its xn-- form"
+        )
+    try:
+        parts = urlsplit(value)
+        port = parts.port  # parsed lazily: a bad port raises only here
+    except ValueError:
+        raise ValueError(
+            "must be a valid URL: check the host (an IPv6 address goes in [brackets]) "
+            "and the port (a number up to 65535)"
+        ) from None
+    if "@" in parts.netloc:
+        raise ValueError(
+            "must not contain credentials ('user:password@'): they would be stored and shown "
+            "in plans; remove them and have the receiver check the webhook-signature header "
+            "(set RECONCILER_WEBHOOK_SECRET)"
+        )
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an absolute http:// or https:// URL with a host")
+    if port == 0:
+        raise ValueError("port 0 cannot be sent to: give the receiver's port, or none")
     return value
 
 
 def _single_char(value: str) -> str:
     if len(value) != 1:
-        raise ValueError(f"{value!r} must be exactly one character")
+        raise ValueError(f"{excerpt(value)} must be exactly one character")
     return value
 
 
 def parse_duration(value: object) -> int:
-    """Whole seconds from ``3600``, ``"90s"``, ``"2h"``, ``"1h30m"`` or ``"1d"``."""
+    """Whole seconds from ``3600``, ``"90s"``, ``"2h"``, ``"1h30m"`` or ``"1d"``.
+
+    At most ``INT4_MAX`` (about 68 years): the database stores durations as ``integer``.
+    """
     if isinstance(value, bool):
         raise ValueError("a duration is a number of seconds or a string like '2h' or '300s'")
+    too_long = f"a duration must be at most {INT4_MAX} seconds (about 68 years)"
     if isinstance(value, int):
         seconds = value
+        if seconds > INT4_MAX:
+            raise ValueError(f"{too_long}, got {seconds}")
     elif isinstance(value, str):
         text = value.strip().lower()
-        if text.isdigit():
-            seconds = int(text)
-        else:
-            parts = _DURATION_PART.findall(text)
-            if not parts or "".join(n + u for n, u in parts) != text:
-                raise ValueError(
-                    f"{value!r} is not a duration: write whole seconds or units d, h, m, s "
-                    "such as '2h', '90m' or '1h30m'"
-                )
-            seconds = sum(int(n) * _DURATION_UNITS[u] for n, u in parts)
+        parts = [(text, "s")] if text.isascii() and text.isdigit() else _DURATION_PART.findall(text)
+        if not parts or "".join(n + u for n, u in parts) not in (text, text + "s"):
+            raise ValueError(
+                f"{excerpt(value)} is not a duration: write whole seconds or units d, h, m, s "
+                "such as '2h', '90m' or '1h30m'"
+            )
+        # Bounded before int(): thousands of digits are slow to convert, and Python refuses.
+        if any(len(n.lstrip("0")) > _DURATION_DIGITS for n, _ in parts):
+            raise ValueError(f"{too_long}, got {excerpt(value)}")
+        seconds = sum(int(n) * _DURATION_UNITS[u] for n, u in parts)
+        if seconds > INT4_MAX:
+            raise ValueError(f"{too_long}, got {excerpt(value)}")
     else:
         raise ValueError("a duration is a number of seconds or a string like '2h' or '300s'")
     if seconds < 0:
@@ -130,7 +247,13 @@ def parse_duration(value: object) -> int:
 
 
 def _cron(value: str) -> str:
-    return timing.normalize_cron(value)
+    canonical = timing.normalize_cron(value)
+    if len(canonical) > _CRON_MAX:
+        raise ValueError(
+            f"{excerpt(value)} is {len(canonical)} characters even in its shortest spelling; "
+            f"the database stores at most {_CRON_MAX}: split it into two schedules"
+        )
+    return canonical
 
 
 Name = Annotated[StrictStr, AfterValidator(_name)]
@@ -141,12 +264,15 @@ TimeZone = Annotated[StrictStr, AfterValidator(_timezone)]
 Char = Annotated[StrictStr, AfterValidator(_single_char)]
 # The JSON Schema shows what users may write ("2h" or 7200), not the whole seconds it becomes.
 _DURATION_INPUT = (
-    Annotated[int, Field(ge=0)] | Annotated[str, Field(pattern=r"^\s*(\d+|(\d+[dhmsDHMS])+)\s*$")]
+    Annotated[int, Field(ge=0, le=INT4_MAX)]
+    | Annotated[str, Field(pattern=r"^\s*([0-9]+|([0-9]+[dhmsDHMS])+)\s*$")]
 )
 Seconds = Annotated[int, BeforeValidator(parse_duration, json_schema_input_type=_DURATION_INPUT)]
 Cron = Annotated[StrictStr, AfterValidator(_cron)]
 Port = Annotated[StrictInt, Field(ge=1, le=65535)]
 NonEmpty = Annotated[StrictStr, Field(min_length=1)]
+# The pattern is for editors; the validator is what the sender (urllib) needs.
+CallbackUrl = Annotated[StrictStr, Field(pattern=r"^https?://\S+$"), AfterValidator(_callback_url)]
 
 
 class _Frozen(BaseModel):
@@ -261,7 +387,7 @@ class ScheduleSpec(_Frozen):
     )
     timezone: TimeZone = "UTC"
     enabled: StrictBool = True
-    callback_url: StrictStr | None = Field(default=None, pattern=r"^https?://\S+$")
+    callback_url: CallbackUrl | None = None
     sftp_override: SftpOverride | None = None
     local_files: tuple[NonEmpty, ...] | None = Field(default=None, min_length=1)
     misfire_grace: Seconds = 300
