@@ -2,11 +2,14 @@
 
 ``reconcile --dry-run`` and ``reconcile apply`` both render the very plan object apply executes.
 Colour is a parameter: the command decides (terminal, ``--no-color``, ``NO_COLOR``).
+Credentials written into a URL (``https://user:password@host``) are masked in both renderings:
+the loader refuses them in documents, but a row written by the old API may still hold some.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from reconciler.model.plans import Change, Op, Plan, flatten_fields
@@ -15,9 +18,22 @@ __all__ = ["plan_document", "plan_summary", "render_plan"]
 
 _SYMBOL = {Op.CREATE: "+", Op.UPDATE: "~", Op.DELETE: "-"}
 _COLOR = {Op.CREATE: "32", Op.UPDATE: "33", Op.DELETE: "31"}
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#@\s]*@")
+
+
+def _masked(value: Any) -> Any:
+    """``value`` with the user and password of every URL in it replaced by ``***``."""
+    if isinstance(value, str):
+        return _URL_USERINFO.sub(r"\1***@", value)
+    if isinstance(value, dict):
+        return {key: _masked(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_masked(item) for item in value]
+    return value
 
 
 def _value(value: Any) -> str:
+    value = _masked(value)
     if value is None:
         return "(none)"
     if isinstance(value, str):
@@ -94,8 +110,10 @@ def _change_document(change: Change) -> dict[str, Any]:
         "adopt": change.adopt,
         "drift": change.drift,
         "renamed_from": change.renamed_from,
-        "diff": [{"field": d.field, "old": d.old, "new": d.new} for d in change.diffs],
-        "desired": dict(change.desired.fields) if change.desired else None,
+        "diff": [
+            {"field": d.field, "old": _masked(d.old), "new": _masked(d.new)} for d in change.diffs
+        ],
+        "desired": _masked(dict(change.desired.fields)) if change.desired else None,
     }
 
 
