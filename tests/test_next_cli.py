@@ -184,3 +184,44 @@ def test_next_imports_no_database_or_scheduler(cli_env: dict[str, str], folder: 
         "watchfiles",
     }
     assert heavy == set()
+
+
+_LONGEST = """\
+apiVersion: reconciler/v1
+kind: Project
+metadata: {name: p}
+spec: {target: {table: t}}
+---
+apiVersion: reconciler/v1
+kind: Schedule
+metadata: {name: longest}
+spec: {project: p, interval: 2147483647, timezone: Pacific/Kiritimati, local_files: [a.csv]}
+"""
+
+
+@pytest.mark.parametrize("output", ["text", "json"])
+def test_runs_past_year_9999_end_the_list_without_a_traceback(
+    cli_env: dict[str, str], tmp_path: Path, output: str
+) -> None:
+    """The longest interval, 1000 times, in UTC+14: the runs before year 10000, and a note."""
+    (tmp_path / "schedules.d").mkdir()
+    (tmp_path / "schedules.d" / "s.yaml").write_text(_LONGEST)
+    done = _next(cli_env, tmp_path, "longest", "-n", "1000", "-o", output)
+    assert (done.returncode, done.stderr) == (0, "")
+    if output == "json":
+        runs = json.loads(done.stdout)["runs"]
+        assert 100 < len(runs) < 1000
+        assert all(run["local"] < "9999-12-31T23:59:59" for run in runs)
+        return
+    *runs, last = done.stdout.splitlines()[2:]
+    assert 100 < len(runs) < 1000
+    assert all(_RUN_LINE.match(line) for line in runs), runs[-1]
+    assert last == "  no further runs before the end of year 9999"
+
+
+def test_a_huge_count_is_a_one_line_error(cli_env: dict[str, str], folder: Path) -> None:
+    """A count past any limit is refused in one line, never quoted whole."""
+    count = "9" * 4000
+    done = _next(cli_env, folder.parent, "daily-sales-import", "-n", count, "--dir", str(folder))
+    assert done.returncode == 1
+    assert done.stderr == ("error: --count must be between 1 and 1000, not a number that large\n")

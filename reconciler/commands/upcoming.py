@@ -3,7 +3,8 @@
 ``reconciler.cli`` calls ``next_runs``. It reads the clock here, in the shell, and hands ``now``
 to the pure ``model.timing``; it touches no database, so it imports neither psycopg nor
 APScheduler. An interval's cadence is anchored in the database, which this command does not
-read: it counts from now and says so.
+read: it counts from now and says so. Times end with year 9999 (``datetime``'s last): fewer runs
+than asked for are shown as they are, with a line saying why.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def next_runs(args: argparse.Namespace, settings: Settings) -> int:
 
     count: int = args.count
     if not 1 <= count <= MAX_COUNT:
-        raise UsageError(f"--count must be between 1 and {MAX_COUNT}, not {count}")
+        shown = str(count) if abs(count) < 10**20 else "a number that large"
+        raise UsageError(f"--count must be between 1 and {MAX_COUNT}, not {shown}")
     loaded = load_folder(settings.schedules_dir)
     if not loaded.ok:
         raise InvalidDocuments(loaded.findings)
@@ -52,6 +54,7 @@ def next_runs(args: argparse.Namespace, settings: Settings) -> int:
     )
     description = timing.describe(spec.cron, spec.interval)
     zone = ZoneInfo(spec.timezone)
+    runs = _representable(runs, zone)
     if settings.output == "json":
         from reconciler.commands.output import emit_json
 
@@ -73,8 +76,18 @@ def next_runs(args: argparse.Namespace, settings: Settings) -> int:
             },
         )
         return EXIT_OK
-    sys.stdout.write(_text(document, description, runs, zone, color=settings.color))
+    sys.stdout.write(_text(document, description, runs, zone, count=count, color=settings.color))
     return EXIT_OK
+
+
+def _representable(runs: list[datetime], zone: ZoneInfo) -> list[datetime]:
+    """The runs whose local time exists: near the end of 9999, UTC+14 is already year 10000."""
+    for index, run in enumerate(runs):
+        try:
+            run.astimezone(zone)
+        except OverflowError:
+            return runs[:index]
+    return runs
 
 
 def _find(
@@ -95,6 +108,7 @@ def _text(
     runs: list[datetime],
     zone: ZoneInfo,
     *,
+    count: int,
     color: bool,
 ) -> str:
     from reconciler.commands.output import paint
@@ -119,6 +133,8 @@ def _text(
     for run in runs:
         local = run.astimezone(zone)
         lines.append(f"  {_local(local, clock)}   {run:{clock}} UTC")
+    if len(runs) < count:
+        lines.append(paint("  no further runs before the end of year 9999", "dim", enabled=color))
     return "\n".join(lines) + "\n"
 
 
