@@ -171,3 +171,36 @@ def test_status_shows_the_stored_globs(cli: Cli, before: Path) -> None:
     (entry,) = json.loads(ok(cli, "status", "-o", "json"))["schedules"]
     assert entry["local_files"] == ["../data/orders_*.csv"]
     assert entry["source"] == "team/imports.yaml:12"
+
+
+@pytest.mark.parametrize(
+    ("sql", "fragment"),
+    [
+        (
+            'UPDATE cpi_projects SET spec = spec || \'{"target": {"table": "a.b.c"}}\'',
+            "project 'case11_orders': its row in cpi_projects no longer validates "
+            "(spec.target.table",
+        ),
+        (
+            'UPDATE cpi_schedules SET local_files = NULL, sftp_override = \'{"port": "many"}\'',
+            "schedule 'case11-orders': its row in cpi_schedules no longer validates "
+            "(sftp_override.port",
+        ),
+        (
+            "UPDATE cpi_schedules SET local_files = '[1]'",
+            "schedule 'case11-orders': its row in cpi_schedules no longer validates (local_files",
+        ),
+    ],
+)
+def test_a_stored_row_that_no_longer_validates_is_one_error_line(
+    cli: Cli, database_url: str, before: Path, sql: str, fragment: str
+) -> None:
+    """run on a hand-edited row: one error line naming the row and `reconcile apply`, exit 1."""
+    with psycopg.connect(database_url) as conn:
+        conn.execute(sql)
+    done = cli("run", NAME)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    (error,) = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert fragment in error
+    assert error.endswith("run `reconcile apply` to set it back")

@@ -2,7 +2,8 @@
 
 ``imports.running`` calls ``load_import`` (reading ``cpi_schedules`` and ``cpi_projects`` as the
 apply left them), then ``open_source`` and ``target_url`` once the job row exists, so that an
-unreachable SFTP server or an unset ``${VAR}`` is recorded on the job rather than lost.
+unreachable SFTP server or an unset ``${VAR}`` is recorded on the job rather than lost. A row
+edited by hand into something the documents cannot say is a ``TargetError`` naming the row.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import glob
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from reconciler.errors import NotFound, TargetError
 from reconciler.imports.jobs import ScheduleRef
@@ -27,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = ["ImportSpec", "load_import", "open_source", "target_url"]
 
 _log = get_logger("reconciler.imports")
+_M = TypeVar("_M", bound=BaseModel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,15 +72,43 @@ def load_import(conn: psycopg.Connection[Any], name: str) -> ImportSpec:
     if row is None:
         raise NotFound("schedule", name, "the database; run `reconcile apply` first")
     sid, sname, pid, pname, spec, enabled, callback, override, local, source_file = row
+    schedule = f"schedule {sname!r}: its row in cpi_schedules"
+    if local is not None and not (
+        isinstance(local, list) and local and all(isinstance(g, str) and g for g in local)
+    ):
+        raise _invalid(schedule, "local_files: not a list of globs")
     return ImportSpec(
         schedule=ScheduleRef(id=sid, name=sname, project_id=pid, project=pname),
-        project_spec=ProjectSpec.model_validate(spec) if spec else None,
+        project_spec=_parsed(
+            ProjectSpec, spec, f"project {pname!r}: its row in cpi_projects", field="spec"
+        ),
         enabled=bool(enabled),
         callback_url=callback,
-        sftp_override=SftpOverride.model_validate(override) if override else None,
+        sftp_override=_parsed(SftpOverride, override, schedule, field="sftp_override"),
         local_files=tuple(local) if local else None,
         source_file=source_file,
     )
+
+
+def _parsed(model: type[_M], value: Any, row: str, *, field: str) -> _M | None:
+    """``value`` (the column ``field``) as ``model``; ``TargetError`` naming ``row`` if invalid."""
+    if not value:
+        return None
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        problems = "; ".join(
+            ".".join((field, *(str(p) for p in err["loc"])))
+            + ": "
+            + err["msg"].removeprefix("Value error, ")
+            for err in exc.errors()
+        )
+        raise _invalid(row, problems) from exc
+
+
+def _invalid(row: str, problems: str) -> TargetError:
+    message = f"{row} no longer validates ({problems}); run `reconcile apply` to set it back"
+    return TargetError(" ".join(message.split()))  # one line, whatever the row holds
 
 
 def open_source(spec: ImportSpec, settings: Settings) -> Source:
