@@ -173,6 +173,28 @@ def test_unusable_targets_are_refused_before_streaming(
         inspect_target(conn, Target.model_validate(spec), CsvDialect())
 
 
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ("pg_catalog.pg_authid", "a system catalog"),
+        ("pg_authid", "a system catalog"),  # pg_catalog is always first on the search path
+        ("information_schema.tables", "a system catalog"),
+        ("public.cpi_imported_files", "one of reconcile's own tables"),
+        ("cpi_jobs", "one of reconcile's own tables"),
+        ("sales_view", "is not a table"),
+    ],
+)
+def test_catalogs_own_tables_and_views_are_refused_at_run(
+    conn: psycopg.Connection, table: str, message: str
+) -> None:
+    """Even a stored spec that validate never saw cannot load into catalogs or our own tables."""
+    conn.execute("CREATE VIEW sales_view AS SELECT * FROM sales")
+    conn.commit()
+    target = Target.model_construct(table=table, mode="replace", columns=None, key=None)
+    with pytest.raises(TargetError, match=message):
+        inspect_target(conn, target, CsvDialect())
+
+
 def test_an_unknown_encoding_is_refused(conn: psycopg.Connection) -> None:
     """csv.encoding is checked against PostgreSQL's encodings up front."""
     with pytest.raises(TargetError, match="KLINGON"):

@@ -152,3 +152,47 @@ def test_a_header_that_does_not_fit_fails_showing_both_lists(
     assert f"the header has {header.replace(',', ', ')}" in failed["error"]
     assert "target.columns takes customer_id, first_name, last_name, email" in failed["error"]
     assert failed["line"] == 1
+
+
+@pytest.mark.parametrize("mode", ["append", "replace", "upsert"])
+def test_rows_imported_is_what_landed(cli: Cli, database_url: str, mode: str) -> None:
+    """In every mode a job's rows_imported equals the rows its run wrote to the table."""
+    key = "\n    key: [email]" if mode == "upsert" else ""
+    (cli.cwd / "schedules.d" / "contacts.yaml").write_text(
+        f"""apiVersion: reconciler/v1
+kind: Project
+metadata:
+  name: contacts
+spec:
+  target:
+    table: public.contacts
+    mode: {mode}{key}
+---
+apiVersion: reconciler/v1
+kind: Schedule
+metadata:
+  name: contacts
+spec:
+  project: contacts
+  interval: 1h
+  local_files: ["../data/*.csv"]
+"""
+    )
+    (cli.cwd / "data").mkdir()
+    (cli.cwd / "data" / "a.csv").write_text(
+        "email,full_name\nkim@x,Kim\n,Lee\n,Ana\nkim@x,Kim R\nbo@x,Bo\nold@x,Old 2\n\n"
+    )
+    unique = " UNIQUE" if mode == "upsert" else ""
+    created = cli("sql", "-c", f"CREATE TABLE contacts (email text{unique}, full_name text)")
+    assert created.returncode == 0, created.stderr
+    with psycopg.connect(database_url) as conn:
+        conn.execute("INSERT INTO contacts VALUES ('old@x', 'Old'), ('keep@x', 'Keep')")
+        seeded = conn.execute("SELECT txid_current()::text").fetchone()
+    assert seeded is not None
+    assert cli("apply").returncode == 0
+    job = _run(cli, "contacts")
+    assert job["status"] == "succeeded"
+    landed = _query(
+        database_url, f"SELECT count(*) FROM contacts WHERE xmin::text <> '{seeded[0]}'"
+    )
+    assert job["rows_imported"] == landed[0][0] == {"append": 6, "replace": 6, "upsert": 5}[mode]
