@@ -2,7 +2,9 @@
 
 Two independent peers: OpenSSH's ``sshd`` (the server people run in production; key auth as the
 current user) and asyncssh's SFTP server (password and key auth, always available because asyncssh
-is a test dependency). ``start_openssh`` and ``start_asyncssh`` are plain context managers, so
+is a test dependency). Each has two host keys, as real servers do: an ed25519 key, which its
+known_hosts file lists, and another (``other_host_key``: RSA for sshd, ECDSA for asyncssh).
+``start_openssh`` and ``start_asyncssh`` are plain context managers, so
 ``benchmarks/bench_sftp.py`` can use them too; ``tests/conftest.py`` loads this module as a pytest
 plugin for the fixtures ``sftp_server`` (parametrized over both), ``asyncssh_server`` and
 ``openssh_server``. Both serve the real file system: a remote path is the absolute local path, and
@@ -59,6 +61,7 @@ class SftpServer:
     host_public_key: str  # "ssh-ed25519 AAAA..."
     known_hosts: Path  # a known_hosts file listing host_public_key for host:port
     workdir: Path
+    other_host_key: str  # the server's second host key, which known_hosts does not list
 
     def folder(self) -> Path:
         """A fresh, empty folder on the server for one test."""
@@ -86,9 +89,9 @@ def known_hosts_line(host: str, port: int, public_key: str) -> str:
     return f"{name} {public_key}\n"
 
 
-def write_key_pair(path: Path) -> str:
-    """Write a new ed25519 private key (OpenSSH format, mode 0600) to ``path``; its public line."""
-    key = asyncssh.generate_private_key("ssh-ed25519")
+def write_key_pair(path: Path, algorithm: str = "ssh-ed25519") -> str:
+    """Write a new private key (OpenSSH format, mode 0600) to ``path``; its public line."""
+    key = asyncssh.generate_private_key(algorithm)
     key.write_private_key(str(path))
     path.chmod(0o600)
     public: bytes = key.export_public_key("openssh")
@@ -120,12 +123,14 @@ def start_openssh(workdir: Path) -> Iterator[SftpServer]:
     workdir.mkdir(parents=True, exist_ok=True)
     host_key = workdir / "ssh_host_ed25519_key"
     host_public = write_key_pair(host_key)
+    rsa_key = workdir / "ssh_host_rsa_key"
+    rsa_public = write_key_pair(rsa_key, "ssh-rsa")
     client_key = workdir / "client_key"
     (workdir / "authorized_keys").write_text(write_key_pair(client_key) + "\n")
     port = _free_port()
     config = workdir / "sshd_config"
     config.write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key}\n"
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key}\nHostKey {rsa_key}\n"
         f"PidFile {workdir / 'sshd.pid'}\nAuthorizedKeysFile {workdir / 'authorized_keys'}\n"
         "StrictModes no\nUsePAM no\nPubkeyAuthentication yes\nPasswordAuthentication no\n"
         "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
@@ -150,6 +155,7 @@ def start_openssh(workdir: Path) -> Iterator[SftpServer]:
             host_public_key=host_public,
             known_hosts=known_hosts,
             workdir=workdir,
+            other_host_key=rsa_public,
         )
     finally:
         proc.terminate()
@@ -185,6 +191,8 @@ def start_asyncssh(workdir: Path) -> Iterator[SftpServer]:
     workdir.mkdir(parents=True, exist_ok=True)
     host_key = workdir / "asyncssh_host_key"
     host_public = write_key_pair(host_key)
+    ecdsa_key = workdir / "asyncssh_host_ecdsa_key"
+    ecdsa_public = write_key_pair(ecdsa_key, "ecdsa-sha2-nistp256")
     client_key = workdir / "client_key"
     authorized = workdir / "authorized_keys"
     authorized.write_text(write_key_pair(client_key) + "\n")
@@ -199,7 +207,7 @@ def start_asyncssh(workdir: Path) -> Iterator[SftpServer]:
             "127.0.0.1",
             0,
             server_factory=server_class,
-            server_host_keys=[str(host_key)],
+            server_host_keys=[str(host_key), str(ecdsa_key)],
             authorized_client_keys=str(authorized),
             sftp_factory=True,
         )
@@ -219,6 +227,7 @@ def start_asyncssh(workdir: Path) -> Iterator[SftpServer]:
             host_public_key=host_public,
             known_hosts=known_hosts,
             workdir=workdir,
+            other_host_key=ecdsa_public,
         )
     finally:
 

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 from conftest import Cli
-from sftp_servers import SftpServer
+from sftp_servers import SftpServer, known_hosts_line, write_key_pair
 
 from reconciler.model.specs import Sftp
 
@@ -42,7 +43,7 @@ def _run_case(
     cli: Cli, server: SftpServer, remote: Path, *, table: str, key: str, pattern: str, **sftp: Any
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Apply a project and schedule reading ``remote``, create ``table`` (``key``, amount), run it
-    once: the job's JSON result (with the exit code and error lines) and the log events."""
+    once: the job's JSON result (with the exit code) and the log events."""
     fields = server.sftp_fields(remote, pattern=pattern, **sftp)
     Sftp.model_validate(fields)  # the document below is what a user would write
     (cli.cwd / "schedules.d" / f"{table}.yaml").write_text(
@@ -57,7 +58,6 @@ def _run_case(
     events = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
     result: dict[str, Any] = json.loads(done.stdout) if done.stdout else {}
     result["exit"] = done.returncode
-    result["errors"] = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     return result, events
 
 
@@ -109,3 +109,52 @@ def test_a_file_matching_the_pattern_beside_an_odd_name_imports(
     )
     assert _rows(database_url, "case04_odd") == [(1, "1.00")]
     assert [e["name"] for e in events if "name" in e] == ["payments_\\xe9.csv"]
+
+
+def _ca_line(tmp_path: Path) -> str:
+    ca = write_key_pair(tmp_path / "host_ca")
+    return f"@cert-authority *.example.com,127.0.0.1 {ca}\n"
+
+
+def test_a_cert_authority_line_before_the_servers_own_line(
+    cli: Cli, database_url: str, sftp_server: SftpServer, tmp_path: Path
+) -> None:
+    """The server is verified by its own line; the @cert-authority line before it is skipped."""
+    remote = sftp_server.folder()
+    (remote / "returns_2026-11-30.csv").write_text("return_id,amount\n1,5.00\n2,7.25\n")
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(
+        _ca_line(tmp_path)
+        + known_hosts_line("127.0.0.1", sftp_server.port, sftp_server.host_public_key)
+    )
+    result, events = _run_case(
+        cli, sftp_server, remote, table="case16_returns", key="return_id", pattern="returns_*.csv",
+        known_hosts_file=str(known_hosts),
+    )  # fmt: skip
+    assert (result["exit"], result["status"], result["rows_imported"]) == (0, "succeeded", 2), (
+        result
+    )
+    assert _rows(database_url, "case16_returns") == [(1, "5.00"), (2, "7.25")]
+    (skipped,) = [e for e in events if e.get("event") == "known_hosts line skipped"]
+    assert (skipped["file"], skipped["line"]) == (str(known_hosts), 1)
+    assert "@cert-authority" in skipped["reason"]
+
+
+@pytest.mark.usefixtures("database_url")
+def test_a_cert_authority_line_alone_fails_the_job_in_one_line(
+    cli: Cli, asyncssh_server: SftpServer, tmp_path: Path
+) -> None:
+    """Without the server's own line the job fails with one error line, and no traceback."""
+    remote = asyncssh_server.folder()
+    (remote / "returns_1.csv").write_text("return_id,amount\n1,5.00\n")
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(_ca_line(tmp_path))
+    result, _ = _run_case(
+        cli, asyncssh_server, remote, table="case16_alone", key="return_id",
+        pattern="returns_*.csv", known_hosts_file=str(known_hosts),
+    )  # fmt: skip
+    assert (result["exit"], result["status"]) == (1, "failed")
+    error = result["error"]
+    assert error.startswith(f"unknown host key for [127.0.0.1]:{asyncssh_server.port}: ")
+    assert "\n" not in error
+    assert "(skipped line 1: @cert-authority is not supported" in error
