@@ -11,9 +11,11 @@ import argparse
 import importlib
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from reconciler import __version__
-from reconciler.errors import EXIT_ERROR, ReconcileError
+from reconciler.commands import output
+from reconciler.errors import EXIT_ERROR, ReconcileError, UsageError
 from reconciler.settings import Settings, load_settings
 
 __all__ = ["main"]
@@ -35,6 +37,13 @@ _COMMANDS: dict[str, str] = {
 # Commands that never log: skipping structlog's import (and asyncio's, through it) keeps CI's
 # `reconcile validate` start-up about 0.1 s shorter.
 _SILENT = frozenset({"validate", "schema"})
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is our ``UsageError`` (exit 1): exit 2 means "changes present"."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -72,7 +81,7 @@ def _apply_flags(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line, with every subcommand and flag."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="reconcile",
         description="Make PostgreSQL and the scheduler match the YAML in schedules.d/.",
     )
@@ -153,12 +162,49 @@ def _resolve(command: str) -> Callable[[argparse.Namespace, Settings], int]:
     return handler
 
 
+def _wants_json(argv: Sequence[str]) -> bool:
+    """Whether ``--output json`` was asked for (the last one wins), read before argparse runs."""
+    chosen = None
+    for flag, value in zip(argv, [*argv[1:], ""], strict=True):
+        if flag in ("-o", "--output"):
+            chosen = value
+        elif flag.startswith(("--output=", "-o")) and flag != "-o":
+            chosen = flag.removeprefix("--output=").removeprefix("-o").removeprefix("=")
+    return chosen == "json"
+
+
+def _tolerate_unencodable() -> None:
+    """Text a terminal cannot encode (ASCII-only, LANG=C) prints as backslash escapes."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is None:  # replaced by something that is not a text file
+            continue
+        utf8 = str(getattr(stream, "encoding", "")).lower().replace("-", "") == "utf8"
+        if getattr(stream, "errors", "strict") == "strict" or not utf8:
+            reconfigure(errors="backslashreplace")
+
+
+def _fail(exc: BaseException, message: str, exit_code: int, *, as_json: bool, printed: int) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    if as_json and output.documents_printed() == printed:  # stdout holds one document
+        output.emit_error(exc, message, exit_code)
+    return exit_code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; return its exit code (the console script exits with it)."""
-    args = build_parser().parse_args(argv)
-    command = args.command or ("plan" if args.dry_run else "apply")
-    debug = bool(getattr(args, "debug", False))
+    """Run one command; return its exit code (the console script exits with it).
+
+    Errors print ``error: ...`` on stderr and, with ``--output json``, an ``Error`` document on
+    stdout unless the command already printed its own document there.
+    """
+    _tolerate_unencodable()
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    as_json = _wants_json(arguments)
+    debug = "--debug" in arguments
+    printed = output.documents_printed()
     try:
+        args = build_parser().parse_args(arguments)
+        command = args.command or ("plan" if args.dry_run else "apply")
         settings = _settings(args)
         if command not in _SILENT:
             from reconciler import logs
@@ -170,15 +216,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ReconcileError as exc:
         if debug:
             raise
-        print(f"error: {exc.message}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+        return _fail(exc, exc.message, exc.exit_code, as_json=as_json, printed=printed)
+    except KeyboardInterrupt as exc:
+        return _fail(exc, "interrupted", 130, as_json=as_json, printed=printed)
     except BrokenPipeError:  # the reader of stdout went away (`| head`): nothing left to say
         return EXIT_ERROR
     except OSError as exc:
         if debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        return _fail(exc, str(exc), EXIT_ERROR, as_json=as_json, printed=printed)

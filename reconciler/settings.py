@@ -1,12 +1,18 @@
 """Frozen settings: command-line flag, then ``RECONCILER_*`` environment variable, then default.
 
 The CLI builds one ``Settings`` and passes it down as ``settings=``. This is the only module that
-reads the process environment.
+reads the process environment. Every value is checked here, once: a bad one is a ``UsageError``
+naming the flag or variable it came from (and never repeating a secret's value), so no command
+meets a malformed setting later.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import ipaddress
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,12 +21,17 @@ from typing import Literal
 
 from reconciler.errors import UsageError
 
-__all__ = ["DEFAULT_OWNER", "Settings", "load_settings"]
+__all__ = ["DEFAULT_OWNER", "MAX_IMPORT_WORKERS", "Settings", "load_settings"]
 
 DEFAULT_OWNER = "reconcile"
+MAX_IMPORT_WORKERS = 64  # each is a connection to the target database (default limit: 100)
 LogFormat = Literal["json", "console"]
 OutputFormat = Literal["text", "json"]
+_LOG_FORMATS = ("json", "console")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
+_OUTPUTS = ("text", "json")
+_HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
+_PRINTABLE = re.compile(r"[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?")  # visible ASCII, no edge space
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,19 +56,129 @@ class Settings:
     environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
 
-def _default_state_dir(env: Mapping[str, str]) -> Path:
-    base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "reconcile"
+@dataclass(frozen=True, slots=True)
+class _Given:
+    """A value and where it came from, for messages: ``--log-level`` or ``RECONCILER_...``."""
+
+    text: str
+    origin: str
+
+    def shown(self, *, secret: bool = False) -> str:
+        if secret:
+            return self.origin
+        joiner = " " if self.origin.startswith("-") else "="
+        return f"{self.origin}{joiner}{self.text!r}"
 
 
-def _pick(flag: object, env: Mapping[str, str], *names: str) -> str | None:
+def _given(flag: object, flag_name: str, env: Mapping[str, str], *names: str) -> _Given | None:
     if flag is not None:
-        return str(flag)
+        return _Given(str(flag), flag_name)
     for name in names:
         value = env.get(name)
         if value:
-            return value
+            return _Given(value, name)
     return None
+
+
+def _pick(flag: object, env: Mapping[str, str], *names: str) -> str | None:
+    given = _given(flag, "", env, *names)
+    return given.text if given else None
+
+
+def _choice(given: _Given | None, allowed: tuple[str, ...], default: str) -> str:
+    if given is None:
+        return default
+    value = given.text.strip().lower()
+    if value not in allowed:
+        raise UsageError(f"{given.shown()} is not one of: {', '.join(allowed)}")
+    return value
+
+
+def _whole_number(given: _Given | None, default: int, low: int, high: int) -> int:
+    if given is None:
+        return default
+    try:
+        value = int(given.text.strip())
+    except ValueError:
+        raise UsageError(f"{given.shown()} is not a whole number") from None
+    if not low <= value <= high:
+        raise UsageError(f"{given.shown()} is out of range: give {low} to {high}")
+    return value
+
+
+def _http_address(given: _Given | None) -> str:
+    if given is None:
+        return "127.0.0.1:8080"
+    text = given.text.strip()
+    host, colon, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        valid_host = _is_ip(host[1:-1])
+    else:
+        valid_host = ":" not in host and (_is_ip(host) or bool(_HOSTNAME.fullmatch(host)))
+    if not (colon and valid_host and port.isascii() and port.isdigit() and int(port) <= 65535):
+        raise UsageError(
+            f"{given.shown()} is not host:port (examples: 127.0.0.1:8080, 0.0.0.0:8080, "
+            "[::]:8080; port 0 picks a free one)"
+        )
+    return text
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _owner(given: _Given | None) -> str:
+    if given is None:
+        return DEFAULT_OWNER
+    if not _PRINTABLE.fullmatch(given.text) or len(given.text) > 200:
+        raise UsageError(
+            f"{given.shown()} is not an owner id: use up to 200 visible ASCII characters, "
+            "without leading or trailing spaces"
+        )
+    return given.text
+
+
+def _key(given: _Given | None) -> str | None:
+    """An HTTP header value or signing key: a stray newline from a mounted file is refused."""
+    if given is None:
+        return None
+    if not _PRINTABLE.fullmatch(given.text):
+        raise UsageError(
+            f"{given.shown(secret=True)} must be visible ASCII characters without leading or "
+            "trailing whitespace (a secret file's final newline is a common cause)"
+        )
+    return given.text
+
+
+def _webhook_secret(given: _Given | None) -> str | None:
+    secret = _key(given)
+    if given is not None and secret is not None and secret.startswith("whsec_"):
+        try:
+            decoded = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+        except (binascii.Error, ValueError):
+            decoded = b""
+        if not decoded:
+            raise UsageError(
+                f"{given.shown(secret=True)} starts with whsec_ but the rest is not base64 "
+                "(Standard Webhooks secrets are whsec_ and the base64 of the key)"
+            )
+    return secret
+
+
+def _default_state_dir(env: Mapping[str, str]) -> Path:
+    base = env.get("XDG_STATE_HOME")
+    if not base:
+        try:
+            base = str(Path.home() / ".local" / "state")
+        except RuntimeError:  # no HOME and no passwd entry: common for arbitrary container uids
+            raise UsageError(
+                "cannot find a home folder for local state; set RECONCILER_STATE_DIR"
+            ) from None
+    return Path(base) / "reconcile"
 
 
 def load_settings(
@@ -77,7 +198,10 @@ def load_settings(
     import_workers: int | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Resolve every setting from flags (``None`` = not given), the environment and defaults."""
+    """Resolve every setting from flags (``None`` = not given), the environment and defaults.
+
+    Raises ``UsageError`` for a value that cannot work, naming its flag or variable.
+    """
     env = dict(os.environ if environ is None else environ)
     sched = Path(_pick(schedules_dir, env, "RECONCILER_SCHEDULES_DIR") or "schedules.d")
     roots_text = _pick(local_roots, env, "RECONCILER_LOCAL_ROOTS")
@@ -88,34 +212,41 @@ def load_settings(
         else (sched.absolute().parent,)
     )
     stderr_tty = sys.stderr.isatty()
-    fmt = _pick(log_format, env, "RECONCILER_LOG_FORMAT") or ("console" if stderr_tty else "json")
-    if fmt not in ("json", "console"):
-        raise UsageError(f"log format {fmt!r} is not one of: json, console")
-    level = (_pick(log_level, env, "RECONCILER_LOG_LEVEL") or "info").lower()
-    if level not in _LOG_LEVELS:
-        raise UsageError(f"log level {level!r} is not one of: {', '.join(_LOG_LEVELS)}")
-    out = output or "text"
-    if out not in ("text", "json"):
-        raise UsageError(f"output {out!r} is not one of: text, json")
+    fmt = _choice(
+        _given(log_format, "--log-format", env, "RECONCILER_LOG_FORMAT"),
+        _LOG_FORMATS,
+        "console" if stderr_tty else "json",
+    )
+    level = _choice(
+        _given(log_level, "--log-level", env, "RECONCILER_LOG_LEVEL"), _LOG_LEVELS, "info"
+    )
+    out = _choice(_given(output, "--output", {}), _OUTPUTS, "text")
     use_color = color if color is not None else (sys.stdout.isatty() and "NO_COLOR" not in env)
-    workers = import_workers or int(_pick(None, env, "RECONCILER_IMPORT_WORKERS") or 2)
-    if workers < 1:
-        raise UsageError("import workers must be at least 1")
+    workers = _whole_number(
+        _given(import_workers, "import_workers", env, "RECONCILER_IMPORT_WORKERS"),
+        2,
+        1,
+        MAX_IMPORT_WORKERS,
+    )
+    deletes = _whole_number(_given(max_deletes, "--max-deletes", {}), 10, 0, 2**31 - 1)
+    state = _pick(state_dir, env, "RECONCILER_STATE_DIR")
     return Settings(
         schedules_dir=sched,
         database_url=_pick(database_url, env, "RECONCILER_DATABASE_URL", "DATABASE_URL"),
-        owner=_pick(owner, env, "RECONCILER_OWNER") or DEFAULT_OWNER,
-        state_dir=Path(_pick(state_dir, env, "RECONCILER_STATE_DIR") or _default_state_dir(env)),
+        owner=_owner(_given(owner, "--owner", env, "RECONCILER_OWNER")),
+        state_dir=Path(state) if state else _default_state_dir(env),
         local_roots=roots,
-        log_format=fmt,  # type: ignore[arg-type]  # checked just above
+        log_format=fmt,  # type: ignore[arg-type]  # one of _LOG_FORMATS, checked by _choice
         log_level=level,
-        http_address=_pick(http_address, env, "RECONCILER_HTTP_ADDRESS") or "127.0.0.1:8080",
-        api_key=env.get("RECONCILER_API_KEY") or None,
-        webhook_secret=env.get("RECONCILER_WEBHOOK_SECRET") or None,
-        output=out,  # type: ignore[arg-type]  # checked just above
+        http_address=_http_address(
+            _given(http_address, "--http-address", env, "RECONCILER_HTTP_ADDRESS")
+        ),
+        api_key=_key(_given(None, "", env, "RECONCILER_API_KEY")),
+        webhook_secret=_webhook_secret(_given(None, "", env, "RECONCILER_WEBHOOK_SECRET")),
+        output=out,  # type: ignore[arg-type]  # one of _OUTPUTS, checked by _choice
         color=use_color,
         debug=debug,
-        max_deletes=max_deletes if max_deletes is not None else 10,
+        max_deletes=deletes,
         import_workers=workers,
         environ=env,
     )

@@ -203,3 +203,19 @@ def test_the_progress_line_shows_files_bytes_rows_and_rate() -> None:
         "~45,000", "rows", "1.5", "MB/s",
     ]  # fmt: skip
     assert not cleared.strip()
+
+
+@pytest.mark.usefixtures("repo")
+def test_a_stored_spec_that_no_longer_validates_is_one_line(cli: Cli, database_url: str) -> None:
+    """A project row whose spec an older or hand-edited write left invalid: exit 1, one line."""
+    _schedule(database_url)
+    with psycopg.connect(database_url) as conn:
+        conn.execute("""UPDATE cpi_projects SET spec = spec || '{"retired_key": 1}'""")
+    for args in (("run", NAME), ("run", NAME, "-o", "json")):
+        done = cli(*args)
+        assert done.returncode == 1
+        assert "Traceback" not in done.stderr
+        (error,) = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+        assert "sales_project" in error
+        assert "retired_key" in error
+    assert json.loads(done.stdout)["kind"] == "Error"
