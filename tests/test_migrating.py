@@ -120,3 +120,17 @@ def test_concurrent_migrations_do_not_fail(empty_database_url: str) -> None:
     for t in threads:
         t.join()
     assert errors == []
+
+
+def test_migrating_does_not_wait_for_an_apply_or_an_import(empty_database_url: str) -> None:
+    """Sessions holding the apply, ledger-creation and job locks do not hold up a migration."""
+    from reconciler.imports.jobs import job_lock_key
+    from reconciler.store.locks import Fixed
+
+    with psycopg.connect(empty_database_url) as holder, psycopg.connect(empty_database_url) as conn:
+        for key in (Fixed.APPLY, Fixed.LEDGER_CREATE, job_lock_key("daily-sales-import")):
+            holder.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+        conn.execute("SET lock_timeout = '2s'")
+        conn.commit()
+        migrate(conn)
+        assert _columns(conn, "cpi_jobs")
