@@ -8,16 +8,13 @@ meets a malformed setting later.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import ipaddress
 import os
 import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from reconciler.errors import UsageError
 
@@ -30,8 +27,9 @@ OutputFormat = Literal["text", "json"]
 _LOG_FORMATS = ("json", "console")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _OUTPUTS = ("text", "json")
-_HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
-_PRINTABLE = re.compile(r"[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?")  # visible ASCII, no edge space
+# Patterns, compiled on first use (re caches them): `reconcile validate` starts faster.
+_HOSTNAME = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?"
+_PRINTABLE = r"[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?"  # visible ASCII, no space at either end
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +54,7 @@ class Settings:
     environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
 
-@dataclass(frozen=True, slots=True)
-class _Given:
+class _Given(NamedTuple):
     """A value and where it came from, for messages: ``--log-level`` or ``RECONCILER_...``."""
 
     text: str
@@ -114,7 +111,7 @@ def _http_address(given: _Given | None) -> str:
     if host.startswith("[") and host.endswith("]"):
         valid_host = _is_ip(host[1:-1])
     else:
-        valid_host = ":" not in host and (_is_ip(host) or bool(_HOSTNAME.fullmatch(host)))
+        valid_host = ":" not in host and (_is_ip(host) or bool(re.fullmatch(_HOSTNAME, host)))
     if not (colon and valid_host and port.isascii() and port.isdigit() and int(port) <= 65535):
         raise UsageError(
             f"{given.shown()} is not host:port (examples: 127.0.0.1:8080, 0.0.0.0:8080, "
@@ -124,6 +121,8 @@ def _http_address(given: _Given | None) -> str:
 
 
 def _is_ip(text: str) -> bool:
+    import ipaddress
+
     try:
         ipaddress.ip_address(text)
     except ValueError:
@@ -134,7 +133,7 @@ def _is_ip(text: str) -> bool:
 def _owner(given: _Given | None) -> str:
     if given is None:
         return DEFAULT_OWNER
-    if not _PRINTABLE.fullmatch(given.text) or len(given.text) > 200:
+    if not re.fullmatch(_PRINTABLE, given.text) or len(given.text) > 200:
         raise UsageError(
             f"{given.shown()} is not an owner id: use up to 200 visible ASCII characters, "
             "without leading or trailing spaces"
@@ -146,7 +145,7 @@ def _key(given: _Given | None) -> str | None:
     """An HTTP header value or signing key: a stray newline from a mounted file is refused."""
     if given is None:
         return None
-    if not _PRINTABLE.fullmatch(given.text):
+    if not re.fullmatch(_PRINTABLE, given.text):
         raise UsageError(
             f"{given.shown(secret=True)} must be visible ASCII characters without leading or "
             "trailing whitespace (a secret file's final newline is a common cause)"
@@ -155,6 +154,9 @@ def _key(given: _Given | None) -> str | None:
 
 
 def _webhook_secret(given: _Given | None) -> str | None:
+    import base64
+    import binascii
+
     secret = _key(given)
     if given is not None and secret is not None and secret.startswith("whsec_"):
         try:
