@@ -1,8 +1,10 @@
 """The ``reconcile`` console script: argv -> settings -> one function per command.
 
 This is the one place that catches our errors: it prints ``error: ...`` and returns the documented
-exit code (``--debug`` shows the traceback). Command modules are imported only when their command
-runs, so ``--help`` and ``validate`` never import psycopg, paramiko, APScheduler or watchfiles.
+exit code (``--debug`` shows the traceback); with ``--output json`` stdout also gets an ``Error``
+document. argparse's own complaints become ``UsageError`` (exit 1, never 2, which means "changes
+present"). Command modules are imported only when their command runs, so ``--help`` and
+``validate`` never import psycopg, paramiko, APScheduler or watchfiles.
 """
 
 from __future__ import annotations
