@@ -3,10 +3,12 @@ stable order, streaming, and files always kept. Real files and symlinks under ``
 
 from __future__ import annotations
 
+import glob
 import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -194,3 +196,119 @@ def test_a_file_removed_after_listing_fails_to_open(tree: Path) -> None:
     (tree / "data" / "sales_a.csv").unlink()
     with pytest.raises(SourceError, match=r"cannot open .*sales_a\.csv"), source.open(f):
         pass
+
+
+@pytest.fixture
+def no_listing_outside(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail at once (an AssertionError, which no glob swallows) if a folder whose real path is
+    outside the root is listed."""
+    root = os.path.realpath(tree)
+
+    def guard(real: Any) -> Any:
+        def listing(path: Any = ".", *args: Any, **kwargs: Any) -> Any:
+            if isinstance(path, str | bytes | os.PathLike):
+                where = os.path.realpath(os.fsdecode(path))
+                assert os.path.commonpath([where, root]) == root, f"listed {where}"
+            return real(path, *args, **kwargs)
+
+        return listing
+
+    monkeypatch.setattr(os, "scandir", guard(os.scandir))
+    monkeypatch.setattr(os, "listdir", guard(os.listdir))
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    ["/**/*.x", "/*", "/etc/*", "/proc/*/environ", "/etc/passwd", "/[a-z]*/*.csv", "../../../*"],
+)
+@pytest.mark.usefixtures("no_listing_outside")
+def test_a_pattern_whose_fixed_part_is_outside_is_refused_unseen(tree: Path, pattern: str) -> None:
+    """A glob rooted outside the roots (even at '/') is refused from its text: nothing there,
+    not even /proc, is listed."""
+    full = os.path.normpath(os.path.join(tree / "schedules.d" / "team", pattern))
+    with pytest.raises(SourceError) as caught:
+        _source(tree, pattern).list_files()
+    assert caught.value.message == (
+        f"{full} is outside the local roots ({os.path.realpath(tree)}); "
+        "add its folder to RECONCILER_LOCAL_ROOTS to allow imports from it"
+    )
+
+
+def test_the_refusal_does_not_tell_what_exists_outside(tree: Path) -> None:
+    """Whether the folder or file outside exists, or is a symlink, the refusal reads the same."""
+    outside = tree.parent / "outside"
+    (outside / "link.csv").symlink_to(outside / "secret.csv")
+    messages = {
+        _refusal(tree, str(outside / name)).replace(name, "NAME")
+        for name in ["secret.csv", "link.csv", "missing.csv", "*.csv", "nope/*.csv"]
+    }
+    assert len(messages) == 1
+
+
+def _refusal(tree: Path, pattern: str) -> str:
+    with pytest.raises(SourceError) as caught:
+        _source(tree, pattern).list_files()
+    return caught.value.message
+
+
+@pytest.mark.parametrize("pattern", ["../../data/*.csv", "../../**/*.csv", "../../*/link.csv"])
+def test_a_glob_inside_matching_a_file_that_leads_out_is_refused(tree: Path, pattern: str) -> None:
+    """A glob rooted inside that matches a symlink to a file outside is refused, naming both."""
+    (tree / "data" / "link.csv").symlink_to(tree.parent / "outside" / "secret.csv")
+    message = _refusal(tree, pattern)
+    link, secret = tree / "data" / "link.csv", tree.parent / "outside" / "secret.csv"
+    assert message.startswith(f"{link} (really {secret}) is outside the local roots")
+
+
+@pytest.mark.parametrize("pattern", ["../../**/*.csv", "../../data/*/*.csv", "../../**"])
+@pytest.mark.usefixtures("no_listing_outside")
+def test_a_folder_that_leads_out_is_refused_before_it_is_listed(tree: Path, pattern: str) -> None:
+    """A symlink to a folder outside is refused when the walk reaches it, never listed."""
+    elsewhere = tree / "data" / "elsewhere"
+    elsewhere.symlink_to(tree.parent / "outside")
+    message = _refusal(tree, pattern)
+    assert message.startswith(f"{elsewhere} (really {tree.parent / 'outside'}) is outside")
+
+
+def test_folders_linked_inside_the_roots_are_followed(tree: Path) -> None:
+    """A symlink to a folder inside the roots is walked like the folder itself."""
+    (tree / "data" / "current").symlink_to(tree / "data")
+    for pattern in ["../../data/current/sales_*.csv", "../../data/*/sales_a.csv"]:
+        files = _source(tree, pattern).list_files()
+        assert sorted({f.name for f in files}) == ["sales_a.csv", "sales_b.csv"][: len(files)]
+    deep = _source(tree, "../../**/sales_a.csv").list_files()
+    assert [f.name for f in deep] == ["sales_a.csv"]  # a link back up ends the walk, found once
+
+
+def test_a_root_named_through_a_symlink_holds_its_files(tmp_path: Path, tree: Path) -> None:
+    """A root given as a symlink allows the paths written through it."""
+    named = tmp_path / "named_root"
+    named.symlink_to(tree)
+    source = LocalSource([str(named / "data" / "*.csv")], base_dir=named, roots=[named])
+    assert _names(source.list_files()) == ["sales_a.csv", "sales_b.csv"]
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "**",
+        "**/*.csv",
+        "../../**",
+        "../../**/*",
+        "../../**/.sales_hidden.csv",
+        "../../*/sales_?.csv",
+        "../../data/[so]*",
+        "../../data/.*",
+        "../../data/**/sales_a.csv",
+        "../../*/*/*",
+        "../../data/sales_a.csv/*",
+        "../../missing/*",
+    ],
+)
+def test_globs_inside_the_roots_match_as_the_glob_module(tree: Path, pattern: str) -> None:
+    """Inside the roots, a glob matches exactly what ``glob.glob(recursive=True)`` matches."""
+    (tree / "schedules.d" / "team" / "team.yaml").write_text("")
+    (tree / "data" / "sales_dir.csv" / "inner.csv").write_text("i\n")
+    full = os.path.normpath(os.path.join(tree / "schedules.d" / "team", pattern))
+    expected = sorted(os.path.normpath(p) for p in glob.glob(full, recursive=True))
+    assert sorted(_source(tree).matches(pattern)) == expected

@@ -4,19 +4,22 @@
 ``merge_sftp``); the import engine lists the files, opens each as a byte stream for ``COPY ... FROM
 STDIN`` (never loading a whole file), and calls ``finish`` once a file's data is committed. Local
 paths are confined to ``RECONCILER_LOCAL_ROOTS``: the check is on the real path, so neither ``..``
-nor a symlink leads out, and it is repeated when a file is opened. The SFTP source itself lives in
-``imports.sftp`` (imported lazily, so paramiko stays off the CLI's start-up path).
+nor a symlink leads out, and it is repeated when a file is opened. A glob is refused from its text
+when its fixed part lies outside the roots, and is otherwise walked only inside them. The SFTP
+source itself lives in ``imports.sftp`` (imported lazily, so paramiko stays off the CLI's start-up
+path).
 """
 
 from __future__ import annotations
 
-import glob
 import os
+import re
 import stat
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -78,8 +81,18 @@ class Source(Protocol):
     def __exit__(self, *exc: object) -> None: ...
 
 
+_MAGIC = re.compile(r"[*?[]")  # what makes a path component a glob, as for the glob module
+
+
 def _inside(real: str, roots: Sequence[str]) -> bool:
     return any(os.path.commonpath([real, root]) == root for root in roots)
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir()  # through a symlink too: where it leads is checked before listing
+    except OSError:
+        return False
 
 
 def _mtime(st: os.stat_result) -> datetime:
@@ -90,7 +103,11 @@ def _mtime(st: os.stat_result) -> datetime:
 
 
 class LocalSource:
-    """Files on this machine matched by globs; they are always kept after import."""
+    """Files on this machine matched by globs; they are always kept after import.
+
+    A glob is matched by walking down from its fixed prefix (the folders before the first
+    component with ``*``, ``?`` or ``[``), which must lie inside a root; every folder is checked
+    before it is listed, so nothing outside the roots is ever listed, even through a symlink."""
 
     key = "local"
 
@@ -98,33 +115,91 @@ class LocalSource:
         self._base = os.path.abspath(base_dir)
         self._patterns = tuple(patterns)
         self._roots = tuple(os.path.realpath(root) for root in roots)
+        # The roots as written too: a root given through a symlink is inside itself.
+        self._named_roots = (*self._roots, *(os.path.abspath(root) for root in roots))
+
+    def _refuse(self, shown: str) -> SourceError:
+        roots = os.pathsep.join(self._roots) or "none"
+        return SourceError(
+            f"{shown} is outside the local roots ({roots}); "
+            f"add its folder to {_ROOTS_SETTING} to allow imports from it"
+        )
 
     def _confined(self, path: str) -> str:
         """The real path of ``path``; ``SourceError`` unless it lies inside a local root."""
         real = os.path.realpath(path)
         if not _inside(real, self._roots):
-            shown = path if real == path else f"{path} (really {real})"
-            roots = os.pathsep.join(self._roots) or "none"
-            raise SourceError(
-                f"{shown} is outside the local roots ({roots}); "
-                f"add its folder to {_ROOTS_SETTING} to allow imports from it"
-            )
+            raise self._refuse(path if real == path else f"{path} (really {real})")
         return real
 
-    def _matches(self, pattern: str) -> list[str]:
+    def _listed(
+        self, folder: str, ancestors: frozenset[str]
+    ) -> tuple[frozenset[str], list[os.DirEntry[str]]]:
+        """The entries of ``folder`` once its real path is known to lie inside a root (none if
+        it is not a readable folder, or is among the real ``ancestors``: a symlink loop), and
+        the ancestors of those entries."""
+        real = self._confined(folder)
+        if real in ancestors:
+            return ancestors, []
+        try:
+            with os.scandir(folder) as entries:
+                return ancestors | {real}, list(entries)
+        except OSError:
+            return ancestors, []  # as glob does: a missing or unreadable folder matches nothing
+
+    def _walk(
+        self, folder: str, parts: tuple[str, ...], ancestors: frozenset[str]
+    ) -> Iterator[str]:
+        """The paths below ``folder`` matching the glob components ``parts`` as ``glob.glob(...,
+        recursive=True)`` finds them: '*' skips hidden names, '**' is any number of folders."""
+        if not parts:
+            if os.path.lexists(folder):
+                yield folder
+            return
+        part, rest = parts[0], parts[1:]
+        if not _MAGIC.search(part):
+            yield from self._walk(os.path.join(folder, part), rest, ancestors)
+            return
+        below, entries = self._listed(folder, ancestors)
+        if part == "**":
+            yield from self._walk(folder, rest, ancestors)  # '**' as no folder at all
+        for entry in entries:
+            if entry.name.startswith(".") and not part.startswith("."):
+                continue
+            path = os.path.join(folder, entry.name)
+            if part == "**":
+                if _is_dir(entry):
+                    yield from self._walk(path, parts, below)
+                elif not rest:
+                    yield path
+            elif fnmatchcase(entry.name, part):
+                if not rest:
+                    yield path
+                elif _is_dir(entry):
+                    yield from self._walk(path, rest, below)
+
+    def matches(self, pattern: str) -> list[str]:
+        """The paths ``pattern`` matches, never looking outside the roots: ``SourceError`` if
+        its fixed part lies outside them (saying nothing of what exists there), or if it is a
+        plain path to nothing."""
         full = os.path.normpath(os.path.join(self._base, pattern))
-        if glob.escape(full) != full:
-            return glob.glob(full, recursive=True)
-        self._confined(full)  # refuse before saying whether a path outside the roots exists
-        if not os.path.lexists(full):
-            raise SourceError(f"{full}: no such file (local_files entry {pattern!r})")
-        return [full]
+        parts = full.split(os.sep)
+        fixed = next((i for i, part in enumerate(parts) if _MAGIC.search(part)), len(parts))
+        prefix = os.sep.join(parts[:fixed]) or os.sep
+        if not _inside(prefix, self._named_roots):
+            raise self._refuse(full)  # decided on the text alone: nothing there is looked at
+        self._confined(prefix)  # a symlink inside a root may lead out of it
+        if fixed == len(parts):
+            if not os.path.lexists(full):
+                raise SourceError(f"{full}: no such file (local_files entry {pattern!r})")
+            return [full]
+        return list(self._walk(prefix, tuple(parts[fixed:]), frozenset()))
 
     def list_files(self) -> list[SourceFile]:
         """Every regular file the patterns match, once, sorted by name then path."""
         files: dict[str, SourceFile] = {}
         for pattern in self._patterns:
-            for path in self._matches(pattern):
+            for path in self.matches(pattern):
                 real = self._confined(path)
                 try:
                     st = os.stat(real)
