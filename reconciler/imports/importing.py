@@ -268,10 +268,15 @@ def _replace(pool: Connections, run: _Run, files: Sequence[SourceFile]) -> list[
                 results = [_load_one(conn, run, f) for f in files]
                 if any(r.status == "failed" for r in results):
                     raise psycopg.Rollback()
+        except psycopg.Rollback:
+            # psycopg swallows its own Rollback unless the session broke first: then no COMMIT
+            # was sent and the server rolled the whole replace back when the session ended.
+            pass
         except psycopg.Error as exc:  # the DELETE or the commit itself
-            return [
-                FileResult(f.path, f.size, f.mtime, "failed", error=str(exc).strip()) for f in files
-            ]
+            reason = " ".join(str(exc).split())
+            if results and conn.broken:  # the import ledger, read once the server is back, knows
+                reason = f"lost the connection to PostgreSQL while committing: {reason}"
+            return [FileResult(f.path, f.size, f.mtime, "failed", error=reason) for f in files]
     if any(r.status == "failed" for r in results):
         reason = "rolled back: another file of this replace run failed; the table is unchanged"
         results = [r.undone(reason) if r.status == "imported" else r for r in results]
