@@ -15,6 +15,7 @@ from reconciler.imports.history import job_history
 from reconciler.imports.jobs import (
     Heartbeat,
     ScheduleRef,
+    fail_lost_job,
     finish_job,
     job_lock_key,
     reap_abandoned,
@@ -198,6 +199,33 @@ def test_finishing_a_wrongly_abandoned_run_corrects_the_counters(
         conn.execute("UPDATE cpi_schedules SET total_runs = 1, failed_runs = 1")
     finish_job(session, schedule, started, status="succeeded", files=(), error=None)
     assert _stats(database_url)[:3] == (1, 1, 0)
+
+
+def test_a_lost_run_fails_its_job_only_while_it_is_still_running(
+    database_url: str, schedule: ScheduleRef
+) -> None:
+    """Over a new session a lost run records failed once; a job another run abandoned stays so."""
+    lost = psycopg.connect(database_url, autocommit=True)
+    first = start_job(lost, schedule, trigger="manual")
+    lost.close()  # the session and its lock are gone, as when the server restarts
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        ended = fail_lost_job(conn, schedule, first, files=(), error="lost")
+        assert (ended.status, ended.error, ended.ours) == ("failed", "lost", True)
+        again = fail_lost_job(conn, schedule, first, files=(), error="again")
+        assert (again.status, again.error, again.ours) == ("failed", "lost", False)
+    assert _stats(database_url)[:3] == (1, 0, 1)
+
+    lost = psycopg.connect(database_url, autocommit=True)
+    second = start_job(lost, schedule, trigger="manual")
+    lost.close()
+    with psycopg.connect(database_url, autocommit=True) as other:
+        newer = start_job(other, schedule, trigger="manual")  # finds the lock free
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            ended = fail_lost_job(conn, schedule, second, files=(), error="lost")
+        assert (ended.status, ended.ours) == ("abandoned", False)
+        statuses = {str(r["id"]): r["status"] for r in jobs(database_url)}
+        assert statuses == {first.id: "failed", second.id: "abandoned", newer.id: "running"}
+    assert _stats(database_url)[:3] == (2, 0, 2)
 
 
 def test_heartbeat_refreshes_the_row(

@@ -1,7 +1,8 @@
 """Job rows in ``cpi_jobs`` (always the management database): start, heartbeat, finish, abandon.
 
 ``imports.running`` calls ``start_job`` before a run, keeps a ``Heartbeat`` going during it and
-calls ``finish_job`` at the end; the daemon may call ``reap_abandoned`` on its own. Liveness has two
+calls ``finish_job`` at the end, or ``fail_lost_job`` over a new session when PostgreSQL went away
+mid-run and came back; the daemon may call ``reap_abandoned`` on its own. Liveness has two
 signals. The runner holds a session advisory lock keyed on the schedule name on the connection
 that wrote the row: when its process dies, PostgreSQL closes that session and the lock is free, so
 a ``running`` row whose lock is free is abandoned at once. When the lock is still held but the
@@ -34,9 +35,11 @@ if TYPE_CHECKING:
 __all__ = [
     "HEARTBEAT_SECONDS",
     "STALE_AFTER",
+    "Ended",
     "Heartbeat",
     "ScheduleRef",
     "Started",
+    "fail_lost_job",
     "finish_job",
     "job_lock_key",
     "reap_abandoned",
@@ -74,6 +77,16 @@ class Started:
     started_at: datetime
     error: str | None = None
     claimed: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """A job's end as ``fail_lost_job`` found it: ``ours`` is false if it had ended already."""
+
+    status: JobStatus
+    error: str | None
+    finished_at: datetime | None
+    ours: bool
 
 
 def job_lock_key(schedule_name: str) -> int:
@@ -283,6 +296,22 @@ def _claimed_elsewhere(
     return Started(row[0], row[1], row[2], error=f"claimed by job {row[0]}", claimed=False)
 
 
+_END = (
+    "status = %(status)s, finished_at = now(), heartbeat_at = now(), rows_imported = %(rows)s, "
+    "bytes_read = %(bytes)s, files = %(files)s, error = %(error)s"
+)
+
+
+def _end(
+    started: Started, status: JobStatus, files: tuple[FileResult, ...], error: str | None
+) -> dict[str, Any]:
+    return {
+        "id": started.id, "status": status, "error": error,
+        "rows": sum(f.rows for f in files if f.status == "imported"),
+        "bytes": sum(f.bytes for f in files), "files": Jsonb([f.to_json() for f in files]),
+    }  # fmt: skip
+
+
 def finish_job(
     conn: psycopg.Connection[Any],
     schedule: ScheduleRef,
@@ -293,18 +322,13 @@ def finish_job(
     error: str | None,
 ) -> datetime:
     """Store the final status and the schedule's statistics in one transaction; unlock."""
-    rows = sum(f.rows for f in files if f.status == "imported")
-    nbytes = sum(f.bytes for f in files)
     with conn.transaction():
         row = conn.execute(
             "WITH old AS (SELECT status FROM cpi_jobs WHERE id = %(id)s FOR UPDATE) "
-            "UPDATE cpi_jobs j SET status = %(status)s, finished_at = now(), "
-            "heartbeat_at = now(), rows_imported = %(rows)s, bytes_read = %(bytes)s, "
-            "files = %(files)s, error = %(error)s "
-            "FROM old WHERE j.id = %(id)s RETURNING old.status, j.finished_at",
-            {"id": started.id, "status": status, "rows": rows, "bytes": nbytes,
-             "files": Jsonb([f.to_json() for f in files]), "error": error},
-        ).fetchone()  # fmt: skip
+            "UPDATE cpi_jobs j SET " + _END + " FROM old WHERE j.id = %(id)s "
+            "RETURNING old.status, j.finished_at",
+            _end(started, status, files, error),
+        ).fetchone()
         assert row is not None
         # A run wrongly reaped as abandoned while alive was already counted as a failed run.
         was_abandoned = row[0] == "abandoned"
@@ -320,6 +344,40 @@ def finish_job(
     conn.execute("SELECT pg_advisory_unlock(%s)", (job_lock_key(schedule.name),))
     finished_at: datetime = row[1]
     return finished_at
+
+
+def fail_lost_job(
+    conn: psycopg.Connection[Any],
+    schedule: ScheduleRef,
+    started: Started,
+    *,
+    files: tuple[FileResult, ...],
+    error: str,
+) -> Ended:
+    """Record ``failed`` over a new session for a run whose own session (and lock) was lost.
+
+    Only a row still ``running`` is finished: once the lock was gone another runner may have
+    claimed the schedule and marked this job abandoned, and that record stands. A row that
+    has ended already is returned as it is, ``ours`` false (also when this run's own
+    ``finish_job`` committed but the answer was lost with the connection).
+    """
+    with conn.transaction():
+        row = conn.execute(
+            "UPDATE cpi_jobs SET " + _END + " WHERE id = %(id)s AND status = 'running' "
+            "RETURNING finished_at",
+            _end(started, "failed", files, error),
+        ).fetchone()
+        if row is not None:
+            _count(
+                conn, schedule.id, started.id, started.started_at,
+                new_run=1, succeeded=0, failed=1,
+            )  # fmt: skip
+            return Ended("failed", error, row[0], ours=True)
+        row = conn.execute(
+            "SELECT status, error, finished_at FROM cpi_jobs WHERE id = %s", (started.id,)
+        ).fetchone()
+    assert row is not None  # job rows are history: reconcile never deletes them
+    return Ended(row[0], row[1], row[2], ours=False)
 
 
 def record_callback(conn: psycopg.Connection[Any], job_id: str, outcome: dict[str, Any]) -> None:
