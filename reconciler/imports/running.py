@@ -6,6 +6,13 @@ project rows, record the job (or a skip), open the source and the target, load t
 imported, run each file's after-import action once its data is committed, store the final status
 with the schedule's statistics, then send the callback. Everything that can go wrong after the
 job row exists becomes a one-line ``error`` on the job and in the log, never a traceback.
+
+PostgreSQL stopping mid-run ends the session that holds the run's lock. The run then waits a
+short, bounded window (``RECONNECT_WITHIN``, with backoff) for the server to answer again: back in
+time, it reads the import ledger for files whose COMMIT went unanswered, records the job
+``failed`` with the cause (only if the row is still ``running``: without the lock another runner
+may have claimed the schedule meanwhile) and sends the callback; not back in time, it raises
+``StoreError`` with the cause and the next run marks the job abandoned.
 """
 
 from __future__ import annotations
@@ -18,11 +25,18 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from reconciler.errors import ReconcileError
+from reconciler.errors import ReconcileError, StoreError
 from reconciler.imports import callbacks
 from reconciler.imports.copying import inspect_target
 from reconciler.imports.importing import Connections, Meter, Progress, import_files
-from reconciler.imports.jobs import Heartbeat, Started, finish_job, record_callback, start_job
+from reconciler.imports.jobs import (
+    Heartbeat,
+    Started,
+    fail_lost_job,
+    finish_job,
+    record_callback,
+    start_job,
+)
 from reconciler.imports.ledger import Ledger
 from reconciler.imports.resolving import ImportSpec, load_import, open_source, target_url
 from reconciler.imports.results import FileResult, JobResult, JobStatus
@@ -33,8 +47,13 @@ if TYPE_CHECKING:
     from reconciler.imports.sources import Source, SourceFile
     from reconciler.settings import Settings
 
-__all__ = ["Progress", "run_schedule"]
+__all__ = ["RECONNECT_WITHIN", "Progress", "run_schedule"]
 
+# Seconds a run waits for PostgreSQL to answer again: a restart or a switchover takes a few; the
+# window stays well inside the 30 s a container gets between SIGTERM and SIGKILL.
+RECONNECT_WITHIN = 20.0
+_FIRST_RETRY = 0.25  # seconds; doubles up to _LAST_RETRY
+_LAST_RETRY = 4.0
 _log = get_logger("reconciler.imports")
 
 
@@ -45,13 +64,17 @@ def run_schedule(
     trigger: str = "manual",
     scheduled_for: datetime | None = None,
     progress: Callable[[Progress], None] | None = None,
+    reconnect_within: float | None = None,
 ) -> JobResult:
     """Run schedule ``name`` once in this process and return its recorded result.
 
     Raises ``NotFound`` when the schedule is not in the database and ``StoreError`` when the
-    management database is unreachable; every other failure is the returned job's ``error``.
+    management database is unreachable, or went away mid-run and did not answer again within
+    ``reconnect_within`` seconds (default ``RECONNECT_WITHIN``); every other failure is the
+    returned job's ``error``.
     """
     management_url = database_url(settings)
+    outage = _Outage(RECONNECT_WITHIN if reconnect_within is None else reconnect_within)
     with open_store(settings) as conn:
         conn.autocommit = True  # the job session holds the run's advisory lock between statements
         spec = load_import(conn, name)
@@ -64,24 +87,60 @@ def run_schedule(
         if not started.claimed:  # another replica owns this occurrence and its callback
             return base
         if started.status == "skipped":
-            result = replace(base, finished_at=started.started_at)
-        else:
-            if not spec.enabled:
-                _log.info("running a disabled schedule", schedule=name, trigger=trigger)
-            result = _run(
-                conn, spec, started, base,
-                settings=settings, management_url=management_url, progress=progress,
-            )  # fmt: skip
-        if spec.callback_url:
-            outcome = callbacks.deliver(
-                spec.callback_url,
-                result.payload(),
-                message_id=started.id,
-                secret=settings.webhook_secret,
-            )
-            record_callback(conn, started.id, outcome)
-            result = replace(result, callback=outcome)
+            return _call_back(conn, spec, replace(base, finished_at=started.started_at), settings)
+        if not spec.enabled:
+            _log.info("running a disabled schedule", schedule=name, trigger=trigger)
+        return _run(
+            conn, spec, started, base,
+            settings=settings, management_url=management_url, progress=progress, outage=outage,
+        )  # fmt: skip
+
+
+def _call_back(
+    conn: psycopg.Connection[Any], spec: ImportSpec, result: JobResult, settings: Settings
+) -> JobResult:
+    """Send the schedule's callback, if any, and store its outcome on the job."""
+    if not spec.callback_url or result.job_id is None:
         return result
+    outcome = callbacks.deliver(
+        spec.callback_url, result.payload(), message_id=result.job_id,
+        secret=settings.webhook_secret,
+    )  # fmt: skip
+    record_callback(conn, result.job_id, outcome)
+    return replace(result, callback=outcome)
+
+
+class _Outage:
+    """The bounded wait for PostgreSQL to answer again, one window per run.
+
+    The window opens at the first failed attempt; each connection attempt may itself take up
+    to the connect timeout (10 s) against a host that drops packets.
+    """
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self._deadline: float | None = None
+
+    def connect(self, url: str) -> psycopg.Connection[Any]:
+        """A new connection to ``url``; ``StoreError`` once the window has passed."""
+        delay = _FIRST_RETRY
+        while True:
+            try:
+                return connect(url)
+            except StoreError as exc:
+                now = time.monotonic()
+                if self._deadline is None:
+                    self._deadline = now + self.window
+                    _log.warning("waiting for PostgreSQL", seconds=self.window, error=exc.message)
+                if now >= self._deadline:
+                    raise
+                time.sleep(min(delay, self._deadline - now))
+                delay = min(delay * 2, _LAST_RETRY)
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return redact(lines[0].strip()) if lines else type(exc).__name__
 
 
 def _run(
@@ -93,6 +152,7 @@ def _run(
     settings: Settings,
     management_url: str,
     progress: Callable[[Progress], None] | None,
+    outage: _Outage,
 ) -> JobResult:
     meter = Meter(progress)
     files: list[FileResult] = []
@@ -103,12 +163,12 @@ def _run(
         with Heartbeat(conn, started.id, meter.totals):
             _import(
                 spec, settings, job_id=started.id, management_url=management_url,
-                meter=meter, results=files,
+                meter=meter, results=files, outage=outage,
             )  # fmt: skip
     except ReconcileError as exc:
         error = exc.message
     except psycopg.Error as exc:
-        error = f"PostgreSQL: {redact(str(exc).strip().splitlines()[0])}"
+        error = f"PostgreSQL: {_one_line(exc)}"
     except BaseException as exc:  # an interrupt or a bug: the row must not stay 'running'
         kind = "interrupted" if not isinstance(exc, Exception) else "unexpected error"
         error = f"{kind}: {type(exc).__name__}: {exc}".rstrip(": ")
@@ -127,21 +187,72 @@ def _run(
     if error:
         error = " ".join(error.split())  # one line, whatever a library put in its message
     status: JobStatus = "failed" if error else "succeeded"
-    finished_at = finish_job(
-        conn, spec.schedule, started, status=status, files=tuple(files), error=error
-    )
     result = replace(
-        base, status=status, error=error, files=tuple(files), finished_at=finished_at,
+        base, status=status, error=error, files=tuple(files),
         rows_imported=sum(f.rows for f in files if f.status == "imported"),
         bytes_read=sum(f.bytes for f in files),
     )  # fmt: skip
-    log = _log.info if status == "succeeded" else _log.error
+    try:
+        finished_at = finish_job(
+            conn, spec.schedule, started, status=status, files=tuple(files), error=error
+        )
+    except psycopg.OperationalError as exc:
+        if not conn.broken:
+            raise
+        return _finish_lost(
+            exc, spec, started, result,
+            settings=settings, url=management_url, outage=outage, began=began,
+        )  # fmt: skip
+    result = replace(result, finished_at=finished_at)
+    _log_end(result, began)
+    return _call_back(conn, spec, result, settings)
+
+
+def _log_end(result: JobResult, began: float) -> None:
+    log = _log.info if result.status == "succeeded" else _log.error
     log(
-        "import finished", schedule=spec.schedule.name, job_id=started.id, status=status,
+        "import finished", schedule=result.schedule, job_id=result.job_id, status=result.status,
         rows=result.rows_imported, bytes=result.bytes_read,
-        seconds=round(time.monotonic() - began, 3), error=error,
+        seconds=round(time.monotonic() - began, 3), error=result.error,
     )  # fmt: skip
-    return result
+
+
+def _finish_lost(
+    lost: psycopg.Error,
+    spec: ImportSpec,
+    started: Started,
+    result: JobResult,
+    *,
+    settings: Settings,
+    url: str,
+    outage: _Outage,
+    began: float,
+) -> JobResult:
+    """The management session died mid-run, and the run's lock with it: end the job anew.
+
+    ``StoreError`` when PostgreSQL does not answer again within the window; the job then
+    stays ``running`` until the next run finds its lock free and marks it abandoned.
+    """
+    cause = f"lost the connection to the management database during the run ({_one_line(lost)})"
+    error = cause if result.error is None else f"{cause}; {result.error}"
+    try:
+        conn = outage.connect(url)
+    except StoreError as exc:
+        raise StoreError(
+            f"{cause}, and PostgreSQL did not answer again within {outage.window:g} s; the next "
+            f"run of {spec.schedule.name} marks job {started.id} abandoned"
+        ) from exc
+    with conn:
+        conn.autocommit = True
+        ended = fail_lost_job(conn, spec.schedule, started, files=result.files, error=error)
+        shown = error if ended.ours else ended.error  # else: this run's own finish had committed
+        if ended.status == "abandoned":  # another runner has claimed the schedule since
+            shown = f"{cause}; another run has since marked this job abandoned"
+        result = replace(result, status=ended.status, error=shown, finished_at=ended.finished_at)
+        _log_end(result, began)
+        if result.status == "abandoned":  # as for every abandoned job, no callback
+            return result
+        return _call_back(conn, spec, result, settings)
 
 
 def _import(
@@ -152,6 +263,7 @@ def _import(
     management_url: str,
     meter: Meter,
     results: list[FileResult],
+    outage: _Outage,
 ) -> None:
     """Load the schedule's new files; ``results`` fills in as soon as data is committed, so a
     later failure (an after-import action, closing the source) keeps the record of what landed.
@@ -178,6 +290,8 @@ def _import(
             pool, table, ledger, source, todo,
             job_id=job_id, meter=meter, workers=settings.import_workers,
         )  # fmt: skip
+        if any(r.status == "failed" for r in loaded):
+            loaded = _confirm(url, ledger, todo, loaded, outage)
         by_path = {r.path: r for r in loaded}
         results.extend(by_path.get(f.path) or _already(f) for f in listed)
         _after_import(source, listed, results)
@@ -201,6 +315,33 @@ def _mirror(
             ledger.mirror(conn, loaded, job_id)
     except (ReconcileError, psycopg.Error) as exc:  # informational copy: the target's record rules
         _log.warning("cannot copy the import records to cpi_imported_files", error=str(exc))
+
+
+def _confirm(
+    url: str,
+    ledger: Ledger,
+    files: Sequence[SourceFile],
+    loaded: list[FileResult],
+    outage: _Outage,
+) -> list[FileResult]:
+    """Failed files that the ledger records as loaded after all: their COMMIT landed but its
+    answer was lost with the connection. Read over a new session, as the old one may be dead.
+    """
+    failed = [f for f, r in zip(files, loaded, strict=True) if r.status == "failed"]
+    try:
+        with outage.connect(url) as conn:
+            landed = ledger.imported(conn, failed)
+    except (ReconcileError, psycopg.Error) as exc:  # they stay failed: nothing says they landed
+        message = exc.message if isinstance(exc, ReconcileError) else _one_line(exc)
+        _log.warning("cannot read the import ledger to confirm failed files", error=message)
+        return loaded
+    note = "loaded: the import ledger records it although its COMMIT went unanswered"
+    return [
+        FileResult(r.path, r.size, r.mtime, "skipped", bytes=r.bytes, note=note)
+        if r.status == "failed" and (f.path, f.size, f.mtime) in landed
+        else r
+        for f, r in zip(files, loaded, strict=True)
+    ]
 
 
 def _already(f: SourceFile) -> FileResult:
