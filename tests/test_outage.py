@@ -305,6 +305,33 @@ def test_a_restart_within_the_window_fails_the_job_and_calls_back(
     assert [j["status"] for j in jobs(scene.url)] == ["failed", "succeeded"]
 
 
+def test_a_restart_while_rows_stream_fails_the_job_and_the_rerun_loads_once(scene: Scene) -> None:
+    """Stopped in the middle of a COPY's data: nothing of the file lands; the rerun loads it."""
+    rows = 500_000
+    with (scene.folder / "data/sales_1.csv").open("w") as out:
+        out.write("sale_id,sold_at,amount\n")
+        out.writelines(f"{i},2026-11-01,{i % 97}.5\n" for i in range(rows))
+    _schedule(scene.url, {"mode": "append"})
+    process = scene.start_run([sys.executable, "-m", "reconciler", "run", NAME])
+    _wait_for(
+        scene.url,
+        "SELECT 1 FROM pg_stat_progress_copy WHERE relid = 'public.sales'::regclass "
+        "AND tuples_processed > 0",
+        timeout=60,
+    )
+    scene.pg.stop()
+    scene.pg.start()
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 1, err
+    line = _one_error_line(err)
+    (job,) = jobs(scene.url)
+    assert (job["status"], line) == ("failed", f"error: {job['error']}")
+    assert count(scene.url) == 0
+    again = scene.cli()("run", NAME)
+    assert again.returncode == 0, again.stderr
+    assert count(scene.url) == rows
+
+
 @pytest.mark.parametrize("target", MODES)
 def test_a_server_that_stays_down_ends_the_run_and_the_next_run_abandons_it(
     scene: Scene, target: dict[str, Any]

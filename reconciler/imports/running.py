@@ -325,7 +325,8 @@ def _confirm(
     outage: _Outage,
 ) -> list[FileResult]:
     """Failed files that the ledger records as loaded after all: their COMMIT landed but its
-    answer was lost with the connection. Read over a new session, as the old one may be dead.
+    answer was lost with the connection (or a concurrent run loaded them). Read over a new
+    session, as the old one may be dead.
     """
     failed = [f for f, r in zip(files, loaded, strict=True) if r.status == "failed"]
     try:
@@ -335,7 +336,7 @@ def _confirm(
         message = exc.message if isinstance(exc, ReconcileError) else _one_line(exc)
         _log.warning("cannot read the import ledger to confirm failed files", error=message)
         return loaded
-    note = "loaded: the import ledger records it although its COMMIT went unanswered"
+    note = "already imported: the import ledger records it, though this run saw an error"
     return [
         FileResult(r.path, r.size, r.mtime, "skipped", bytes=r.bytes, note=note)
         if r.status == "failed" and (f.path, f.size, f.mtime) in landed
