@@ -27,7 +27,16 @@ pytest_plugins = ["sftp_servers", "oldest_postgres"]
 
 # Modules whose tests run on the embedded server and again on the oldest supported PostgreSQL.
 _ON_EVERY_SERVER = frozenset(
-    {"test_copying", "test_framing", "test_csv_cases", "test_running", "test_run_cli", "test_jobs"}
+    {
+        "test_copying",
+        "test_framing",
+        "test_csv_cases",
+        "test_local_files",
+        "test_sftp_run_cli",
+        "test_running",
+        "test_run_cli",
+        "test_jobs",
+    }
 )
 
 
