@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from reconciler.errors import NotFound, TargetError
+from reconciler.errors import NotFound, SourceError, TargetError
 from reconciler.imports.jobs import ScheduleRef
 from reconciler.logs import get_logger
 from reconciler.model.specs import ProjectSpec, SftpOverride, Target
@@ -24,7 +23,7 @@ from reconciler.model.specs import ProjectSpec, SftpOverride, Target
 if TYPE_CHECKING:
     import psycopg
 
-    from reconciler.imports.sources import Source
+    from reconciler.imports.sources import LocalSource, Source
     from reconciler.settings import Settings
 
 __all__ = ["ImportSpec", "load_import", "open_source", "target_url"]
@@ -116,22 +115,31 @@ def open_source(spec: ImportSpec, settings: Settings) -> Source:
     from reconciler.imports import sources
 
     if spec.local_files:
-        _warn_unmatched(spec, spec.local_files, base=os.path.abspath(settings.schedules_dir))
-        return sources.local_source(
+        local = sources.LocalSource(
             spec.local_files, base_dir=settings.schedules_dir, roots=settings.local_roots
         )
+        _warn_unmatched(spec, local, base=os.path.abspath(settings.schedules_dir))
+        return local
     project_sftp = spec.project_spec.sftp if spec.project_spec else None
     config = sources.merge_sftp(project_sftp, spec.sftp_override)
     return sources.sftp_source(config, environ=settings.environ)
 
 
-def _warn_unmatched(spec: ImportSpec, patterns: Sequence[str], *, base: str) -> None:
-    """Log each glob that matches nothing, resolved: a run that reads no file is never silent."""
-    for pattern in patterns:
+def _warn_unmatched(spec: ImportSpec, local: LocalSource, *, base: str) -> None:
+    """Log each glob that matches nothing, resolved: a run that reads no file is never silent.
+
+    Matching goes through the source, which never looks outside the roots; a refused pattern is
+    reported by the source's listing instead.
+    """
+    for pattern in spec.local_files or ():
         full = os.path.normpath(os.path.join(base, pattern))
         if glob.escape(full) == full:
             continue  # a plain path: the source reports a missing one as an error
-        if next(glob.iglob(full, recursive=True), None) is None:
+        try:
+            found = local.matches(pattern)
+        except SourceError:
+            continue
+        if not found:
             _log.warning(
                 "local_files pattern matches no file",
                 schedule=spec.schedule.name,
