@@ -11,8 +11,9 @@ import psycopg
 import pytest
 from import_rows import add_project, add_schedule, jobs
 
-from reconciler.imports.history import job_history
-from reconciler.imports.jobs import (
+from reconciler.model.results import FileResult
+from reconciler.store.history import job_history
+from reconciler.store.jobs import (
     Heartbeat,
     ScheduleRef,
     fail_lost_job,
@@ -22,7 +23,6 @@ from reconciler.imports.jobs import (
     record_missed,
     start_job,
 )
-from reconciler.imports.results import FileResult
 
 NAME = "daily-sales-import"
 

@@ -10,9 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from reconciler.errors import TargetError
-from reconciler.imports import ledger
-from reconciler.imports.jobs import job_lock_key
-from reconciler.store import applying, migrating
+from reconciler.store import applying, ledger, migrating
+from reconciler.store.jobs import job_lock_key
 from reconciler.store.locks import RESERVED_RANGE, Fixed, Named, _outside_reserved, named_key
 
 

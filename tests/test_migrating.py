@@ -124,7 +124,7 @@ def test_concurrent_migrations_do_not_fail(empty_database_url: str) -> None:
 
 def test_migrating_does_not_wait_for_an_apply_or_an_import(empty_database_url: str) -> None:
     """Sessions holding the apply, ledger-creation and job locks do not hold up a migration."""
-    from reconciler.imports.jobs import job_lock_key
+    from reconciler.store.jobs import job_lock_key
     from reconciler.store.locks import Fixed
 
     with psycopg.connect(empty_database_url) as holder, psycopg.connect(empty_database_url) as conn:

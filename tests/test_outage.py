@@ -28,10 +28,10 @@ import pytest
 from conftest import Cli, database_url_for
 from import_rows import SALES, add_project, add_schedule, count, jobs, write_sales
 
-from reconciler.imports.ledger import Ledger
 from reconciler.imports.running import run_schedule
 from reconciler.imports.sources import local_source
 from reconciler.settings import Settings, load_settings
+from reconciler.store.ledger import Ledger
 from reconciler.store.migrating import migrate
 
 NAME = "daily-sales-import"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.imports.ledger import EXTERNAL_LEDGER
 from reconciler.model.specs import TOOL_TABLES, reserved_target
+from reconciler.store.ledger import EXTERNAL_LEDGER
 
 REFUSED = [
     # (table, the start of the reason)

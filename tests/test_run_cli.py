@@ -15,7 +15,7 @@ from import_rows import SALES, add_project, add_schedule, count, jobs, write_sal
 
 from reconciler.commands.running import _Bar
 from reconciler.imports.importing import Progress
-from reconciler.imports.jobs import job_lock_key
+from reconciler.store.jobs import job_lock_key
 
 NAME = "daily-sales-import"
 

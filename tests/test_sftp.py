@@ -23,7 +23,8 @@ from reconciler.errors import HostKeyError, SecretError, SourceError
 from reconciler.imports import secrets
 from reconciler.imports.pipelining import REQUESTS, PipelinedReader
 from reconciler.imports.sftp import SftpSource
-from reconciler.imports.sources import SourceFile, merge_sftp, sftp_source
+from reconciler.imports.sources import merge_sftp, sftp_source
+from reconciler.model.files import SourceFile
 from reconciler.model.specs import Sftp, SftpOverride
 
 _ENV = {"SFTP_PASSWORD": "s3cret-Pa55word"}

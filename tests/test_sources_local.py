@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from reconciler.errors import SourceError
-from reconciler.imports.sources import LocalSource, SourceFile, local_source
+from reconciler.imports.sources import LocalSource, local_source
+from reconciler.model.files import SourceFile
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from reconciler.settings import Settings
 
 if TYPE_CHECKING:
     from reconciler.imports.importing import Progress
-    from reconciler.imports.results import FileResult, JobResult
+    from reconciler.model.results import FileResult, JobResult
 
 __all__ = ["history", "run"]
 
@@ -131,8 +131,8 @@ def _duration(job: dict[str, Any]) -> str:
 
 def history(args: argparse.Namespace, settings: Settings) -> int:
     """List a schedule's runs, newest first (kept after the schedule is deleted)."""
-    from reconciler.imports.history import job_history
     from reconciler.store.connecting import open_store
+    from reconciler.store.history import job_history
 
     with open_store(settings) as conn:
         jobs = job_history(conn, args.name, limit=args.limit)

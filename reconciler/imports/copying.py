@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 
@@ -24,12 +24,12 @@ from reconciler.imports.framing import Framed
 if TYPE_CHECKING:
     import psycopg
 
+    from reconciler.model.files import Readable
     from reconciler.model.specs import CsvDialect, Target
 
 __all__ = [
     "BLOCK_SIZE",
     "CopyFailure",
-    "Readable",
     "TargetTable",
     "copy_failure",
     "copy_statement",
@@ -55,12 +55,6 @@ _PRIVILEGES = {
     "replace": ("INSERT", "DELETE"),
     "upsert": ("INSERT", "UPDATE"),
 }
-
-
-class Readable(Protocol):
-    """What a source hands over: a binary stream read in blocks."""
-
-    def read(self, n: int = -1, /) -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)

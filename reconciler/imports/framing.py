@@ -27,17 +27,17 @@ import codecs
 import csv
 import io
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from reconciler.errors import DataError
 
 if TYPE_CHECKING:
+    from reconciler.model.files import Readable
     from reconciler.model.specs import CsvDialect
 
 __all__ = [
     "HEADER_LIMIT",
     "Framed",
-    "Readable",
     "locate_open_quote",
     "python_codec",
     "record_line",
@@ -49,12 +49,6 @@ _UTF16 = {b"\xff\xfe": "UTF-16LE", b"\xfe\xff": "UTF-16BE"}
 _EOL = frozenset(b"\r\n")
 _MARKER = b"\\."
 _DIAGNOSE_BLOCK = 64 * 1024
-
-
-class Readable(Protocol):
-    """A binary stream read in blocks."""
-
-    def read(self, n: int = -1, /) -> bytes: ...
 
 
 def _is_utf8(encoding: str) -> bool:

@@ -27,13 +27,13 @@ from psycopg import sql
 from reconciler.errors import DataError, ReconcileError
 from reconciler.imports.copying import CopyFailure, TargetTable, copy_failure, load
 from reconciler.imports.framing import locate_open_quote, record_line
-from reconciler.imports.results import FileResult
 from reconciler.logs import get_logger
+from reconciler.model.results import FileResult
 from reconciler.store.connecting import connect
 
 if TYPE_CHECKING:
-    from reconciler.imports.ledger import Ledger
-    from reconciler.imports.sources import Source, SourceFile
+    from reconciler.model.files import Source, SourceFile
+    from reconciler.store.ledger import Ledger
 
 __all__ = ["Connections", "Meter", "Progress", "import_files"]
 

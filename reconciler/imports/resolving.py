@@ -16,14 +16,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from reconciler.errors import NotFound, SourceError, TargetError
-from reconciler.imports.jobs import ScheduleRef
 from reconciler.logs import get_logger
 from reconciler.model.specs import ProjectSpec, SftpOverride, Target
+from reconciler.store.jobs import ScheduleRef
 
 if TYPE_CHECKING:
     import psycopg
 
-    from reconciler.imports.sources import LocalSource, Source
+    from reconciler.imports.sources import LocalSource
+    from reconciler.model.files import Source
     from reconciler.settings import Settings
 
 __all__ = ["ImportSpec", "load_import", "open_source", "target_url"]

@@ -29,7 +29,11 @@ from reconciler.errors import ReconcileError, StoreError
 from reconciler.imports import callbacks
 from reconciler.imports.copying import inspect_target
 from reconciler.imports.importing import Connections, Meter, Progress, import_files
-from reconciler.imports.jobs import (
+from reconciler.imports.resolving import ImportSpec, load_import, open_source, target_url
+from reconciler.logs import get_logger, redact
+from reconciler.model.results import FileResult, JobResult, JobStatus
+from reconciler.store.connecting import connect, database_url, open_store
+from reconciler.store.jobs import (
     Heartbeat,
     Started,
     fail_lost_job,
@@ -37,14 +41,10 @@ from reconciler.imports.jobs import (
     record_callback,
     start_job,
 )
-from reconciler.imports.ledger import Ledger
-from reconciler.imports.resolving import ImportSpec, load_import, open_source, target_url
-from reconciler.imports.results import FileResult, JobResult, JobStatus
-from reconciler.logs import get_logger, redact
-from reconciler.store.connecting import connect, database_url, open_store
+from reconciler.store.ledger import Ledger
 
 if TYPE_CHECKING:
-    from reconciler.imports.sources import Source, SourceFile
+    from reconciler.model.files import Source, SourceFile
     from reconciler.settings import Settings
 
 __all__ = ["RECONNECT_WITHIN", "Progress", "run_schedule"]

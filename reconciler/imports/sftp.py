@@ -47,7 +47,7 @@ from reconciler import logs
 from reconciler.errors import HostKeyError, ReconcileError, SourceError
 from reconciler.imports import secrets
 from reconciler.imports.pipelining import PipelinedReader
-from reconciler.imports.sources import Readable, SourceFile
+from reconciler.model.files import Readable, SourceFile
 from reconciler.model.specs import Sftp
 
 __all__ = ["SftpSource"]

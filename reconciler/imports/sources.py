@@ -1,4 +1,4 @@
-"""Where import data comes from: the ``Source`` protocol, local files, and the SFTP configuration.
+"""Where import data comes from: local files, and the SFTP configuration merged for a run.
 
 ``imports.resolving`` builds a source for a run (``local_source`` or ``sftp_source`` over
 ``merge_sftp``); the import engine lists the files, opens each as a byte stream for ``COPY ... FROM
@@ -7,7 +7,7 @@ paths are confined to ``RECONCILER_LOCAL_ROOTS``: the check is on the real path,
 nor a symlink leads out, and it is repeated when a file is opened. A glob is refused from its text
 when its fixed part lies outside the roots, and is otherwise walked only inside them. The SFTP
 source itself lives in ``imports.sftp`` (imported lazily, so paramiko stays off the CLI's start-up
-path).
+path); the ``Source`` protocol both implement is ``model.files``.
 """
 
 from __future__ import annotations
@@ -17,68 +17,20 @@ import re
 import stat
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO
 
 from pydantic import ValidationError
 
 from reconciler.errors import SourceError
+from reconciler.model.files import Readable, Source, SourceFile
 from reconciler.model.specs import Sftp, SftpOverride
 
-__all__ = [
-    "LocalSource",
-    "Readable",
-    "Source",
-    "SourceFile",
-    "local_source",
-    "merge_sftp",
-    "sftp_source",
-]
+__all__ = ["LocalSource", "local_source", "merge_sftp", "sftp_source"]
 
 _ROOTS_SETTING = "RECONCILER_LOCAL_ROOTS"
-
-
-@dataclass(frozen=True, slots=True)
-class SourceFile:
-    """One file offered by a source; ``(source key, path, size, mtime)`` identifies an import."""
-
-    path: str  # absolute: a local path, or a remote path on the SFTP server
-    name: str  # the base name, for display
-    size: int
-    mtime: datetime  # aware, UTC
-
-
-class Readable(Protocol):
-    """A binary stream: ``read(n)`` returns up to ``n`` bytes (all of them unless at the end)."""
-
-    def read(self, n: int = -1, /) -> bytes: ...
-
-
-class Source(Protocol):
-    """A place files are imported from; also a context manager that closes it."""
-
-    key: str  # "local" or "sftp://user@host:port": the source part of an import's identity
-
-    def list_files(self) -> list[SourceFile]:
-        """The matching files, sorted by name."""
-        ...
-
-    def open(self, f: SourceFile) -> AbstractContextManager[Readable]:
-        """``f`` as a stream read in blocks; safe to call from several threads at once."""
-        ...
-
-    def finish(self, f: SourceFile) -> None:
-        """Apply ``after_import`` to ``f``; called only once its data is committed."""
-        ...
-
-    def close(self) -> None: ...
-
-    def __enter__(self) -> Source: ...
-
-    def __exit__(self, *exc: object) -> None: ...
 
 
 _MAGIC = re.compile(r"[*?[]")  # what makes a path component a glob, as for the glob module

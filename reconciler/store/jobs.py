@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 from psycopg import errors as pg_errors
 from psycopg.types.json import Jsonb
 
-from reconciler.imports.results import FileResult, JobStatus
 from reconciler.logs import get_logger
+from reconciler.model.results import FileResult, JobStatus
 from reconciler.store.locks import Named, named_key
 
 if TYPE_CHECKING:

@@ -30,7 +30,7 @@ from reconciler.store.locks import Fixed
 if TYPE_CHECKING:
     import psycopg
 
-    from reconciler.imports.sources import SourceFile
+    from reconciler.model.files import SourceFile
 
 __all__ = ["CLAIM_WAIT", "EXTERNAL_LEDGER", "Ledger"]
 
