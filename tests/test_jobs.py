@@ -201,6 +201,28 @@ def test_finishing_a_wrongly_abandoned_run_corrects_the_counters(
     assert _stats(database_url)[:3] == (1, 1, 0)
 
 
+@pytest.mark.parametrize(
+    ("status", "stats"),
+    [("succeeded", (1, 1, 0)), ("failed", (1, 0, 1))],
+)
+def test_finishing_a_run_failed_over_another_session_counts_it_once(
+    database_url: str,
+    schedule: ScheduleRef,
+    session: psycopg.Connection[Any],
+    status: Any,
+    stats: tuple[int, int, int],
+) -> None:
+    """A run a shutdown path already recorded failed still records its outcome, counted once."""
+    started = start_job(session, schedule, trigger="manual")
+    with psycopg.connect(database_url, autocommit=True) as other:
+        ended = fail_lost_job(other, schedule, started, files=(), error="stopped")
+    assert (ended.status, ended.ours) == ("failed", True)
+    assert _stats(database_url)[:3] == (1, 0, 1)
+    finish_job(session, schedule, started, status=status, files=(), error=None)
+    assert jobs(database_url)[0]["status"] == status
+    assert _stats(database_url)[:3] == stats
+
+
 def test_a_lost_run_fails_its_job_only_while_it_is_still_running(
     database_url: str, schedule: ScheduleRef
 ) -> None:
