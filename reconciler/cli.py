@@ -34,6 +34,7 @@ _COMMANDS: dict[str, str] = {
     "run": "reconciler.commands.running:run",
     "history": "reconciler.commands.running:history",
     "sql": "reconciler.commands.querying:sql",
+    "serve": "reconciler.daemon.serving:serve",
 }
 
 # Commands that never log: skipping structlog's import (and asyncio's, through it) keeps CI's
@@ -133,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", dest="command_text", metavar="SQL", help="the statements to run")
     p.add_argument("-f", dest="file", metavar="FILE", help="a file of statements to run")
     _database(p)
+    p = command("serve", "run the daemon: apply, watch, schedule and import until stopped")
+    p.add_argument("--dir", dest="schedules_dir")
+    p.add_argument("--http-address", help="host:port of /healthz, /readyz and /metrics")
+    _database(p)
     p = command("history", "list a schedule's runs, newest first")
     p.add_argument("name")
     p.add_argument("--limit", type=int, default=20)
@@ -153,6 +158,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         color=False if get("no_color") else None,
         debug=bool(get("debug")),
         max_deletes=get("max_deletes"),
+        http_address=get("http_address"),
     )
 
 

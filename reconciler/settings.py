@@ -27,6 +27,12 @@ OutputFormat = Literal["text", "json"]
 _LOG_FORMATS = ("json", "console")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _OUTPUTS = ("text", "json")
+# reconcile serve's numbers: setting, variable, default, lowest, highest.
+_DAEMON_NUMBERS = (
+    ("concurrent_runs", "RECONCILER_CONCURRENT_RUNS", 8, 1, 256),
+    ("resync_seconds", "RECONCILER_RESYNC_SECONDS", 60, 1, 86400),
+    ("shutdown_grace", "RECONCILER_SHUTDOWN_GRACE", 25, 0, 3600),
+)
 # Patterns, compiled on first use (re caches them): `reconcile validate` starts faster.
 _HOSTNAME = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?"
 _PRINTABLE = r"[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?"  # visible ASCII, no space at either end
@@ -51,6 +57,9 @@ class Settings:
     debug: bool = False
     max_deletes: int = 10
     import_workers: int = 2
+    concurrent_runs: int = 8
+    resync_seconds: int = 60
+    shutdown_grace: int = 25
     environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
 
@@ -230,6 +239,10 @@ def load_settings(
         1,
         MAX_IMPORT_WORKERS,
     )
+    daemon = {
+        name: _whole_number(_given(None, "", env, variable), default, low, high)
+        for name, variable, default, low, high in _DAEMON_NUMBERS
+    }
     deletes = _whole_number(_given(max_deletes, "--max-deletes", {}), 10, 0, 2**31 - 1)
     state = _pick(state_dir, env, "RECONCILER_STATE_DIR")
     return Settings(
@@ -250,5 +263,6 @@ def load_settings(
         debug=debug,
         max_deletes=deletes,
         import_workers=workers,
+        **daemon,
         environ=env,
     )

@@ -43,6 +43,8 @@ class Named(enum.StrEnum):
     """The purposes of per-name locks; the value is part of the hashed text."""
 
     JOB = "job"  # imports.jobs: held by the session running a schedule's import
+    CLAIM = "claim"  # jobs: held while a runner decides run or skip for a schedule
+    LEADER = "leader"  # daemon.leading: per owner, held by the replica that watches and applies
 
 
 def named_key(purpose: Named, name: str) -> int:

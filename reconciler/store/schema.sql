@@ -105,3 +105,17 @@ CREATE UNIQUE INDEX IF NOT EXISTS idx_cpi_jobs_one_running
 -- Each scheduled occurrence is claimed exactly once across replicas.
 CREATE UNIQUE INDEX IF NOT EXISTS idx_cpi_jobs_occurrence
     ON cpi_jobs(schedule_name, scheduled_for) WHERE trigger = 'schedule';
+
+-- What `reconcile serve` keeps for `reconcile status`, one row per owner (several folders may
+-- share the database, each with its own leader): which replica leads and applies, when the folder
+-- was last read and applied, and the error that keeps the last change from applying.
+CREATE TABLE IF NOT EXISTS cpi_daemon_state (
+    owner TEXT PRIMARY KEY,
+    leader TEXT,
+    leader_since TIMESTAMP WITH TIME ZONE,
+    leader_seen_at TIMESTAMP WITH TIME ZONE,
+    loaded_at TIMESTAMP WITH TIME ZONE,
+    applied_at TIMESTAMP WITH TIME ZONE,
+    config_error TEXT,
+    config_error_at TIMESTAMP WITH TIME ZONE
+);

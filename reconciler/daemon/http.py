@@ -1,0 +1,104 @@
+"""The daemon's HTTP endpoints: ``/healthz``, ``/readyz`` and ``/metrics``, on FastAPI and uvicorn.
+
+``serving`` calls ``build_app`` and runs it with ``HttpServer`` in a thread of its own, started
+before anything else so that probes answer while the daemon waits for its database. The socket
+is bound here first: a port in use is a ``UsageError`` naming the address, not a traceback in a
+thread. The REST API adds its routes to the same app.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from typing import TYPE_CHECKING
+
+from reconciler.errors import UsageError
+from reconciler.logs import get_logger
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from reconciler.daemon.metrics import Metrics
+
+__all__ = ["HttpServer", "build_app"]
+
+_log = get_logger("reconciler.http")
+_PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def build_app(metrics: Metrics) -> FastAPI:
+    """The app: liveness, readiness from ``metrics.readiness``, and the metrics themselves."""
+    from fastapi import FastAPI, Response
+    from fastapi.responses import JSONResponse
+
+    app = FastAPI(title="reconcile", docs_url=None, redoc_url=None)
+
+    @app.get("/healthz", summary="The process is alive")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Database reachable, scheduler running, configuration loaded")
+    def readyz() -> JSONResponse:
+        problems = metrics.readiness.problems()
+        status = "ready" if not problems else "not ready"
+        body = {"status": status, "problems": problems}
+        return JSONResponse(body, status_code=503 if problems else 200)
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    def prometheus() -> Response:
+        return Response(metrics.render(), media_type=_PROMETHEUS_TEXT)
+
+    return app
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class HttpServer:
+    """uvicorn serving ``app`` on ``address`` from a daemon thread until ``stop``."""
+
+    def __init__(self, app: FastAPI, address: str) -> None:
+        import uvicorn
+
+        host, port = _split(address)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._socket = socket.socket(family, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self._socket.bind((host, port))
+        except OSError as exc:
+            self._socket.close()
+            raise UsageError(
+                f"cannot listen on {address}: {exc.strerror}; set RECONCILER_HTTP_ADDRESS "
+                "(or --http-address) to a free host:port"
+            ) from None
+        self._socket.listen(128)
+        self._socket.set_inheritable(True)
+        config = uvicorn.Config(
+            app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=2
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._serve, name="http", daemon=True)
+
+    @property
+    def address(self) -> str:
+        """``host:port`` as bound (the port chosen by the system when 0 was asked for)."""
+        host, port = self._socket.getsockname()[:2]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def start(self) -> None:
+        self._thread.start()
+        _log.info("serving health and metrics", address=self.address)
+
+    def _serve(self) -> None:
+        try:
+            self._server.run(sockets=[self._socket])
+        except BaseException as exc:  # the daemon goes on without HTTP; say why
+            _log.error("the HTTP server stopped", error=str(exc))
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=5)
+        self._socket.close()

@@ -1,0 +1,185 @@
+"""The bounded pool that claims and runs occurrences: the timer hands them over and returns.
+
+``daemon.timing`` calls ``Runner.submit`` for every occurrence it fires or catches up on; a slow
+import holds one worker, never the timer. Each worker first records the occurrence as handled
+(``next_run_at`` moves on), then runs it through ``imports.running.run_schedule``, which claims
+it in ``cpi_jobs`` (exactly once across replicas) and records a ``skipped`` run on overlap. An
+occurrence that waited longer than its schedule's grace (downtime, or a queue behind slow
+imports) is recorded ``missed`` instead.
+
+On shutdown ``stop`` takes no new claims, drops what is queued (still due in the database, so
+another replica or the next start handles it) and waits for running imports up to the grace
+period; ``end_unfinished`` then records how the ones still running ended.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from reconciler.errors import NotFound, ReconcileError
+from reconciler.logs import get_logger
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from reconciler.daemon.metrics import Metrics
+    from reconciler.model.results import JobResult
+    from reconciler.settings import Settings
+
+__all__ = ["Occurrence", "Runner", "worker_name"]
+
+_log = get_logger("reconciler.daemon")
+
+
+def worker_name() -> str:
+    """This process as ``cpi_jobs.worker`` and ``cpi_daemon_state.leader`` name it."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True, slots=True)
+class Occurrence:
+    """One scheduled time of one schedule; ``following`` is the next one, stored when handled.
+
+    ``missed`` is set for occurrences the catch-up already knows are past their grace.
+    """
+
+    schedule: str
+    at: datetime
+    grace: timedelta
+    following: datetime | None
+    missed: bool = False
+
+
+class Runner:
+    """A pool of ``workers`` threads running occurrences in this process."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, *, url: str, workers: int) -> None:
+        self._settings, self._metrics, self._url = settings, metrics, url
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="run")
+        self._stopping = threading.Event()
+        self._local = threading.local()
+        self._futures: set[Future[None]] = set()
+        self._lock = threading.Lock()
+
+    def submit(self, occurrence: Occurrence) -> None:
+        """Queue ``occurrence``; ignored once stopping (it stays due in the database)."""
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            future = self._pool.submit(self._handle, occurrence)
+            self._futures.add(future)
+        future.add_done_callback(self._done)
+
+    def _done(self, future: Future[None]) -> None:
+        with self._lock:
+            self._futures.discard(future)
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        """This worker's bookkeeping session, opened again if it broke."""
+        from reconciler.store.connecting import connect
+
+        conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
+        if conn is None or conn.closed or conn.broken:
+            conn = connect(self._url, autocommit=True)
+            self._local.conn = conn
+        return conn
+
+    def _handle(self, occurrence: Occurrence) -> None:
+        if self._stopping.is_set():
+            return
+        name = occurrence.schedule
+        try:
+            self._run(occurrence)
+        except NotFound:
+            _log.info("schedule deleted before its run", schedule=name)
+        except ReconcileError as exc:
+            _log.error("cannot run the occurrence", schedule=name, error=exc.message)
+        except Exception as exc:  # a bug must not take the worker (or the daemon) down
+            _log.exception("cannot run the occurrence", schedule=name, error=str(exc))
+
+    def _run(self, occurrence: Occurrence) -> None:
+        import psycopg
+
+        from reconciler.imports.running import run_schedule
+        from reconciler.store.scheduling import advance_next_run
+
+        name, at = occurrence.schedule, occurrence.at
+        try:
+            conn = self._connection()
+            advance_next_run(conn, name, at, occurrence.following)
+        except psycopg.Error as exc:
+            raise ReconcileError(f"PostgreSQL: {' '.join(str(exc).split())}") from exc
+        late = datetime.now(UTC) - at
+        if occurrence.missed or late > occurrence.grace:
+            self._record_missed(conn, occurrence, late)
+            return
+        result = run_schedule(name, settings=self._settings, trigger="schedule", scheduled_for=at)
+        self._count(result)
+
+    def _record_missed(
+        self, conn: psycopg.Connection[Any], occurrence: Occurrence, late: timedelta
+    ) -> None:
+        from reconciler.store.jobs import record_missed
+        from reconciler.store.schedules import schedule_ref
+
+        reason = (
+            f"not run: {int(late.total_seconds())} s after its time, past the schedule's "
+            f"misfire_grace of {int(occurrence.grace.total_seconds())} s (the daemon was down "
+            "or busy)"
+        )
+        ref = schedule_ref(conn, occurrence.schedule)
+        started = record_missed(conn, ref, occurrence.at, reason)
+        if started.claimed:
+            self._metrics.runs.labels(occurrence.schedule, "missed").inc()
+            _log.warning(
+                "occurrence missed", schedule=occurrence.schedule,
+                scheduled_for=occurrence.at.isoformat(), reason=reason,
+            )  # fmt: skip
+
+    def _count(self, result: JobResult) -> None:
+        if not result.claimed:  # another replica runs this occurrence and counts it
+            return
+        m, name = self._metrics, result.schedule
+        m.runs.labels(name, result.status).inc()
+        if result.started_at and result.scheduled_for:
+            m.lateness.observe((result.started_at - result.scheduled_for).total_seconds())
+        if result.status in ("succeeded", "failed"):
+            m.rows.labels(name).inc(result.rows_imported)
+            m.bytes.labels(name).inc(result.bytes_read)
+            if result.started_at and result.finished_at:
+                seconds = (result.finished_at - result.started_at).total_seconds()
+                m.duration.labels(name).observe(seconds)
+        if result.status == "succeeded" and result.finished_at:
+            m.last_success.labels(name).set(result.finished_at.timestamp())
+
+    def stop(self, grace: float) -> bool:
+        """Take no new work, drop the queue, wait up to ``grace`` s; true if all finished."""
+        with self._lock:
+            self._stopping.set()
+            running = set(self._futures)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if running:
+            _log.info("waiting for running imports", count=len(running), grace_seconds=grace)
+        _, not_done = wait(running, timeout=grace)
+        return not not_done
+
+    def end_unfinished(self, grace: float) -> list[str]:
+        """Record this process's still-running jobs as failed; their sessions end with it."""
+        from reconciler.store.connecting import connect
+        from reconciler.store.jobs import end_worker_jobs
+
+        error = (
+            f"interrupted: reconcile serve was stopped and the import did not finish within "
+            f"the {grace:g} s shutdown grace; its file transactions were rolled back"
+        )
+        with connect(self._url, autocommit=True) as conn:
+            ended = end_worker_jobs(conn, worker_name(), error)
+        for job_id in ended:
+            _log.error("import interrupted by shutdown", job_id=job_id, error=error)
+        return ended
