@@ -22,6 +22,7 @@ import yaml
 from reconciler.logs import get_logger
 from reconciler.model.specs import API_VERSION
 from reconciler.settings import Settings
+from reconciler.store.schedules import ScheduleRecord, fetch_unowned
 
 if TYPE_CHECKING:
     import psycopg
@@ -30,13 +31,6 @@ __all__ = ["export_rows", "schedule_documents"]
 
 _log = get_logger("reconciler.export")
 _SECRET_REF = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$")
-_QUERY = """
-SELECT s.name, p.name, s.schedule_type, s.cron_expression, s.interval_seconds, s.timezone,
-       s.enabled, s.callback_url, s.sftp_override, s.local_files, s.misfire_grace_seconds
-FROM cpi_schedules s JOIN cpi_projects p ON p.id = s.project_id
-WHERE s.owner IS DISTINCT FROM %s
-ORDER BY p.name, s.name
-"""
 
 
 def _variable(name: str) -> str:
@@ -59,16 +53,17 @@ def _relocator(schedules_dir: Path, folder: Path) -> Callable[[list[str]], list[
 
 
 def _schedule_spec(
-    row: tuple[Any, ...], warnings: list[str], relocate: Callable[[list[str]], list[str]]
+    row: ScheduleRecord, warnings: list[str], relocate: Callable[[list[str]], list[str]]
 ) -> dict[str, Any]:
-    (name, project, kind, cron, interval, tz, enabled, callback, override, local, grace) = row
-    spec: dict[str, Any] = {"project": project}
-    if kind == "cron":
-        spec["cron"] = cron
+    name = row.name
+    spec: dict[str, Any] = {"project": row.project}
+    if row.schedule_type == "cron":
+        spec["cron"] = row.cron_expression
     else:
-        spec["interval"] = interval
-    spec["timezone"] = tz or "UTC"
-    spec["enabled"] = True if enabled is None else bool(enabled)
+        spec["interval"] = row.interval_seconds
+    spec["timezone"] = row.timezone or "UTC"
+    spec["enabled"] = True if row.enabled is None else bool(row.enabled)
+    callback, override, local = row.callback_url, row.sftp_override, row.local_files
     if callback:
         spec["callback_url"] = callback
     if override:
@@ -82,13 +77,14 @@ def _schedule_spec(
     if local:
         is_globs = isinstance(local, list) and all(isinstance(g, str) for g in local)
         spec["local_files"] = relocate(local) if is_globs else local
+    grace = row.misfire_grace_seconds
     if grace is not None and grace != 300:
         spec["misfire_grace"] = grace
     return spec
 
 
 def schedule_documents(
-    rows: list[tuple[Any, ...]],
+    rows: list[ScheduleRecord],
     warnings: list[str],
     relocate: Callable[[list[str]], list[str]] = list,
 ) -> dict[str, list[dict[str, Any]]]:
@@ -98,7 +94,7 @@ def schedule_documents(
     """
     grouped: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
-        project = row[1]
+        project = str(row.project)  # never None: fetch_unowned reads schedules with a project
         docs = grouped.setdefault(
             project,
             [
@@ -114,7 +110,7 @@ def schedule_documents(
             {
                 "apiVersion": API_VERSION,
                 "kind": "Schedule",
-                "metadata": {"name": row[0]},
+                "metadata": {"name": row.name},
                 "spec": _schedule_spec(row, warnings, relocate),
             }
         )
@@ -123,7 +119,7 @@ def schedule_documents(
 
 def export_rows(conn: psycopg.Connection[Any], *, settings: Settings, out: str | None) -> int:
     """Write (or print) the documents; return the exit code."""
-    rows = conn.execute(_QUERY, (settings.owner,)).fetchall()
+    rows = fetch_unowned(conn, owner=settings.owner)
     warnings: list[str] = []
     folder = settings.schedules_dir if out is None else Path(out)
     grouped = schedule_documents(rows, warnings, _relocator(settings.schedules_dir, folder))

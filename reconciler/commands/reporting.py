@@ -1,7 +1,7 @@
 """``reconcile status``: the schedules in the database, their timing, owner, last and next run.
 
-Called by ``commands.reconciling.status``; reads with one query and computes the next run with
-the same cron arithmetic the scheduler uses.
+Called by ``commands.reconciling.status``; reads the rows through ``store.schedules`` (one
+query) and computes the next run with the same cron arithmetic the scheduler uses.
 """
 
 from __future__ import annotations
@@ -10,23 +10,14 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from reconciler.errors import NotFound
 from reconciler.model.timing import describe, next_fire_times
+from reconciler.store.schedules import fetch_schedules
 
 if TYPE_CHECKING:
     import psycopg
 
 __all__ = ["StatusEntry", "fetch_status", "render_status"]
-
-_QUERY = """
-SELECT s.name, p.name, s.schedule_type, s.cron_expression, s.interval_seconds, s.timezone,
-       s.enabled, s.owner, s.last_run_at, j.status, s.interval_anchor, s.source_file,
-       s.source_line, s.local_files
-FROM cpi_schedules s
-LEFT JOIN cpi_projects p ON p.id = s.project_id
-LEFT JOIN cpi_jobs j ON j.id = s.last_job_id
-WHERE %(name)s::text IS NULL OR s.name = %(name)s
-ORDER BY s.name
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,39 +59,26 @@ def fetch_status(
     conn: psycopg.Connection[Any], *, name: str | None, now: datetime
 ) -> list[StatusEntry]:
     """One entry per schedule (or the one named), sorted by name."""
-    from reconciler.errors import NotFound
-
     entries = []
-    for (
-        sname,
-        project,
-        kind,
-        cron,
-        interval,
-        tz,
-        enabled,
-        owner,
-        last_run,
-        result,
-        anchor,
-        source,
-        line,
-        local,
-    ) in conn.execute(_QUERY, {"name": name}):
+    for row in fetch_schedules(conn, name=name):
+        cron, interval, tz = row.cron_expression, row.interval_seconds, row.timezone or "UTC"
+        kind = row.schedule_type
         timing = cron if kind == "cron" else describe(None, interval) if interval else None
         entries.append(
             StatusEntry(
-                name=sname,
-                project=project,
+                name=row.name,
+                project=row.project,
                 timing=timing or "?",
-                timezone=tz or "UTC",
-                enabled=bool(enabled),
-                owner=owner,
-                last_run_at=last_run,
-                last_result=result,
-                next_run_at=_next(cron, interval, tz or "UTC", anchor, now) if enabled else None,
-                source=f"{source}:{line}" if source else None,
-                local_files=local,
+                timezone=tz,
+                enabled=bool(row.enabled),
+                owner=row.owner,
+                last_run_at=row.last_run_at,
+                last_result=row.last_status,
+                next_run_at=_next(cron, interval, tz, row.interval_anchor, now)
+                if row.enabled
+                else None,
+                source=f"{row.source_file}:{row.source_line}" if row.source_file else None,
+                local_files=row.local_files,
             )
         )
     if name is not None and not entries:

@@ -1,9 +1,10 @@
 """From a schedule's name to what one run needs: its rows, its source and its target database.
 
-``imports.running`` calls ``load_import`` (reading ``cpi_schedules`` and ``cpi_projects`` as the
-apply left them), then ``open_source`` and ``target_url`` once the job row exists, so that an
-unreachable SFTP server or an unset ``${VAR}`` is recorded on the job rather than lost. A row
-edited by hand into something the documents cannot say is a ``TargetError`` naming the row.
+``imports.running`` calls ``load_import`` (the ``cpi_schedules`` and ``cpi_projects`` rows as the
+apply left them, read by ``store.schedules``), then ``open_source`` and ``target_url`` once the
+job row exists, so that an unreachable SFTP server or an unset ``${VAR}`` is recorded on the job
+rather than lost. A row edited by hand into something the documents cannot say is a
+``TargetError`` naming the row.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from reconciler.errors import NotFound, SourceError, TargetError
 from reconciler.logs import get_logger
 from reconciler.model.specs import ProjectSpec, SftpOverride, Target
 from reconciler.store.jobs import ScheduleRef
+from reconciler.store.schedules import fetch_schedule
 
 if TYPE_CHECKING:
     import psycopg
@@ -62,31 +64,29 @@ class ImportSpec:
 
 def load_import(conn: psycopg.Connection[Any], name: str) -> ImportSpec:
     """The schedule ``name`` and its project; ``NotFound`` if the schedule is not in the DB."""
-    row = conn.execute(
-        "SELECT s.id::text, s.name, p.id::text, p.name, p.spec, coalesce(s.enabled, true), "
-        "s.callback_url, s.sftp_override, s.local_files, s.source_file "
-        "FROM cpi_schedules s LEFT JOIN cpi_projects p ON p.id = s.project_id WHERE s.name = %s",
-        (name,),
-    ).fetchone()
+    row = fetch_schedule(conn, name)
     conn.rollback()
     if row is None:
         raise NotFound("schedule", name, "the database; run `reconcile apply` first")
-    sid, sname, pid, pname, spec, enabled, callback, override, local, source_file = row
-    schedule = f"schedule {sname!r}: its row in cpi_schedules"
+    schedule = f"schedule {row.name!r}: its row in cpi_schedules"
+    local = row.local_files
     if local is not None and not (
         isinstance(local, list) and local and all(isinstance(g, str) and g for g in local)
     ):
         raise _invalid(schedule, "local_files: not a list of globs")
     return ImportSpec(
-        schedule=ScheduleRef(id=sid, name=sname, project_id=pid, project=pname),
+        schedule=row.ref,
         project_spec=_parsed(
-            ProjectSpec, spec, f"project {pname!r}: its row in cpi_projects", field="spec"
+            ProjectSpec,
+            row.project_spec,
+            f"project {row.project!r}: its row in cpi_projects",
+            field="spec",
         ),
-        enabled=bool(enabled),
-        callback_url=callback,
-        sftp_override=_parsed(SftpOverride, override, schedule, field="sftp_override"),
+        enabled=row.enabled is not False,  # NULL, as in the seed's default: enabled
+        callback_url=row.callback_url,
+        sftp_override=_parsed(SftpOverride, row.sftp_override, schedule, field="sftp_override"),
         local_files=tuple(local) if local else None,
-        source_file=source_file,
+        source_file=row.source_file,
     )
 
 
