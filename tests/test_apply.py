@@ -116,6 +116,30 @@ def test_update_and_run_statistics_never_diff(cli: Cli, database_url: str) -> No
     assert rows(database_url, "SELECT total_runs FROM cpi_schedules WHERE name = 's0'") == [(7,)]
 
 
+def test_a_new_or_retimed_schedule_is_anchored_at_apply(cli: Cli, database_url: str) -> None:
+    """Create or a change of timing: interval_anchor = now(), next_run_at cleared; else kept."""
+    folder = seed(cli)
+    assert cli("apply").returncode == 0
+    timing = "SELECT interval_anchor, next_run_at FROM cpi_schedules WHERE name = 's0'"
+    ((anchor, next_run),) = rows(database_url, timing)
+    assert (anchor is not None, next_run) == (True, None)
+    with psycopg.connect(database_url) as conn:  # as the scheduler leaves the row
+        conn.execute("UPDATE cpi_schedules SET next_run_at = now() + interval '1 day'")
+    ((_, planned),) = rows(database_url, timing)
+
+    same = SCHEDULE.format(name="s0", project="sales", cron="0 0 * * *")
+    write(folder, "s0.yaml", same + "  callback_url: https://hooks.example.com/s0\n")
+    assert "~ Schedule s0" in cli("apply").stdout
+    assert rows(database_url, timing) == [(anchor, planned)]
+
+    write(folder, "s0.yaml", SCHEDULE.format(name="s0", project="sales", cron="30 6 * * *"))
+    assert "~ Schedule s0" in cli("apply").stdout
+    ((moved, cleared),) = rows(database_url, timing)
+    assert (moved > anchor, cleared) == (True, None)
+    others = "SELECT name, next_run_at IS NOT NULL FROM cpi_schedules WHERE name <> 's0'"
+    assert rows(database_url, others) == [("s1", True)]
+
+
 def test_drift_is_shown_and_set_back(cli: Cli, database_url: str) -> None:
     """A managed row edited in SQL shows as drift and apply sets it back."""
     seed(cli)

@@ -8,7 +8,10 @@ unpacked by ``jsonb_to_recordset``), so applying 10,000 schedules costs a handfu
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from psycopg.rows import class_row
 
 from reconciler.model.plans import (
     Kind,
@@ -26,7 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["execute_plan", "fetch_rows", "refresh_sources"]
 
 _SCHEDULES = """
-SELECT s.name, p.name, s.cron_expression, s.interval_seconds, s.timezone, s.enabled,
+SELECT s.name, p.name AS project, s.cron_expression, s.interval_seconds, s.timezone, s.enabled,
        s.callback_url, s.sftp_override, s.local_files, s.misfire_grace_seconds,
        s.owner, s.source_file, s.source_line, s.spec_hash
 FROM cpi_schedules s LEFT JOIN cpi_projects p ON p.id = s.project_id
@@ -34,39 +37,70 @@ FROM cpi_schedules s LEFT JOIN cpi_projects p ON p.id = s.project_id
 _PROJECTS = "SELECT name, spec, owner, source_file, source_line, spec_hash FROM cpi_projects"
 
 
+@dataclass(frozen=True, slots=True)
+class _StoredProject:
+    name: str
+    spec: Any
+    owner: str | None
+    source_file: str | None
+    source_line: int | None
+    spec_hash: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _StoredSchedule:
+    name: str
+    project: str | None
+    cron_expression: str | None
+    interval_seconds: int | None
+    timezone: str | None
+    enabled: bool | None
+    callback_url: str | None
+    sftp_override: Any
+    local_files: Any
+    misfire_grace_seconds: int | None
+    owner: str | None
+    source_file: str | None
+    source_line: int | None
+    spec_hash: str | None
+
+
 def fetch_rows(conn: psycopg.Connection[Any]) -> list[Row]:
     """Every project and schedule in the database, as comparable rows."""
     rows: list[Row] = []
-    for name, spec, owner, source, line, stored in conn.execute(_PROJECTS):
-        rows.append(Row(Kind.PROJECT, name, {"spec": spec}, owner, source, line or 0, stored))
-    rows.extend(_schedule_row(record) for record in conn.execute(_SCHEDULES))
+    with conn.cursor(row_factory=class_row(_StoredProject)) as cur:
+        rows.extend(_project_row(p) for p in cur.execute(_PROJECTS))
+    with conn.cursor(row_factory=class_row(_StoredSchedule)) as cur:
+        rows.extend(_schedule_row(s) for s in cur.execute(_SCHEDULES))
     return rows
 
 
-def _schedule_row(record: tuple[Any, ...]) -> Row:
-    (
-        name, project, cron, interval, tz, enabled, callback, override, local, grace,
-        owner, source, line, stored,
-    ) = record  # fmt: skip
+def _project_row(p: _StoredProject) -> Row:
+    line = p.source_line or 0
+    return Row(Kind.PROJECT, p.name, {"spec": p.spec}, p.owner, p.source_file, line, p.spec_hash)
+
+
+def _schedule_row(s: _StoredSchedule) -> Row:
+    local, source, stored = s.local_files, s.source_file, s.spec_hash
     globs = local if _is_globs(local) else None
     fields = schedule_fields(
-        project=project,
-        cron=cron,
-        interval_seconds=interval,
-        timezone=tz,
-        enabled=enabled,
-        callback_url=callback,
-        sftp_override=override,
+        project=s.project,
+        cron=s.cron_expression,
+        interval_seconds=s.interval_seconds,
+        timezone=s.timezone,
+        enabled=s.enabled,
+        callback_url=s.callback_url,
+        sftp_override=s.sftp_override,
         local_files=globs,
-        misfire_grace_seconds=grace,
+        misfire_grace_seconds=s.misfire_grace_seconds,
     )
-    if cron is None and interval is None:
+    if s.cron_expression is None and s.interval_seconds is None:
         fields["schedule_type"] = None
     if globs is None:  # NULL, or edited by hand into no list of globs: shown as is, set back
         fields["local_files"] = local
     elif _written_beside(fields, globs, source, stored):
         stored = None  # a change of storage format, not drift
-    return Row(Kind.SCHEDULE, name, fields, owner, source, line or 0, stored)
+    return Row(Kind.SCHEDULE, s.name, fields, s.owner, source, s.source_line or 0, stored)
 
 
 def _is_globs(value: object) -> bool:
@@ -139,17 +173,20 @@ UPDATE cpi_projects p SET spec = x.spec, owner = x.owner, source_file = x.source
     source_line = x.source_line, spec_hash = x.spec_hash, updated_at = now()
 FROM {_RECORDSET}{_PROJECT_COLS} WHERE p.name = x.name
 """
+# A new schedule's interval cadence counts from the apply that creates it, and so does a change of
+# timing; next_run_at is left for the scheduler to compute. Any other change keeps both, so a
+# reconcile that leaves the timing alone never moves the next run.
 _INSERT_SCHEDULES = f"""
 INSERT INTO cpi_schedules (name, project_id, schedule_type, cron_expression, interval_seconds,
     timezone, enabled, callback_url, sftp_override, local_files, misfire_grace_seconds, owner,
-    source_file, source_line, spec_hash)
+    source_file, source_line, spec_hash, interval_anchor, next_run_at)
 SELECT x.name, p.id, x.schedule_type, x.cron_expression, x.interval_seconds, x.timezone,
     x.enabled, x.callback_url, x.sftp_override, x.local_files, x.misfire_grace_seconds, x.owner,
-    x.source_file, x.source_line, x.spec_hash
+    x.source_file, x.source_line, x.spec_hash, now(), NULL
 FROM {_RECORDSET}{_SCHEDULE_COLS} JOIN cpi_projects p ON p.name = x.project
 """
-# A change of timing resets the interval anchor (and next_run_at); any other change keeps them,
-# so a reconcile that leaves the timing alone never moves the next run.
+_SAME_TIMING = """(s.schedule_type, s.cron_expression, s.interval_seconds, s.timezone)
+    IS NOT DISTINCT FROM (x.schedule_type, x.cron_expression, x.interval_seconds, x.timezone)"""
 _UPDATE_SCHEDULES = f"""
 UPDATE cpi_schedules s SET project_id = p.id, schedule_type = x.schedule_type,
     cron_expression = x.cron_expression, interval_seconds = x.interval_seconds,
@@ -157,12 +194,8 @@ UPDATE cpi_schedules s SET project_id = p.id, schedule_type = x.schedule_type,
     sftp_override = x.sftp_override, local_files = x.local_files,
     misfire_grace_seconds = x.misfire_grace_seconds, owner = x.owner,
     source_file = x.source_file, source_line = x.source_line, spec_hash = x.spec_hash,
-    interval_anchor = CASE WHEN (s.schedule_type, s.cron_expression, s.interval_seconds,
-        s.timezone) IS NOT DISTINCT FROM (x.schedule_type, x.cron_expression,
-        x.interval_seconds, x.timezone) THEN s.interval_anchor END,
-    next_run_at = CASE WHEN (s.schedule_type, s.cron_expression, s.interval_seconds,
-        s.timezone) IS NOT DISTINCT FROM (x.schedule_type, x.cron_expression,
-        x.interval_seconds, x.timezone) THEN s.next_run_at END,
+    interval_anchor = CASE WHEN {_SAME_TIMING} THEN s.interval_anchor ELSE now() END,
+    next_run_at = CASE WHEN {_SAME_TIMING} THEN s.next_run_at END,
     updated_at = now()
 FROM {_RECORDSET}{_SCHEDULE_COLS} JOIN cpi_projects p ON p.name = x.project
 WHERE s.name = x.name
