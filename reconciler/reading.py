@@ -1,6 +1,7 @@
 """Reading the schedules folder from disk: the thin shell around ``model.loading``.
 
-``reconcile validate``, the planner and the daemon's watcher call ``load_folder``. It finds every
+``reconcile validate`` and ``reconcile next`` call ``load_folder``; the plan and apply commands
+and the daemon's leader call ``load_desired`` for the rows the folder asks for. It finds every
 ``*.yaml``/``*.yml`` file under the folder, recursively and in a stable order, and hands the bytes
 to the pure loader. Names beginning with ``.`` are skipped, files and folders alike: Kubernetes
 mounts a ConfigMap as visible symlinks into a hidden ``..data`` folder (itself a symlink to a
@@ -15,10 +16,11 @@ import os
 import stat
 from pathlib import Path
 
-from reconciler.errors import UsageError
+from reconciler.errors import GuardRefused, UsageError
 from reconciler.model.loading import MAX_FILE_BYTES, Loaded, load_files
+from reconciler.model.plans import Desired, desired_rows
 
-__all__ = ["SUFFIXES", "load_folder", "read_folder"]
+__all__ = ["SUFFIXES", "load_desired", "load_folder", "read_folder"]
 
 SUFFIXES = (".yaml", ".yml")
 
@@ -26,6 +28,22 @@ SUFFIXES = (".yaml", ".yml")
 def load_folder(folder: Path) -> Loaded:
     """Read and validate every document under ``folder``; findings name files under it."""
     return load_files(read_folder(folder), display_root=folder.as_posix())
+
+
+def load_desired(folder: Path, *, owner: str) -> Desired:
+    """The folder's rows, owned by ``owner``; a missing folder or any finding refuses the whole
+    apply (``GuardRefused``, exit 3)."""
+    try:
+        loaded = load_folder(folder)
+    except UsageError as exc:
+        raise GuardRefused(f"{exc.message}; nothing was applied") from exc
+    if not loaded.ok:
+        findings = "\n".join(str(f) for f in loaded.findings)
+        raise GuardRefused(
+            f"{findings}\n{len(loaded.findings)} problem(s) in {folder}; nothing was applied "
+            "(fix them, `reconcile validate` lists them)"
+        )
+    return Desired(desired_rows(loaded.documents, owner=owner))
 
 
 def read_folder(folder: Path) -> list[tuple[str, bytes]]:

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.errors import UsageError
+from reconciler.errors import GuardRefused, UsageError
 from reconciler.model.loading import MAX_FILE_BYTES
-from reconciler.reading import load_folder, read_folder
+from reconciler.model.plans import Desired, Kind
+from reconciler.reading import load_desired, load_folder, read_folder
 
 PROJECT = (
     "apiVersion: reconciler/v1\nkind: Project\nmetadata: {{name: {}}}\nspec: {{external: true}}\n"
@@ -145,3 +146,30 @@ def test_unreadable_file_raises_usage_error(tmp_path: Path) -> None:
     write(tmp_path / "secret.yaml").chmod(0)
     with pytest.raises(UsageError, match=r"cannot read .*secret\.yaml: Permission denied"):
         read_folder(tmp_path)
+
+
+def test_load_desired_gives_the_folders_rows_for_the_owner(tmp_path: Path) -> None:
+    """load_desired: one row per document, owned by the owner given."""
+    write(tmp_path / "p.yaml", PROJECT.format("sales"))
+    desired = load_desired(tmp_path, owner="team-a")
+    assert isinstance(desired, Desired)
+    assert [(r.kind, r.name, r.owner) for r in desired.rows] == [(Kind.PROJECT, "sales", "team-a")]
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({}, r"^schedules folder .*missing does not exist.*; nothing was applied$"),
+        ({"p.yaml": "kind: [\n"}, r"p\.yaml:.*\n1 problem\(s\) in .*; nothing was applied \(fix"),
+    ],
+)
+def test_load_desired_refuses_a_folder_it_cannot_read_whole(
+    tmp_path: Path, files: dict[str, str], message: str
+) -> None:
+    """A missing folder or any finding refuses the whole apply (GuardRefused, exit 3)."""
+    folder = tmp_path / "missing" if not files else tmp_path
+    for name, text in files.items():
+        write(tmp_path / name, text)
+    with pytest.raises(GuardRefused, match=message) as refused:
+        load_desired(folder, owner="reconcile")
+    assert refused.value.exit_code == 3

@@ -11,34 +11,16 @@ import sys
 from datetime import UTC, datetime
 
 from reconciler.commands.output import emit_json
-from reconciler.errors import EXIT_CHANGES, EXIT_OK, GuardRefused, UsageError
+from reconciler.errors import EXIT_CHANGES, EXIT_OK
 from reconciler.logs import get_logger
-from reconciler.model.plans import Plan, desired_rows
+from reconciler.model.plans import Plan
 from reconciler.model.rendering import plan_document, render_plan
+from reconciler.reading import load_desired
 from reconciler.settings import Settings
-from reconciler.store.applying import Desired
 
-__all__ = ["apply", "export", "load_desired", "plan", "status"]
+__all__ = ["apply", "export", "plan", "status"]
 
 _log = get_logger("reconciler.commands")
-
-
-def load_desired(settings: Settings) -> Desired:
-    """The folder's rows; a missing folder or any finding refuses the whole apply (exit 3)."""
-    from reconciler.reading import load_folder
-
-    folder = settings.schedules_dir
-    try:
-        loaded = load_folder(folder)
-    except UsageError as exc:
-        raise GuardRefused(f"{exc.message}; nothing was applied") from exc
-    if not loaded.ok:
-        findings = "\n".join(str(f) for f in loaded.findings)
-        raise GuardRefused(
-            f"{findings}\n{len(loaded.findings)} problem(s) in {folder}; nothing was applied "
-            "(fix them, `reconcile validate` lists them)"
-        )
-    return Desired(desired_rows(loaded.documents, owner=settings.owner))
 
 
 def _print_plan(plan: Plan, settings: Settings, kind: str) -> None:
@@ -53,7 +35,7 @@ def plan(args: argparse.Namespace, settings: Settings) -> int:
     from reconciler.store.applying import plan_against, refuse_if_blocked
     from reconciler.store.connecting import open_store
 
-    desired = load_desired(settings)
+    desired = load_desired(settings.schedules_dir, owner=settings.owner)
     with open_store(settings, migrate=False) as conn:
         result = plan_against(conn, desired, owner=settings.owner, adopt=_flag(args, "adopt"))
     _print_plan(result, settings, "Plan")
@@ -68,7 +50,7 @@ def apply(args: argparse.Namespace, settings: Settings) -> int:
     from reconciler.store.applying import apply_plan
     from reconciler.store.connecting import open_store
 
-    desired = load_desired(settings)
+    desired = load_desired(settings.schedules_dir, owner=settings.owner)
     with open_store(settings) as conn:
         result = apply_plan(
             conn,

@@ -1,6 +1,7 @@
 """The plan: what must change in the database so that it matches the documents. Pure.
 
-``desired_rows`` turns loaded documents into rows; ``store.rows`` reads the actual rows;
+``desired_rows`` turns loaded documents into rows (a ``Desired`` value, as ``reading.load_desired``
+returns it); ``store.rows`` reads the actual rows;
 ``make_plan`` compares the two and returns a ``Plan`` value, which ``--dry-run`` renders and apply
 executes (the very same object). Identity is kind + name. Only rows owned by ``owner`` are ever
 updated or deleted; a clash with another owner's row is a conflict unless the user adopts it.
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Change",
+    "Desired",
     "FieldDiff",
     "Kind",
     "Op",
@@ -206,6 +208,13 @@ def _desired(loaded: LoadedDocument, owner: str) -> Row:
 def desired_rows(documents: Iterable[LoadedDocument], *, owner: str) -> tuple[Row, ...]:
     """The rows the documents ask for, owned by ``owner``."""
     return tuple(_desired(d, owner) for d in documents)
+
+
+@dataclass(frozen=True, slots=True)
+class Desired:
+    """What the folder asks for: one row per document, in the form that is stored."""
+
+    rows: tuple[Row, ...]
 
 
 def flatten_fields(value: Any, prefix: str) -> dict[str, Any]:

@@ -7,13 +7,12 @@ everything in the plan lands or nothing does.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from reconciler.errors import OwnershipConflict, PlanRefused
 from reconciler.logs import get_logger
 from reconciler.model import guards
-from reconciler.model.plans import Plan, Row, make_plan
+from reconciler.model.plans import Desired, Plan, make_plan
 from reconciler.store.locks import Fixed
 from reconciler.store.migrating import apply_schema, is_current
 from reconciler.store.rows import execute_plan, fetch_rows
@@ -21,17 +20,10 @@ from reconciler.store.rows import execute_plan, fetch_rows
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["APPLY_LOCK", "Desired", "apply_plan", "plan_against", "refuse_if_blocked"]
+__all__ = ["APPLY_LOCK", "apply_plan", "plan_against", "refuse_if_blocked"]
 
 APPLY_LOCK = Fixed.APPLY
 _log = get_logger("reconciler.apply")
-
-
-@dataclass(frozen=True, slots=True)
-class Desired:
-    """What the folder asks for: one row per document, in the form that is stored."""
-
-    rows: tuple[Row, ...]
 
 
 def plan_against(
