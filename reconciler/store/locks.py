@@ -3,7 +3,7 @@
 Advisory locks form one key space per database, shared with every other program that uses the
 database: two purposes on one key would wait on each other, and a liveness check reading
 ``pg_locks`` would take one purpose's holder for the other's. So no module writes a key literal;
-``store.migrating``, ``store.applying``, ``imports.ledger`` and ``imports.jobs`` take theirs from
+``store.migrating``, ``store.applying``, ``store.ledger`` and ``store.liveness`` take theirs from
 here. Every key is a signed 64-bit ``bigint`` (``pg_advisory_lock(bigint)``).
 
 - A lock that exists once per database (migrating, applying, ...) is a member of ``Fixed``. Its
@@ -35,14 +35,14 @@ class Fixed(enum.IntEnum):
 
     MIGRATION = (_PREFIX << 8) | 0x01  # store.migrating: one schema migration at a time
     APPLY = (_PREFIX << 8) | 0x02  # store.applying: one apply at a time
-    LEDGER_CREATE = (_PREFIX << 8) | 0x03  # imports.ledger: CREATE TABLE IF NOT EXISTS is racy
+    LEDGER_CREATE = (_PREFIX << 8) | 0x03  # store.ledger: CREATE TABLE IF NOT EXISTS is racy
 
 
 @enum.unique
 class Named(enum.StrEnum):
     """The purposes of per-name locks; the value is part of the hashed text."""
 
-    JOB = "job"  # imports.jobs: held by the session running a schedule's import
+    JOB = "job"  # store.liveness: held by the session running a schedule's import
     CLAIM = "claim"  # jobs: held while a runner decides run or skip for a schedule
     LEADER = "leader"  # daemon.leading: per owner, held by the replica that watches and applies
 
