@@ -13,7 +13,8 @@ from sftp_servers import SftpServer, known_hosts_line, write_key_pair
 from structlog.testing import capture_logs
 
 from reconciler.errors import HostKeyError
-from reconciler.imports.sftp import SftpSource, _host_matches, _parse_known_hosts
+from reconciler.imports.known_hosts import host_matches, parse_known_hosts
+from reconciler.imports.sftp import SftpSource
 from reconciler.imports.sources import sftp_source
 from reconciler.model.specs import Sftp
 
@@ -37,7 +38,7 @@ _KEY = f"ssh-ed25519 {_ED25519}"
 )
 def test_unusable_lines_are_skipped_with_a_reason(line: str, reason: str) -> None:
     """A line that cannot verify a server is skipped, saying why; the lines around it stay."""
-    usable, skipped = _parse_known_hosts(f"a {_KEY}\n{line}\n# comment\n\n  b {_KEY} note\n")
+    usable, skipped = parse_known_hosts(f"a {_KEY}\n{line}\n# comment\n\n  b {_KEY} note\n")
     assert [(u.line, u.hosts) for u in usable] == [(1, ("a",)), (5, ("b",))]
     assert [n for n, _ in skipped] == [2]
     assert skipped[0][1].startswith(reason)
@@ -45,7 +46,7 @@ def test_unusable_lines_are_skipped_with_a_reason(line: str, reason: str) -> Non
 
 def test_a_revoked_line_is_kept_as_revoked() -> None:
     """@revoked lines are read, with their host patterns, key type and key."""
-    ((entry,), skipped) = _parse_known_hosts(f"@revoked *,!trusted {_KEY} retired 2025\n")
+    ((entry,), skipped) = parse_known_hosts(f"@revoked *,!trusted {_KEY} retired 2025\n")
     assert skipped == []
     assert (entry.revoked, entry.hosts, entry.key_type) == (True, ("*", "!trusted"), "ssh-ed25519")
 
@@ -73,7 +74,7 @@ _HASHED = paramiko.HostKeys.hash_host("[sftp.example.com]:2222")
 )
 def test_host_patterns_match_as_in_openssh(hosts: list[str], name: str, matches: bool) -> None:
     """Names, wildcards, negations and hashed names match as OpenSSH matches them."""
-    assert _host_matches(hosts, name) is matches
+    assert host_matches(hosts, name) is matches
 
 
 def _connect(server: SftpServer, known_hosts: str, tmp_path: Path) -> SftpSource:

@@ -5,11 +5,7 @@ several threads at once) and finishes files through it. Every paramiko, socket a
 translated here into a one-line ``SourceError`` or ``HostKeyError`` that names the server and never
 the password.
 
-Host keys are checked against known_hosts as OpenSSH checks them (hashed names, wildcards and
-negations, several keys per server, ``@revoked`` keys refused), not by paramiko's ``HostKeys``,
-which fails on the first ``@cert-authority`` or ``@revoked`` line and keeps one key per type.
-Lines that cannot be used (``@cert-authority``: host certificates are not supported) are logged
-and skipped.
+Host keys are always verified, against known_hosts as OpenSSH reads it (``imports.known_hosts``).
 
 Speed with flat memory: paramiko's plain ``read`` waits for each 32 KiB reply (about 5 MB/s), and
 its ``prefetch`` queues a READ for every 32 KiB of the file up front from a helper thread. So the
@@ -21,24 +17,18 @@ first (paramiko's cheapest cipher by far: no separate MAC), and each open file s
 
 from __future__ import annotations
 
-import base64
-import binascii
 import errno
 import functools
-import hashlib
-import hmac
 import posixpath
-import re
 import socket
 import stat
-import struct
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import paramiko
 from paramiko.sftp import CMD_CLOSE, CMD_HANDLE, CMD_NAME, CMD_OPENDIR, CMD_READDIR
@@ -46,6 +36,7 @@ from paramiko.sftp import CMD_CLOSE, CMD_HANDLE, CMD_NAME, CMD_OPENDIR, CMD_READ
 from reconciler import logs
 from reconciler.errors import HostKeyError, ReconcileError, SourceError
 from reconciler.imports import secrets
+from reconciler.imports.known_hosts import keyscan, load_policy
 from reconciler.imports.pipelining import PipelinedReader
 from reconciler.model.files import Readable, SourceFile
 from reconciler.model.specs import Sftp
@@ -96,165 +87,6 @@ def _transport(
     return transport
 
 
-# -- known_hosts, read as OpenSSH reads it ------------------------------------------------------
-
-_U32 = struct.Struct(">I")
-_RSA_SIGNATURES = ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")  # what an ssh-rsa key may sign with
-
-
-class _KnownHost(NamedTuple):
-    """A usable known_hosts line: a server's own key, or (``revoked``) a key never to trust."""
-
-    line: int
-    revoked: bool
-    hosts: tuple[str, ...]  # patterns: names, '*' and '?' wildcards, '!' negations, |1| hashes
-    key_type: str
-    blob: bytes  # the public key as the server sends it
-
-
-def _hashed(pattern: str) -> tuple[bytes, bytes]:
-    """The salt and HMAC-SHA1 of a hashed host name, ``|1|salt|hash`` (ssh-keygen -H)."""
-    parts = pattern.split("|")
-    try:
-        if len(parts) == 4 and parts[:2] == ["", "1"]:
-            salt, digest = (base64.b64decode(p, validate=True) for p in parts[2:])
-            if len(salt) == len(digest) == hashlib.sha1().digest_size:
-                return salt, digest
-    except binascii.Error:
-        pass
-    raise ValueError("its hashed host name is malformed")
-
-
-def _known_host(number: int, fields: list[str]) -> _KnownHost:
-    marker = fields.pop(0) if fields[0].startswith("@") else None
-    if marker == "@cert-authority":
-        raise ValueError("@cert-authority is not supported, only a server's own key line")
-    if marker not in (None, "@revoked"):
-        raise ValueError(f"unknown marker {marker}")
-    if len(fields) < 3:
-        raise ValueError("it lacks host names, key type or key")
-    hosts, key_type, encoded = tuple(fields[0].split(",")), fields[1], fields[2]
-    for pattern in hosts:
-        if pattern.startswith("|"):
-            _hashed(pattern)
-    try:
-        blob = base64.b64decode(encoded, validate=True)
-    except binascii.Error:
-        raise ValueError("its key is not valid base64") from None
-    name = key_type.encode()
-    if not blob.startswith(_U32.pack(len(name)) + name):
-        raise ValueError(f"its key is not of type {key_type}")
-    return _KnownHost(number, marker == "@revoked", hosts, key_type, blob)
-
-
-def _parse_known_hosts(text: str) -> tuple[list[_KnownHost], list[tuple[int, str]]]:
-    """The usable lines of a known_hosts file, and ``(line number, reason)`` for the others."""
-    usable, skipped = [], []
-    for number, line in enumerate(text.splitlines(), 1):
-        fields = line.split()
-        if not fields or fields[0].startswith("#"):
-            continue
-        try:
-            usable.append(_known_host(number, fields))
-        except ValueError as exc:
-            skipped.append((number, str(exc)))
-    return usable, skipped
-
-
-def _wildcard(pattern: str, name: str) -> bool:
-    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    return re.fullmatch(regex, name, re.DOTALL) is not None
-
-
-def _host_matches(hosts: Sequence[str], name: str) -> bool:
-    """Whether ``name`` (``host``, or ``[host]:port`` off port 22) is one of ``hosts``: any
-    pattern matches it and no negated one does; case does not matter, as in OpenSSH."""
-    name = name.lower()
-    found = False
-    for pattern in hosts:
-        if pattern.startswith("|"):
-            salt, digest = _hashed(pattern)
-            mine = hmac.new(salt, name.encode(), hashlib.sha1).digest()
-            found = hmac.compare_digest(mine, digest) or found
-        elif pattern.startswith("!"):
-            if _wildcard(pattern[1:].lower(), name):
-                return False
-        elif _wildcard(pattern.lower(), name):
-            found = True
-    return found
-
-
-def _fingerprint(blob: bytes) -> str:
-    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
-
-
-def _keyscan(host: str, port: int, known_hosts: Path) -> str:
-    """The command that appends a server's host keys to ``known_hosts``."""
-    option = f" -p {port}" if port != 22 else ""
-    return f"`ssh-keyscan{option} {host} >> {known_hosts}`"
-
-
-class _KnownHostsPolicy(paramiko.MissingHostKeyPolicy):
-    """Verifies the server's key against known_hosts as OpenSSH does: a key a matching line marks
-    @revoked is refused; then any matching line with the same key accepts it; a matching line
-    with another key means it changed; no matching line means it is unknown.
-
-    The client is given no host keys, so paramiko hands every server key to this policy, after
-    the key exchange and before authentication; returning accepts the key."""
-
-    def __init__(
-        self,
-        known_hosts: Path,
-        lines: Sequence[_KnownHost],
-        skipped: Sequence[tuple[int, str]],
-        host: str,
-        port: int,
-    ) -> None:
-        self._known_hosts, self._skipped = known_hosts, skipped
-        self._name = host if port == 22 else f"[{host}]:{port}"
-        self._keyscan = _keyscan(host, port, known_hosts)
-        self._lines = [line for line in lines if _host_matches(line.hosts, self._name)]
-
-    def key_types(self) -> tuple[str, ...]:
-        """The key types known for this server, first to last, as algorithm names."""
-        types = (line.key_type for line in self._lines if not line.revoked)
-        return tuple(a for t in types for a in (_RSA_SIGNATURES if t == "ssh-rsa" else (t,)))
-
-    def missing_host_key(
-        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
-    ) -> None:
-        name, known_hosts, blob = self._name, self._known_hosts, key.asbytes()
-        offered = f"{key.get_name()} {_fingerprint(blob)}"
-        for line in self._lines:
-            if line.revoked and line.blob == blob:
-                raise HostKeyError(
-                    f"host key for {name} is REVOKED: the server offered {offered}, which line "
-                    f"{line.line} of {known_hosts} marks @revoked; do not connect until the "
-                    "server's operator has replaced that key, then add the new one with "
-                    + self._keyscan
-                )
-        own = [line for line in self._lines if not line.revoked]
-        if any(line.blob == blob for line in own):
-            return
-        if own:
-            known = next((k for k in own if k.key_type == key.get_name()), own[0])
-            raise HostKeyError(
-                f"host key for {name} has CHANGED: {known_hosts} has {known.key_type} "
-                f"{_fingerprint(known.blob)}, the server offered {offered}. This may be an "
-                f"attack; if the change is expected, run `ssh-keygen -R '{name}' -f "
-                f"{known_hosts}`, then add the new key with ssh-keyscan"
-            )
-        skipped = "; ".join(f"line {n}: {reason}" for n, reason in self._skipped[:3])
-        if len(self._skipped) > 3:
-            skipped += f"; {len(self._skipped) - 3} more"
-        raise HostKeyError(
-            f"unknown host key for {name}: {offered} is not in {known_hosts}"
-            + (f" (skipped {skipped})" if skipped else "")
-            + "; check that fingerprint with the server's operator, then run "
-            + self._keyscan
-        )
-
-
 class SftpSource:
     """One SSH connection: listing and after-import on one SFTP session, one session per stream."""
 
@@ -299,13 +131,13 @@ class SftpSource:
         if not known_hosts.is_file():
             raise HostKeyError(
                 f"known_hosts file {known_hosts} does not exist: host keys are always verified; "
-                f"create it with {_keyscan(config.host, config.port, known_hosts)} after checking "
+                f"create it with {keyscan(config.host, config.port, known_hosts)} after checking "
                 "the fingerprint, or set sftp.known_hosts_file"
             )
         pkey = self._private_key()
         if pkey is None and self._password is None:
             raise SourceError(f"{self.key}: give sftp.password or sftp.private_key_file")
-        policy = self._known_hosts(known_hosts)
+        policy = load_policy(known_hosts, config.host, config.port)
         client = paramiko.SSHClient()
         client.set_missing_host_key_policy(policy)
         sock = self._socket(timeout)
@@ -365,17 +197,6 @@ class SftpSource:
         # SFTP is a request/response protocol: Nagle's algorithm would hold back small requests.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
-
-    def _known_hosts(self, path: Path) -> _KnownHostsPolicy:
-        try:
-            text = path.read_text(encoding="utf-8", errors="replace")
-        except OSError as exc:
-            reason = exc.strerror or _one_line(exc)
-            raise SourceError(f"cannot read known_hosts {path}: {reason}") from exc
-        lines, skipped = _parse_known_hosts(text)
-        for number, reason in skipped:
-            _log.warning("known_hosts line skipped", file=str(path), line=number, reason=reason)
-        return _KnownHostsPolicy(path, lines, skipped, self.config.host, self.config.port)
 
     def _connect_error(self, exc: Exception) -> SourceError:
         if isinstance(exc, paramiko.AuthenticationException):
