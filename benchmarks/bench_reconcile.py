@@ -83,10 +83,10 @@ def cli(url: str, folder: Path, *args: str) -> float:
 
 
 def no_change_round_trips(url: str, folder: Path) -> int:
-    from reconciler.commands.reconciling import load_desired
+    from reconciler.reading import load_desired
 
     settings = load_settings(schedules_dir=str(folder), environ={})
-    desired = load_desired(settings)
+    desired = load_desired(settings.schedules_dir, owner=settings.owner)
     with CountingConnection.connect(url) as conn:
         CountingConnection.statements = 0
         plan = apply_plan(conn, desired, owner=settings.owner)
