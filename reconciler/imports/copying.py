@@ -20,6 +20,7 @@ from psycopg import sql
 
 from reconciler.errors import DataError, TargetError
 from reconciler.imports.framing import Framed
+from reconciler.model.specs import TOOL_TABLES
 
 if TYPE_CHECKING:
     import psycopg
@@ -47,9 +48,7 @@ _STAGE_ORDER = "_reconcile_line"
 _LINE = re.compile(r"\bline (\d+)")
 _COLUMN = re.compile(r"\bcolumn ([^:,]+)")
 # The tool's own tables: loading into one would corrupt its state (a replace would wipe ledgers).
-_OWN_TABLES = frozenset(
-    {"cpi_schedules", "cpi_projects", "cpi_jobs", "cpi_imported_files", "reconcile_imported_files"}
-)
+_OWN_TABLES = TOOL_TABLES - {_STAGE}
 _PRIVILEGES = {
     "append": ("INSERT",),
     "replace": ("INSERT", "DELETE"),

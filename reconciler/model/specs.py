@@ -64,6 +64,7 @@ TOOL_TABLES = frozenset(
         "cpi_schedules",
         "cpi_jobs",
         "cpi_imported_files",
+        "cpi_daemon_state",
         "reconcile_imported_files",
         "_reconcile_stage",
     }
