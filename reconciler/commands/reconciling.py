@@ -71,15 +71,27 @@ def apply(args: argparse.Namespace, settings: Settings) -> int:
 
 def status(args: argparse.Namespace, settings: Settings) -> int:
     """List schedules from the database: timing, owner, last run and result, next run."""
-    from reconciler.commands.reporting import fetch_status, render_status
+    from reconciler.commands.reporting import (
+        daemon_document,
+        fetch_status,
+        render_daemon,
+        render_status,
+    )
     from reconciler.store.connecting import open_store
+    from reconciler.store.daemon_state import read_state
 
+    now = datetime.now(UTC)
     with open_store(settings) as conn:
-        entries = fetch_status(conn, name=getattr(args, "name", None), now=datetime.now(UTC))
+        entries = fetch_status(conn, name=getattr(args, "name", None), now=now)
+        state = read_state(conn, settings.owner)
     if settings.output == "json":
-        emit_json("Status", {"schedules": [e.document() for e in entries]})
+        emit_json(
+            "Status",
+            {"schedules": [e.document() for e in entries], "daemon": daemon_document(state)},
+        )
     else:
-        sys.stdout.write(render_status(entries) + "\n")
+        daemon = render_daemon(state, settings.owner, now)
+        sys.stdout.write(render_status(entries) + "\n\n" + daemon + "\n")
     return EXIT_OK
 
 

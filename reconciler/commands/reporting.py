@@ -1,7 +1,9 @@
-"""``reconcile status``: the schedules in the database, their timing, owner, last and next run.
+"""``reconcile status``: the schedules in the database, their timing, owner, last and next run,
+and the state ``reconcile serve`` keeps there (who leads, the last apply, the current config error).
 
 Called by ``commands.reconciling.status``; reads the rows through ``store.schedules`` (one
-query) and computes the next run with the same cron arithmetic the scheduler uses.
+query). The next run is the one the daemon stored; a schedule no daemon has scheduled yet shows
+the one the scheduler will compute (from the anchor apply stored, so it does not move).
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 from reconciler.errors import NotFound
 from reconciler.model.timing import describe, next_fire_times
+from reconciler.store.daemon_state import DaemonState
 from reconciler.store.schedules import fetch_schedules
 
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["StatusEntry", "fetch_status", "render_status"]
+__all__ = ["StatusEntry", "daemon_document", "fetch_status", "render_daemon", "render_status"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +77,7 @@ def fetch_status(
                 owner=row.owner,
                 last_run_at=row.last_run_at,
                 last_result=row.last_status,
-                next_run_at=_next(cron, interval, tz, row.interval_anchor, now)
+                next_run_at=(row.next_run_at or _next(cron, interval, tz, row.interval_anchor, now))
                 if row.enabled
                 else None,
                 source=f"{row.source_file}:{row.source_line}" if row.source_file else None,
@@ -123,3 +126,40 @@ def render_status(entries: list[StatusEntry]) -> str:
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
     )
+
+
+def _ago(moment: datetime | None, now: datetime) -> str:
+    if moment is None:
+        return "never"
+    seconds = max(0, int((now - moment).total_seconds()))
+    return f"{_when(moment)} ({seconds} s ago)" if seconds < 3600 else _when(moment)
+
+
+def render_daemon(state: DaemonState | None, owner: str, now: datetime) -> str:
+    """The daemon's lines under the table: leader, last apply, and the config error if any."""
+    if state is None:
+        return f"daemon (owner {owner}): has never run; start it with `reconcile serve`"
+    lines = [
+        f"daemon (owner {owner}): leader {state.leader or '-'}, last seen "
+        f"{_ago(state.leader_seen_at, now)}",
+        f"  folder last applied {_ago(state.applied_at, now)}, "
+        f"last read {_ago(state.loaded_at, now)}",
+    ]
+    if state.config_error:
+        lines.append(
+            f"  config error since {_when(state.config_error_at)} (the last applied state "
+            "keeps running):"
+        )
+        lines += [f"    {line}" for line in state.config_error.splitlines()]
+    return "\n".join(lines)
+
+
+def daemon_document(state: DaemonState | None) -> dict[str, Any] | None:
+    """The daemon's state for ``--output json``; ``None`` if no daemon has run for the owner."""
+    if state is None:
+        return None
+    doc = asdict(state)
+    for key, value in doc.items():
+        if isinstance(value, datetime):
+            doc[key] = value.isoformat()
+    return doc

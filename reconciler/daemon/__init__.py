@@ -4,3 +4,5 @@
 replica keeps APScheduler armed from ``cpi_schedules``), ``working`` (the bounded pool that claims
 and runs occurrences), ``watching`` (file-system events) and ``http`` (health and metrics).
 """
+
+__all__: list[str] = []

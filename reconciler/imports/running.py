@@ -85,7 +85,7 @@ def run_schedule(
             scheduled_for=scheduled_for, started_at=started.started_at,
         )  # fmt: skip
         if not started.claimed:  # another replica owns this occurrence and its callback
-            return base
+            return replace(base, claimed=False)
         if started.status == "skipped":
             return _call_back(conn, spec, replace(base, finished_at=started.started_at), settings)
         if not spec.enabled:

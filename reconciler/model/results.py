@@ -74,6 +74,8 @@ class JobResult:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     callback: dict[str, Any] | None = field(default=None, compare=False)
+    # False when another replica had claimed this scheduled occurrence: the job is theirs.
+    claimed: bool = field(default=True, compare=False)
 
     @property
     def failed_files(self) -> tuple[FileResult, ...]:

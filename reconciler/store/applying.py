@@ -16,6 +16,7 @@ from reconciler.model.plans import Desired, Plan, make_plan
 from reconciler.store.locks import Fixed
 from reconciler.store.migrating import apply_schema, is_current
 from reconciler.store.rows import execute_plan, fetch_rows
+from reconciler.store.scheduling import notify_changed
 
 if TYPE_CHECKING:
     import psycopg
@@ -82,4 +83,6 @@ def apply_plan(
             max_deletes=max_deletes,
         )
         execute_plan(conn, plan)
+        if not plan.empty:  # delivered at commit: every replica's timer resyncs at once
+            notify_changed(conn, owner)
     return plan

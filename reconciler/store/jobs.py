@@ -32,6 +32,7 @@ from reconciler.store.liveness import (
     release_job_lock,
     take_job_lock,
 )
+from reconciler.store.locks import Named, named_key
 from reconciler.store.statistics import count_run
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ __all__ = [
     "Heartbeat",
     "ScheduleRef",
     "Started",
+    "end_worker_jobs",
     "fail_lost_job",
     "finish_job",
     "job_lock_key",
@@ -123,8 +125,31 @@ def start_job(
 ) -> Started:
     """Record a run as ``running`` (holding its lock on ``conn``), or as ``skipped`` on overlap.
 
-    ``conn`` must be an autocommit connection kept open for the whole run.
+    ``conn`` must be an autocommit connection kept open for the whole run. The decision (run,
+    skip, or claimed by another replica) is taken under a short transaction lock per schedule:
+    replicas whose timers fire the same occurrence at the same instant queue here, so none can
+    record a skip for an occurrence another one is about to run.
     """
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (named_key(Named.CLAIM, schedule.name),))
+        return _decide(conn, schedule, trigger=trigger, scheduled_for=scheduled_for)
+
+
+def _decide(
+    conn: psycopg.Connection[Any],
+    schedule: ScheduleRef,
+    *,
+    trigger: str,
+    scheduled_for: datetime | None,
+) -> Started:
+    if scheduled_for is not None and trigger == "schedule":
+        taken = conn.execute(
+            "SELECT 1 FROM cpi_jobs WHERE schedule_name = %s AND trigger = 'schedule' "
+            "AND scheduled_for = %s",
+            (schedule.name, scheduled_for),
+        ).fetchone()
+        if taken:
+            return _claimed_elsewhere(conn, schedule.name, scheduled_for)
     if take_job_lock(conn, schedule.name):
         # Nobody alive holds the lock, so every running row of this schedule is a dead run's.
         abandon(conn, schedule.name, "the process running this job stopped")
@@ -285,6 +310,25 @@ def fail_lost_job(
         ).fetchone()
     assert row is not None  # job rows are history: reconcile never deletes them
     return Ended(row[0], row[1], row[2], ours=False)
+
+
+def end_worker_jobs(conn: psycopg.Connection[Any], worker: str, error: str) -> list[str]:
+    """Record ``failed`` for the jobs ``worker`` (``host:pid``) still runs: it is about to exit.
+
+    Called over a session of its own by ``reconcile serve`` when the shutdown grace ran out;
+    each run's own session ends with the process, so its file transaction rolls back. A run
+    that ends meanwhile keeps its own record: ``finish_job`` counts it once.
+    """
+    with conn.transaction():
+        rows = conn.execute(
+            "UPDATE cpi_jobs SET status = 'failed', finished_at = now(), heartbeat_at = now(), "
+            "error = %s WHERE worker = %s AND status = 'running' "
+            "RETURNING id::text, schedule_id, started_at",
+            (error, worker),
+        ).fetchall()
+        for job_id, schedule_id, started_at in rows:
+            count_run(conn, schedule_id, job_id, started_at, new_run=1, succeeded=0, failed=1)
+    return [row[0] for row in rows]
 
 
 def record_callback(conn: psycopg.Connection[Any], job_id: str, outcome: dict[str, Any]) -> None:
