@@ -38,7 +38,9 @@ def test_serve_applies_each_edit_and_keeps_the_last_good_state_through_a_bad_one
         assert daemon.get("/healthz")[0] == 200
         assert _cron(database_url) == "0 0 1 1 *"
         stored = one(database_url, "SELECT next_run_at FROM cpi_schedules")
-        assert stored is not None and stored.month == 1 and stored.day == 1
+        assert stored is not None
+        assert stored.month == 1
+        assert stored.day == 1
 
         (folder / "sales.yaml").write_text(
             project_yaml() + schedule_yaml("nightly", cron="0 3 * * *")
@@ -56,7 +58,8 @@ def test_serve_applies_each_edit_and_keeps_the_last_good_state_through_a_bad_one
         wait_until(lambda: daemon.metric("reconcile_config_load_ok") == 0, timeout=10)
         status = cli("status")
         assert status.returncode == 0, status.stderr
-        assert "sales.yaml:" in status.stdout and "bogus" in status.stdout
+        assert "sales.yaml:" in status.stdout
+        assert "bogus" in status.stdout
         assert _cron(database_url) == "0 3 * * *"  # the last good state keeps running
         assert daemon.ready()
 

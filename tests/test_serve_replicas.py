@@ -70,7 +70,8 @@ def test_three_replicas_run_each_occurrence_once_while_the_leader_is_killed(
             (first, second),
         ).fetchall()
         per_schedule = conn.execute(
-            "SELECT count(*) FROM cpi_jobs GROUP BY schedule_name, scheduled_for HAVING count(*) > 1"
+            "SELECT count(*) FROM cpi_jobs "
+            "GROUP BY schedule_name, scheduled_for HAVING count(*) > 1"
         ).fetchall()
     assert per_schedule == []  # no occurrence ever ran twice
     assert len(rows) == 2 * SCHEDULES
@@ -116,7 +117,8 @@ def test_sigterm_during_an_import_waits_for_the_grace_then_records_the_end(
     assert (status, finished) == (ends, True)
     if ends == "failed":
         assert code == 1
-        assert "interrupted" in error and f"{grace} s" in error
+        assert "interrupted" in error
+        assert f"{grace} s" in error
         assert one(database_url, "SELECT count(*) FROM public.sales") == 0
         assert one(database_url, "SELECT count(*) FROM cpi_imported_files") == 0
         assert one(database_url, "SELECT failed_runs FROM cpi_schedules") == 1
