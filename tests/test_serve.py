@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import psycopg
@@ -144,3 +145,23 @@ def test_occurrences_missed_while_down_are_recorded_and_the_latest_runs(
     ran = [r[1] for r in rows if r[0] == "succeeded"]
     missed = [r[1] for r in rows if r[0] == "missed"]
     assert max(missed) < min(ran)
+
+
+def test_restarts_never_move_an_interval_schedules_next_run(
+    cli: Cli, folder: Path, database_url: str
+) -> None:
+    """An hourly interval counts from the anchor apply stored: restarting the daemon (twice)
+    keeps the same next run, so frequent restarts never starve it."""
+    (folder / "sales.yaml").write_text(
+        project_yaml() + schedule_yaml("nightly").replace('cron: "0 0 1 1 *"', "interval: 3600")
+    )
+    seen = []
+    for _ in range(2):
+        with Daemon(cli.cwd, cli.env) as daemon:
+            daemon.wait_ready()
+            seen.append(
+                wait_until(lambda: one(database_url, "SELECT next_run_at FROM cpi_schedules"))
+            )
+            assert daemon.stop() == 0
+    anchor = one(database_url, "SELECT interval_anchor FROM cpi_schedules")
+    assert seen[0] == seen[1] == anchor + timedelta(hours=1)

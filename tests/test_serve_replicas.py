@@ -102,7 +102,7 @@ def test_sigterm_during_an_import_waits_for_the_grace_then_records_the_end(
     )
     assert cli("apply").returncode == 0
     with psycopg.connect(database_url) as conn:  # due now: the daemon runs it at start
-        conn.execute("UPDATE cpi_schedules SET next_run_at = now() - interval '1 s'")
+        conn.execute("UPDATE cpi_schedules SET next_run_at = date_trunc('minute', now())")
     env = {**cli.env, "RECONCILER_SHUTDOWN_GRACE": str(grace)}
     with Daemon(cli.cwd, env) as daemon:
         wait_until(
@@ -112,7 +112,9 @@ def test_sigterm_during_an_import_waits_for_the_grace_then_records_the_end(
         began = time.monotonic()
         code = daemon.stop(signal.SIGTERM)
         assert time.monotonic() - began < grace + 10
-    job = one(database_url, "SELECT row(status, error, finished_at IS NOT NULL) FROM cpi_jobs")
+    with psycopg.connect(database_url) as conn:
+        job = conn.execute("SELECT status, error, finished_at IS NOT NULL FROM cpi_jobs").fetchone()
+    assert job is not None
     status, error, finished = job
     assert (status, finished) == (ends, True)
     if ends == "failed":
