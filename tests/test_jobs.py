@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -16,6 +19,7 @@ from reconciler.store.history import job_history
 from reconciler.store.jobs import (
     Heartbeat,
     ScheduleRef,
+    end_worker_jobs,
     fail_lost_job,
     finish_job,
     job_lock_key,
@@ -274,3 +278,47 @@ def test_history_outlives_the_schedule(
     history = job_history(session, NAME, limit=10)
     assert [j["status"] for j in history] == ["succeeded", "failed"]
     assert len(job_history(session, NAME, limit=1)) == 1
+
+
+def test_replicas_firing_one_occurrence_at_once_run_it_once_and_skip_nothing(
+    database_url: str, schedule: ScheduleRef
+) -> None:
+    """Eight sessions claim one occurrence at the same instant: one runs, none records a skip
+    (the decision is taken under the claim lock, not between the run lock and the insert)."""
+    at = datetime(2026, 12, 1, 5, 0, tzinfo=UTC)
+    sessions = [psycopg.connect(database_url, autocommit=True) for _ in range(8)]
+    barrier = threading.Barrier(len(sessions))
+    results: list[Any] = []
+
+    def claim(conn: psycopg.Connection[Any]) -> None:
+        barrier.wait()
+        results.append(start_job(conn, schedule, trigger="schedule", scheduled_for=at))
+
+    threads = [threading.Thread(target=claim, args=(c,)) for c in sessions]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+    finally:
+        for conn in sessions:
+            conn.close()
+    assert sorted(r.claimed for r in results) == [False] * 7 + [True]
+    assert [(j["status"], j["scheduled_for"]) for j in jobs(database_url)] == [("running", at)]
+
+
+def test_a_shutdown_ends_its_own_running_jobs_and_the_run_counts_once(
+    database_url: str, schedule: ScheduleRef, session: psycopg.Connection[Any]
+) -> None:
+    """A shutdown fails this worker's running jobs only; a finish arriving after counts once."""
+    started = start_job(session, schedule, trigger="manual")
+    other = _insert_running(database_url, ScheduleRef(None, "other", None, None))
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("UPDATE cpi_jobs SET worker = 'elsewhere:1' WHERE id = %s", (other,))
+        ended = end_worker_jobs(conn, f"{socket.gethostname()}:{os.getpid()}", "interrupted")
+    assert ended == [started.id]
+    assert _stats(database_url)[:3] == (1, 0, 1)
+    finish_job(session, schedule, started, status="succeeded", files=(), error=None)
+    assert _stats(database_url)[:3] == (1, 1, 0)
+    assert [(str(j["id"]), j["status"]) for j in jobs(database_url)] == [(started.id, "succeeded")]
+    assert [j["status"] for j in jobs(database_url, "other")] == ["running"]
