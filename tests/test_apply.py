@@ -117,7 +117,8 @@ def test_update_and_run_statistics_never_diff(cli: Cli, database_url: str) -> No
 
 
 def test_a_new_or_retimed_schedule_is_anchored_at_apply(cli: Cli, database_url: str) -> None:
-    """Create or a change of timing: interval_anchor = now(), next_run_at cleared; else kept."""
+    """Create or a change of timing: interval_anchor = now(), next_run_at cleared; disabling
+    clears next_run_at only; any other change keeps both."""
     folder = seed(cli)
     assert cli("apply").returncode == 0
     timing = "SELECT interval_anchor, next_run_at FROM cpi_schedules WHERE name = 's0'"
@@ -131,6 +132,10 @@ def test_a_new_or_retimed_schedule_is_anchored_at_apply(cli: Cli, database_url: 
     write(folder, "s0.yaml", same + "  callback_url: https://hooks.example.com/s0\n")
     assert "~ Schedule s0" in cli("apply").stdout
     assert rows(database_url, timing) == [(anchor, planned)]
+
+    write(folder, "s0.yaml", same + "  enabled: false\n")  # its disabled time holds no missed runs
+    assert "~ Schedule s0" in cli("apply").stdout
+    assert rows(database_url, timing) == [(anchor, None)]
 
     write(folder, "s0.yaml", SCHEDULE.format(name="s0", project="sales", cron="30 6 * * *"))
     assert "~ Schedule s0" in cli("apply").stdout

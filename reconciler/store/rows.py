@@ -174,8 +174,9 @@ UPDATE cpi_projects p SET spec = x.spec, owner = x.owner, source_file = x.source
 FROM {_RECORDSET}{_PROJECT_COLS} WHERE p.name = x.name
 """
 # A new schedule's interval cadence counts from the apply that creates it, and so does a change of
-# timing; next_run_at is left for the scheduler to compute. Any other change keeps both, so a
-# reconcile that leaves the timing alone never moves the next run.
+# timing; next_run_at is left for the scheduler to compute (also when a schedule is disabled or
+# enabled again: the time it spent disabled holds no missed runs). Any other change keeps both, so
+# a reconcile that leaves the timing alone never moves the next run.
 _INSERT_SCHEDULES = f"""
 INSERT INTO cpi_schedules (name, project_id, schedule_type, cron_expression, interval_seconds,
     timezone, enabled, callback_url, sftp_override, local_files, misfire_grace_seconds, owner,
@@ -195,7 +196,8 @@ UPDATE cpi_schedules s SET project_id = p.id, schedule_type = x.schedule_type,
     misfire_grace_seconds = x.misfire_grace_seconds, owner = x.owner,
     source_file = x.source_file, source_line = x.source_line, spec_hash = x.spec_hash,
     interval_anchor = CASE WHEN {_SAME_TIMING} THEN s.interval_anchor ELSE now() END,
-    next_run_at = CASE WHEN {_SAME_TIMING} THEN s.next_run_at END,
+    next_run_at = CASE WHEN {_SAME_TIMING} AND coalesce(s.enabled, true) = x.enabled
+        THEN s.next_run_at END,
     updated_at = now()
 FROM {_RECORDSET}{_SCHEDULE_COLS} JOIN cpi_projects p ON p.name = x.project
 WHERE s.name = x.name
