@@ -37,6 +37,9 @@ _COMMANDS: dict[str, str] = {
     "serve": "reconciler.daemon.serving:serve",
 }
 
+# Output formats beyond text and json, and the commands that write them.
+_SPECIAL_OUTPUTS = {"github": ("validate",), "markdown": ("plan", "apply")}
+
 # Commands that never log: skipping structlog's import (and asyncio's, through it) keeps CI's
 # `reconcile validate` start-up about 0.1 s shorter.
 _SILENT = frozenset({"validate", "schema"})
@@ -50,7 +53,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output", "-o", choices=("text", "json"), help="output format")
+    parser.add_argument(
+        "--output",
+        "-o",
+        choices=("text", "json", "github", "markdown"),
+        help="output format: text, json; github (validate), markdown (plan, apply)",
+    )
     parser.add_argument("--no-color", action="store_true", help="never colour the output")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     parser.add_argument("--log-level", help="debug, info, warning or error")
@@ -79,6 +87,16 @@ def _apply_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--adopt", action="store_true", help="take ownership of existing rows whose names clash"
+    )
+    parser.add_argument(
+        "--against",
+        metavar="DIR",
+        help="plan offline against another schedules folder (the main branch), no database",
+    )
+    parser.add_argument(
+        "--plan-file",
+        metavar="FILE",
+        help="with --output markdown: where the whole plan is saved (default reconcile-plan.md)",
     )
 
 
@@ -162,6 +180,15 @@ def _settings(args: argparse.Namespace) -> Settings:
     )
 
 
+def _check_output(command: str, output_format: str) -> None:
+    commands = _SPECIAL_OUTPUTS.get(output_format)
+    if commands is not None and command not in commands:
+        which = " and ".join(f"`reconcile {c}`" for c in commands)
+        raise UsageError(
+            f"--output {output_format} is for {which}; `reconcile {command}` writes text or json"
+        )
+
+
 def _resolve(command: str) -> Callable[[argparse.Namespace, Settings], int]:
     module, _, function = _COMMANDS[command].partition(":")
     handler: Callable[[argparse.Namespace, Settings], int] = getattr(
@@ -214,6 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(arguments)
         command = args.command or ("plan" if args.dry_run else "apply")
         settings = _settings(args)
+        _check_output(command, settings.output)
         if command not in _SILENT:
             from reconciler import logs
 

@@ -23,10 +23,10 @@ __all__ = ["DEFAULT_OWNER", "MAX_IMPORT_WORKERS", "Settings", "load_settings"]
 DEFAULT_OWNER = "reconcile"
 MAX_IMPORT_WORKERS = 64  # each is a connection to the target database (default limit: 100)
 LogFormat = Literal["json", "console"]
-OutputFormat = Literal["text", "json"]
+OutputFormat = Literal["text", "json", "github", "markdown"]
 _LOG_FORMATS = ("json", "console")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
-_OUTPUTS = ("text", "json")
+_OUTPUTS = ("text", "json", "github", "markdown")
 # reconcile serve's numbers: setting, variable, default, lowest, highest.
 _DAEMON_NUMBERS = (
     ("concurrent_runs", "RECONCILER_CONCURRENT_RUNS", 8, 1, 256),

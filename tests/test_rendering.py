@@ -1,14 +1,21 @@
-"""Rendering a plan: credentials in URLs never reach a plan, in text or JSON."""
+"""Rendering a plan: credentials masked, the next runs of a timing change, the PR comment."""
 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from reconciler.model.plans import Kind, Row, make_plan, schedule_fields
-from reconciler.model.rendering import plan_document, render_plan
+from reconciler.model.rendering import (
+    COMMENT_LIMIT,
+    MARKER,
+    plan_document,
+    render_markdown,
+    render_plan,
+)
 
 OWNER = "reconcile"
 
@@ -55,3 +62,75 @@ def test_deleted_rows_and_plain_urls_are_unchanged() -> None:
     plan = make_plan([schedule("s", kept)], [], owner=OWNER)
     assert f'callback_url: "{kept}"' in render_plan(plan)
     assert plan_document(plan)["changes"][0]["desired"]["callback_url"] == kept
+
+
+NOW = datetime(2026, 12, 1, 3, 0, tzinfo=UTC)
+
+
+def _timed(name: str, cron: str | None, interval: int | None = None, tz: str = "UTC") -> Row:
+    fields = schedule_fields(
+        project="p", cron=cron, interval_seconds=interval, timezone=tz, enabled=True,
+        callback_url=None, sftp_override=None, local_files=None, misfire_grace_seconds=300,
+    )  # fmt: skip
+    return Row(Kind.SCHEDULE, name, fields, OWNER, "a.yaml", 1)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line"),
+    [
+        pytest.param(
+            _timed("s", "0 5 * * *"), _timed("s", "30 11 * * *"),
+            "next: 2026-12-01 05:00 UTC, 2026-12-02 05:00 UTC"
+            " -> 2026-12-01 11:30 UTC, 2026-12-02 11:30 UTC",
+            id="cron",
+        ),
+        pytest.param(
+            _timed("s", "0 5 * * *"), _timed("s", "0 5 * * *", tz="Europe/Berlin"),
+            "next: 2026-12-01 05:00 UTC, 2026-12-02 05:00 UTC"
+            " -> 2026-12-01 04:00 UTC, 2026-12-02 04:00 UTC",
+            id="time-zone",
+        ),
+        pytest.param(
+            _timed("s", "0 5 * * *"), _timed("s", None, 7200),
+            "next: 2026-12-01 05:00 UTC, 2026-12-02 05:00 UTC"
+            " -> 2026-12-01 05:00 UTC, 2026-12-01 07:00 UTC",
+            id="cron-to-interval",
+        ),
+    ],
+)  # fmt: skip
+def test_a_timing_change_shows_the_next_two_runs_before_and_after(
+    old: Row, new: Row, line: str
+) -> None:
+    """The plan says what a changed cron, interval or time zone does to the next runs."""
+    text = render_plan(make_plan([new], [old], owner=OWNER), now=NOW)
+    assert f"      {line}" in text.splitlines()
+
+
+def test_other_changes_show_no_next_runs() -> None:
+    """A change that leaves the timing alone shows no next-run line."""
+    old = _timed("s", "0 5 * * *")
+    new = Row(old.kind, old.name, {**old.fields, "enabled": False}, OWNER, "a.yaml", 1)
+    assert "next:" not in render_plan(make_plan([new], [old], owner=OWNER), now=NOW)
+
+
+def test_the_markdown_plan_carries_the_marker_and_is_cut_under_the_limit() -> None:
+    """A pull-request comment: hidden marker, diff block, cut at a line under the limit."""
+    rows = [_timed(f"schedule-{i:05}", "0 5 * * *") for i in range(3000)]
+    plan = make_plan(rows, [], owner=OWNER)
+    whole = render_markdown(plan, now=NOW)
+    assert whole.startswith(MARKER + "\n")
+    assert "+ Schedule schedule-02999" in whole
+    cut = render_markdown(plan, now=NOW, limit=COMMENT_LIMIT, saved_as="plan.md")
+    assert len(whole) > COMMENT_LIMIT > len(cut)
+    assert cut.startswith(MARKER + "\n")
+    assert "```diff\n+ Schedule schedule-00000" in cut
+    assert cut.rstrip().endswith("The whole plan is saved as `plan.md`._")
+    assert "\n```\n\n_Plan truncated: " in cut
+
+
+def test_the_markdown_fence_outgrows_backticks_in_values() -> None:
+    """A value holding a fence cannot close the comment's code block early."""
+    row = _timed("s", "0 5 * * *")
+    row = Row(row.kind, row.name, {**row.fields, "callback_url": "https://h/````"}, OWNER)
+    text = render_markdown(make_plan([row], [], owner=OWNER), now=NOW)
+    assert "`````diff\n" in text

@@ -15,6 +15,7 @@ from reconciler.errors import EXIT_ERROR, EXIT_OK
 from reconciler.settings import Settings
 
 if TYPE_CHECKING:
+    from reconciler.errors import Finding
     from reconciler.model.loading import Loaded
 
 __all__ = ["schema", "validate"]
@@ -30,7 +31,10 @@ def validate(args: argparse.Namespace, settings: Settings) -> int:
     if settings.output == "json":
         emit_json("ValidationResult", _result(loaded, folder.as_posix()))
         return EXIT_OK if loaded.ok else EXIT_ERROR
-    out = [f"{finding}\n" for finding in loaded.findings]
+    if settings.output == "github":
+        out = [_annotation(finding) for finding in loaded.findings]
+    else:
+        out = [f"{finding}\n" for finding in loaded.findings]
     if loaded.ok:
         files = _plural(len(loaded.files), "file")
         summary = f"{files}, {_plural(len(loaded.documents), 'document')}: valid"
@@ -62,6 +66,24 @@ def _result(loaded: Loaded, root: str) -> dict[str, Any]:
             for f in loaded.findings
         ],
     }
+
+
+def _escape(text: str, *, property_value: bool = False) -> str:
+    """Workflow-command escaping: ``%``, CR and LF always; ``:`` and ``,`` in properties."""
+    text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    if property_value:
+        text = text.replace(":", "%3A").replace(",", "%2C")
+    return text
+
+
+def _annotation(finding: Finding) -> str:
+    """``::error file=...,line=...,col=...::message``, shown on the pull request's diff."""
+    where = f"file={_escape(finding.path, property_value=True)}"
+    if finding.line:
+        where += f",line={finding.line}"
+    if finding.column:
+        where += f",col={finding.column}"
+    return f"::error {where},title=reconcile validate::{_escape(finding.message)}\n"
 
 
 def _plural(count: int, noun: str) -> str:

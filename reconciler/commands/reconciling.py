@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 from reconciler.commands.output import emit_json
-from reconciler.errors import EXIT_CHANGES, EXIT_OK
+from reconciler.errors import EXIT_CHANGES, EXIT_OK, GuardRefused, UsageError
 from reconciler.logs import get_logger
-from reconciler.model.plans import Plan
-from reconciler.model.rendering import plan_document, render_plan
+from reconciler.model.plans import Desired, Plan, make_plan
+from reconciler.model.rendering import COMMENT_LIMIT, plan_document, render_markdown, render_plan
 from reconciler.reading import load_desired
 from reconciler.settings import Settings
 
@@ -23,26 +24,48 @@ __all__ = ["apply", "export", "plan", "status"]
 _log = get_logger("reconciler.commands")
 
 
-def _print_plan(plan: Plan, settings: Settings, kind: str) -> None:
+def _print_plan(plan: Plan, args: argparse.Namespace, settings: Settings, kind: str) -> None:
+    now = datetime.now(UTC)
     if settings.output == "json":
         emit_json(kind, plan_document(plan))
+    elif settings.output == "markdown":
+        path = Path(getattr(args, "plan_file", None) or "reconcile-plan.md")
+        whole = render_markdown(plan, now=now)
+        try:
+            path.write_text(whole, encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"cannot save the plan to {path}: {exc.strerror}") from None
+        sys.stdout.write(render_markdown(plan, now=now, limit=COMMENT_LIMIT, saved_as=str(path)))
     else:
-        sys.stdout.write(render_plan(plan, color=settings.color) + "\n")
+        sys.stdout.write(render_plan(plan, color=settings.color, now=now) + "\n")
 
 
 def plan(args: argparse.Namespace, settings: Settings) -> int:
-    """Print the plan and change nothing."""
+    """Print the plan and change nothing; with ``--against DIR``, offline against that folder."""
     from reconciler.store.applying import plan_against, refuse_if_blocked
-    from reconciler.store.connecting import open_store
 
     desired = load_desired(settings.schedules_dir, owner=settings.owner)
-    with open_store(settings, migrate=False) as conn:
-        result = plan_against(conn, desired, owner=settings.owner, adopt=_flag(args, "adopt"))
-    _print_plan(result, settings, "Plan")
+    against = getattr(args, "against", None)
+    if against:
+        result = make_plan(desired.rows, _base(Path(against), settings).rows, owner=settings.owner)
+    else:
+        from reconciler.store.connecting import open_store
+
+        with open_store(settings, migrate=False) as conn:
+            result = plan_against(conn, desired, owner=settings.owner, adopt=_flag(args, "adopt"))
+    _print_plan(result, args, settings, "Plan")
     refuse_if_blocked(result)
     if _flag(args, "detailed_exitcode") and not result.empty:
         return EXIT_CHANGES
     return EXIT_OK
+
+
+def _base(folder: Path, settings: Settings) -> Desired:
+    """The folder planned against, read as if it were applied."""
+    try:
+        return load_desired(folder, owner=settings.owner)
+    except GuardRefused as exc:
+        raise UsageError(f"cannot plan against {folder}: {exc.message}") from None
 
 
 def apply(args: argparse.Namespace, settings: Settings) -> int:
@@ -50,6 +73,10 @@ def apply(args: argparse.Namespace, settings: Settings) -> int:
     from reconciler.store.applying import apply_plan
     from reconciler.store.connecting import open_store
 
+    if getattr(args, "against", None):
+        raise UsageError(
+            "--against only plans (`reconcile plan --against DIR`); apply needs the database"
+        )
     desired = load_desired(settings.schedules_dir, owner=settings.owner)
     with open_store(settings) as conn:
         result = apply_plan(
@@ -60,8 +87,8 @@ def apply(args: argparse.Namespace, settings: Settings) -> int:
             allow_empty=_flag(args, "allow_empty"),
             max_deletes=settings.max_deletes,
         )
-    _print_plan(result, settings, "AppliedPlan")
-    if settings.output != "json" and not result.empty:
+    _print_plan(result, args, settings, "AppliedPlan")
+    if settings.output == "text" and not result.empty:
         sys.stdout.write("Apply complete.\n")
     _log.info("applied", changes=len(result.changes), owner=settings.owner)
     if _flag(args, "detailed_exitcode") and not result.empty:

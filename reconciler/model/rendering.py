@@ -10,11 +10,26 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from reconciler.model.plans import Change, Op, Plan, flatten_fields
+from reconciler.model.timing import next_fire_times
 
-__all__ = ["plan_document", "plan_summary", "render_plan"]
+__all__ = [
+    "COMMENT_LIMIT",
+    "MARKER",
+    "plan_document",
+    "plan_summary",
+    "render_markdown",
+    "render_plan",
+]
+
+# GitHub refuses comments over 65,536 characters; stay clear of it, marker and notes included.
+COMMENT_LIMIT = 65_000
+# Hidden in the rendered comment: a workflow finds its earlier comment by it and edits it in place.
+MARKER = "<!-- reconcile-plan -->"
 
 _SYMBOL = {Op.CREATE: "+", Op.UPDATE: "~", Op.DELETE: "-"}
 _COLOR = {Op.CREATE: "32", Op.UPDATE: "33", Op.DELETE: "31"}
@@ -51,7 +66,39 @@ def _flat_fields(change: Change) -> list[tuple[str, Any]]:
     return [(k[1:], v) for k, v in sorted(flat.items()) if v is not None]
 
 
-def _render_change(change: Change, color: bool) -> list[str]:
+_TIMING = ("schedule_type", "cron_expression", "interval_seconds", "timezone")
+
+
+def _next_two(fields: Mapping[str, Any], now: datetime) -> str:
+    """The next two fire times of a schedule's timing, ``?`` when it cannot be read."""
+    try:
+        times = next_fire_times(
+            cron=fields.get("cron_expression"),
+            interval_seconds=fields.get("interval_seconds"),
+            timezone=fields.get("timezone") or "UTC",
+            after=now,
+            count=2,
+        )
+    except (ValueError, TypeError):  # a row edited by hand into timing nobody can read
+        return "?"
+    return ", ".join(t.strftime("%Y-%m-%d %H:%M UTC") for t in times) or "never"
+
+
+def _timing_line(change: Change, now: datetime | None) -> list[str]:
+    """``next: before -> after`` for an update that changes when a schedule fires.
+
+    An interval is counted from ``now`` on both sides: apply anchors a new timing at apply time.
+    """
+    if now is None or change.desired is None or change.actual is None:
+        return []
+    if not any(d.field in _TIMING for d in change.diffs):
+        return []
+    before = _next_two(change.actual.fields, now)
+    after = _next_two(change.desired.fields, now)
+    return [f"      next: {before} -> {after}"]
+
+
+def _render_change(change: Change, color: bool, now: datetime | None = None) -> list[str]:
     symbol = _paint(_SYMBOL[change.op], _COLOR[change.op], color)
     where = change.location
     if change.op is Op.DELETE and where:
@@ -73,6 +120,7 @@ def _render_change(change: Change, color: bool) -> list[str]:
         lines += [f"      {k}: {_value(v)}" for k, v in _flat_fields(change)]
     elif change.op is Op.UPDATE:
         lines += [f"      {d.field}: {_value(d.old)} -> {_value(d.new)}" for d in change.diffs]
+        lines += _timing_line(change, now)
     return lines
 
 
@@ -86,11 +134,14 @@ def plan_summary(plan: Plan) -> str:
     )
 
 
-def render_plan(plan: Plan, *, color: bool = False) -> str:
-    """The plan as text: one block per change, sorted, then the summary line."""
+def render_plan(plan: Plan, *, color: bool = False, now: datetime | None = None) -> str:
+    """The plan as text: one block per change, sorted, then the summary line.
+
+    With ``now``, a change of timing also shows the next two fire times before and after it.
+    """
     lines: list[str] = []
     for change in plan.changes:
-        lines += _render_change(change, color)
+        lines += _render_change(change, color, now)
     for conflict in plan.conflicts:
         lines.append(f"  ! {conflict}: exists and is not owned by {plan.owner!r} (use --adopt)")
     for error in plan.errors:
@@ -130,3 +181,48 @@ def plan_document(plan: Plan) -> dict[str, Any]:
         "conflicts": list(plan.conflicts),
         "errors": list(plan.errors),
     }
+
+
+def _diff_line(line: str) -> str:
+    line = line.removeprefix("  ")
+    return "!" + line[1:] if line.startswith("~ ") else line
+
+
+def _fence(text: str) -> str:
+    """A code fence longer than any run of backticks in ``text``."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    return "`" * max(3, longest + 1)
+
+
+def render_markdown(
+    plan: Plan, *, now: datetime | None = None, limit: int | None = None, saved_as: str = ""
+) -> str:
+    """The plan as a pull-request comment: the marker, the summary, the plan in a diff block.
+
+    With ``limit``, the comment is cut at a line boundary so that the whole of it, notes and
+    closing fence included, stays under ``limit`` characters, and it says where the whole plan
+    was saved (``saved_as``).
+    """
+    body = render_plan(plan, now=now)
+    # Unindented, so the diff highlighting colours "+" and "-"; "~" becomes "!" (highlighted too).
+    lines = [_diff_line(line) for line in body.splitlines()]
+    fence = _fence(body)
+    head = f"{MARKER}\n### reconcile plan\n\n**{plan_summary(plan)}**\n\n{fence}diff\n"
+    tail = f"\n{fence}\n"
+    text = "\n".join(lines)
+    if limit is None or len(head) + len(text) + len(tail) <= limit:
+        return head + text + tail
+    where = f" The whole plan is saved as `{saved_as}`." if saved_as else ""
+
+    def note(shown: int) -> str:
+        return f"\n_Plan truncated: {shown} of {len(lines)} lines shown.{where}_\n"
+
+    room = limit - len(head) - len(tail) - len(note(len(lines)))
+    kept: list[str] = []
+    used = 0
+    for line in lines:
+        if used + len(line) + 1 > room:
+            break
+        kept.append(line)
+        used += len(line) + 1
+    return head + "\n".join(kept) + tail + note(len(kept))

@@ -1,0 +1,98 @@
+"""What a pull request's CI runs: GitHub annotations, an offline plan between two folders, and a
+plan as a pull-request comment. None of these needs the database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import Cli
+from daemons import project_yaml, schedule_yaml
+
+# Nothing listens here: a command that reached for the database would fail.
+NO_DATABASE = {"RECONCILER_DATABASE_URL": "postgresql://nobody@127.0.0.1:9/none?connect_timeout=1"}
+
+
+@pytest.fixture
+def offline(cli_env: dict[str, str], tmp_path: Path) -> Cli:
+    """The CLI in ``tmp_path`` with a database URL that nothing answers."""
+    return Cli({**cli_env, **NO_DATABASE}, tmp_path)
+
+
+def _folder(root: Path, name: str, cron: str = "0 5 * * *", extra: str = "") -> Path:
+    folder = root / name
+    folder.mkdir()
+    (folder / "sales.yaml").write_text(project_yaml() + schedule_yaml("nightly", cron=cron) + extra)
+    return folder
+
+
+def test_validate_prints_github_annotations(offline: Cli, tmp_path: Path) -> None:
+    """Each finding is an ``::error file=,line=,col=::`` line; ``,`` and ``:`` in the path are
+    escaped; the exit code is 1."""
+    folder = tmp_path / "schedules.d"
+    folder.mkdir()
+    (folder / "a,b.yaml").write_text(project_yaml() + schedule_yaml("x", cron="0 0 31 2 *"))
+    done = offline("validate", "--output", "github", str(folder))
+    assert done.returncode == 1
+    first = done.stdout.splitlines()[0]
+    assert first == (
+        f"::error file={folder.as_posix().replace(':', '%3A')}/a%2Cb.yaml,line=17,col=9,"
+        "title=reconcile validate::spec.cron: '0 0 31 2 *' never fires (February has no 31st)"
+    )
+
+
+def test_github_output_is_only_for_validate(offline: Cli) -> None:
+    """Asked of another command, ``--output github`` is a usage error naming validate."""
+    done = offline("status", "--output", "github")
+    assert done.returncode == 1
+    assert "--output github is for `reconcile validate`" in done.stderr
+
+
+def test_plan_against_another_folder_needs_no_database(offline: Cli, tmp_path: Path) -> None:
+    """The main branch's folder stands in for the database: the change and its next runs show."""
+    base = _folder(tmp_path, "main")
+    head = _folder(tmp_path, "head", cron="30 11 * * *")
+    done = offline("plan", "--dir", str(head), "--against", str(base), "--detailed-exitcode")
+    assert done.returncode == 2, done.stderr
+    assert '      cron_expression: "0 5 * * *" -> "30 11 * * *"' in done.stdout
+    assert "      next: " in done.stdout
+    assert done.stdout.rstrip().endswith("Plan: 0 to create, 1 to update, 0 to delete.")
+    same = offline("--dry-run", "--dir", str(base), "--against", str(base))
+    assert (same.returncode, same.stdout) == (0, "No changes.\n")
+
+
+def test_plan_against_a_broken_folder_says_which(offline: Cli, tmp_path: Path) -> None:
+    """A folder to plan against that does not load is an error naming it, not a plan."""
+    head = _folder(tmp_path, "head")
+    base = _folder(tmp_path, "main", extra="  bogus: 1\n")
+    done = offline("plan", "--dir", str(head), "--against", str(base))
+    assert done.returncode == 1
+    assert f"cannot plan against {base}" in done.stderr
+    assert "bogus" in done.stderr
+    assert offline("apply", "--dir", str(head), "--against", str(base)).returncode == 1
+
+
+def test_the_markdown_plan_is_a_comment_and_the_whole_plan_is_saved(
+    offline: Cli, tmp_path: Path
+) -> None:
+    """``--output markdown`` prints the comment under 65,000 characters and saves the whole
+    plan, which is longer, to ``--plan-file``."""
+    base = tmp_path / "main"
+    base.mkdir()
+    (base / "p.yaml").write_text(project_yaml())
+    head = tmp_path / "head"
+    head.mkdir()
+    many = "".join(schedule_yaml(f"schedule-{i:05}") for i in range(2500))
+    (head / "all.yaml").write_text(project_yaml() + many)
+    saved = tmp_path / "whole.md"
+    done = offline(
+        "--dry-run", "--dir", str(head), "--against", str(base),
+        "--output", "markdown", "--plan-file", str(saved),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("<!-- reconcile-plan -->\n")
+    assert len(done.stdout) < 65_000
+    assert f"saved as `{saved}`" in done.stdout
+    whole = saved.read_text()
+    assert "+ Schedule schedule-02499" in whole
+    assert len(whole) > 65_000
