@@ -145,7 +145,14 @@ PINNED: dict[str, list[str]] = {
         "schedule_fields",
         "spec_hash",
     ],
-    "reconciler.model.rendering": ["plan_document", "plan_summary", "render_plan"],
+    "reconciler.model.rendering": [
+        "COMMENT_LIMIT",
+        "MARKER",
+        "plan_document",
+        "plan_summary",
+        "render_markdown",
+        "render_plan",
+    ],
     "reconciler.model.results": ["FileResult", "FileStatus", "JobResult", "JobStatus"],
     "reconciler.model.scalars": [
         "MAX_DIGITS",
