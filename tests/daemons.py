@@ -68,12 +68,19 @@ def schedule_yaml(
 class Daemon:
     """One ``python -m reconciler serve`` process with its own HTTP port and log file."""
 
-    def __init__(self, cwd: Path, env: dict[str, str], *, name: str = "serve") -> None:
+    def __init__(
+        self,
+        cwd: Path,
+        env: dict[str, str],
+        *,
+        name: str = "serve",
+        command: list[str] | None = None,
+    ) -> None:
         self.port = _free_port()
         self.log_path = cwd / f"{name}-{self.port}.log"
         self._log: IO[str] = self.log_path.open("w")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "reconciler", "serve"],
+            [*(command or [sys.executable, "-m", "reconciler"]), "serve"],
             cwd=cwd,
             env={**env, "RECONCILER_HTTP_ADDRESS": f"127.0.0.1:{self.port}"},
             stdout=subprocess.DEVNULL,
