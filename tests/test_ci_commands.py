@@ -96,3 +96,24 @@ def test_the_markdown_plan_is_a_comment_and_the_whole_plan_is_saved(
     whole = saved.read_text()
     assert "+ Schedule schedule-02499" in whole
     assert len(whole) > 65_000
+
+
+def test_the_pre_commit_hook_runs_validate(offline: Cli, tmp_path: Path) -> None:
+    """The hook's entry validates the folder: 0 when valid, 1 with the findings when not."""
+    import shlex
+
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent
+    (hook,) = yaml.safe_load((root / ".pre-commit-hooks.yaml").read_text())
+    assert (hook["id"], hook["pass_filenames"], hook["language"]) == (
+        "reconcile-validate", False, "python",
+    )  # fmt: skip
+    program, *args = shlex.split(hook["entry"])
+    assert program == "reconcile"
+    _folder(tmp_path, "schedules.d")
+    assert offline(*args).returncode == 0
+    (tmp_path / "schedules.d" / "bad.yaml").write_text("kind: Nope\n")
+    failed = offline(*args)
+    assert failed.returncode == 1
+    assert "bad.yaml:1:" in failed.stdout

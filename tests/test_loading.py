@@ -12,6 +12,7 @@ from reconciler.model.parsing import MAX_DEPTH, MAX_NODES
 from reconciler.model.specs import ProjectDocument, ScheduleDocument
 
 EXAMPLES = Path(__file__).parent.parent / "schedules.d"
+SFTP_EXAMPLE = Path(__file__).parent.parent / "examples" / "sftp" / "customers.yaml"
 
 PROJECT = """\
 apiVersion: reconciler/v1
@@ -319,7 +320,8 @@ def test_documents_remember_where_they_start() -> None:
 
 
 def test_example_folder_is_valid() -> None:
-    """The shipped schedules.d is valid and declares the original API's two schedules."""
+    """The shipped schedules.d is valid: the original API's daily schedule and the quickstart's;
+    the SFTP example (the original's other schedule) is valid on its own."""
     files = sorted((p.name, p.read_bytes()) for p in EXAMPLES.glob("*.yaml"))
     loaded = load_files(files)
     assert loaded.ok, [str(f) for f in loaded.findings]
@@ -328,10 +330,13 @@ def test_example_folder_is_valid() -> None:
         for d in loaded.documents
         if isinstance(d.document, ScheduleDocument)
     }
-    assert set(schedules) == {"daily-sales-import", "hourly-customer-import"}
-    assert schedules["hourly-customer-import"].spec.interval == 7200
+    assert set(schedules) == {"daily-sales-import", "quickstart-sales-import"}
     assert schedules["daily-sales-import"].spec.timezone == "America/New_York"
     assert any(isinstance(d.document, ProjectDocument) for d in loaded.documents)
+    sftp = load_files([("customers.yaml", SFTP_EXAMPLE.read_bytes())])
+    assert sftp.ok, [str(f) for f in sftp.findings]
+    (schedule,) = [d.document for d in sftp.documents if isinstance(d.document, ScheduleDocument)]
+    assert (schedule.metadata.name, schedule.spec.interval) == ("hourly-customer-import", 7200)
 
 
 def _billion_laughs() -> bytes:

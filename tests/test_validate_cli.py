@@ -43,7 +43,7 @@ def folder(tmp_path: Path) -> Path:
 def test_valid_folder_exits_0_with_a_summary(cli_env: dict[str, str], folder: Path) -> None:
     """A valid folder prints only the summary line and exits 0."""
     done = run(cli_env, folder.parent, "validate", str(folder))
-    assert (done.returncode, done.stdout, done.stderr) == (0, "2 files, 4 documents: valid\n", "")
+    assert (done.returncode, done.stdout, done.stderr) == (0, "1 file, 3 documents: valid\n", "")
 
 
 def test_invalid_folder_lists_every_finding_and_exits_1(
@@ -73,7 +73,7 @@ def test_json_output_shape(cli_env: dict[str, str], folder: Path) -> None:
         "ValidationResult",
         False,
     )
-    assert result["files"] == ["bad.yaml", "customers.yaml", "sales.yaml"]
+    assert result["files"] == ["bad.yaml", "sales.yaml"]
     assert {"kind": "Schedule", "name": "daily-sales-import", "source": "sales.yaml"}.items() <= (
         next(d for d in result["documents"] if d["name"] == "daily-sales-import").items()
     )
@@ -92,7 +92,7 @@ def test_valid_json_exits_0(cli_env: dict[str, str], folder: Path) -> None:
     done = run(cli_env, folder.parent, "validate", "-o", "json", str(folder))
     result = json.loads(done.stdout)
     assert (done.returncode, result["valid"], result["findings"]) == (0, True, [])
-    assert len(result["documents"]) == 4
+    assert len(result["documents"]) == 3
 
 
 DEFAULTS = [
@@ -110,7 +110,7 @@ def test_folder_defaults(
     if env or before:
         folder.rename(folder.parent / "elsewhere")
     done = run({**cli_env, **env}, folder.parent, *before, "validate")
-    assert (done.returncode, done.stdout) == (0, "2 files, 4 documents: valid\n")
+    assert (done.returncode, done.stdout) == (0, "1 file, 3 documents: valid\n")
 
 
 def test_missing_folder_is_an_error(cli_env: dict[str, str], tmp_path: Path) -> None:
