@@ -16,7 +16,7 @@ from typing import IO, Any, TypeVar
 
 import psycopg
 
-__all__ = ["Daemon", "one", "project_yaml", "schedule_yaml", "wait_until"]
+__all__ = ["Daemon", "free_port", "one", "project_yaml", "schedule_yaml", "wait_until"]
 
 T = TypeVar("T")
 
@@ -33,7 +33,7 @@ def wait_until(check: Callable[[], T], *, timeout: float = 30, what: str = "") -
         time.sleep(0.1)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
@@ -76,7 +76,7 @@ class Daemon:
         name: str = "serve",
         command: list[str] | None = None,
     ) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.log_path = cwd / f"{name}-{self.port}.log"
         self._log: IO[str] = self.log_path.open("w")
         self.process = subprocess.Popen(
