@@ -549,6 +549,36 @@ def bench_scale(admin: str, work: Path, files: int, per_file: int, report: Repor
 # --- 3. 100 schedules due in one minute -----------------------------------------------------
 
 
+def report_due(
+    rows: list[tuple[Any, ...]], count: int, duplicates: int | None, part: str, report: Report
+) -> float | None:
+    """Report one occurrence's jobs; their p99 lateness, ``None`` when jobs are missing."""
+    late = [r[1] for r in rows]
+    statuses: dict[str, int] = {}
+    for r in rows:
+        statuses[r[2]] = statuses.get(r[2], 0) + 1
+    got = len({r[0] for r in rows})
+    if late:
+        report.add(part, "started_at - scheduled_for: p50", percentile(late, 50), "s")
+        report.add(part, "started_at - scheduled_for: p99", percentile(late, 99), "s", 1)
+        report.add(part, "started_at - scheduled_for: max", max(late), "s")
+    else:
+        report.add(part, "started_at - scheduled_for: p99", None, "s", 1)
+    report.add(part, f"occurrences with a job (of {count})", got, "", count, at_least=True)
+    workers = len({r[3] for r in rows})
+    durations = [r[4] for r in rows if r[4] is not None]
+    if durations:
+        report.note(
+            f"each job ran (finished_at - started_at) median {statistics.median(durations):.3f} s, "
+            f"max {max(durations):.3f} s; first to last start {max(late) - min(late):.3f} s"
+        )
+    report.note(
+        f"jobs {len(rows)} by status {statuses}, on {workers} process(es); "
+        f"occurrences with more than one job (all minutes): {duplicates}"
+    )
+    return percentile(late, 99) if late and got == count else None
+
+
 def bench_due(
     admin: str,
     work: Path,
@@ -591,7 +621,8 @@ def bench_due(
         report.note(f"occurrence {boundary:%H:%M:%S} UTC, reading cpi_jobs until +{after:g} s")
         query = (
             "SELECT schedule_name, extract(epoch FROM started_at - scheduled_for)::float8, "
-            "status, worker FROM cpi_jobs WHERE scheduled_for = %s AND trigger = 'schedule'"
+            "status, worker, extract(epoch FROM finished_at - started_at)::float8 "
+            "FROM cpi_jobs WHERE scheduled_for = %s AND trigger = 'schedule'"
         )
         with psycopg.connect(url, autocommit=True) as conn:
             while True:
@@ -608,24 +639,7 @@ def bench_due(
                 "GROUP BY schedule_name, scheduled_for HAVING count(*) > 1) x"
             ).fetchone()
         stop_daemons(report, daemons)
-    late = [r[1] for r in rows]
-    statuses: dict[str, int] = {}
-    for r in rows:
-        statuses[r[2]] = statuses.get(r[2], 0) + 1
-    got = len({r[0] for r in rows})
-    if late:
-        report.add(part, "started_at - scheduled_for: p50", percentile(late, 50), "s")
-        report.add(part, "started_at - scheduled_for: p99", percentile(late, 99), "s", 1)
-        report.add(part, "started_at - scheduled_for: max", max(late), "s")
-    else:
-        report.add(part, "started_at - scheduled_for: p99", None, "s", 1)
-    report.add(part, f"occurrences with a job (of {count})", got, "", count, at_least=True)
-    workers = len({r[3] for r in rows})
-    report.note(
-        f"jobs {len(rows)} by status {statuses}, on {workers} process(es); "
-        f"occurrences with more than one job (all minutes): {duplicates[0] if duplicates else '?'}"
-    )
-    return percentile(late, 99) if late and got == count else None
+    return report_due(rows, count, duplicates[0] if duplicates else None, part, report)
 
 
 def bench_due_pools(
