@@ -324,16 +324,23 @@ def report_logs(report: Report, daemons: list[Serve]) -> None:
     for d in daemons:
         lines = d.log_lines()
         events: Counter[str] = Counter()
+        first: dict[str, str] = {}  # an example of each error's text
         other: list[str] = []
         for line in lines:
             try:
                 event = json.loads(line)
-                events[f"{event.get('level')}: {event.get('event')}"] += 1
             except ValueError:
                 other.append(line)
+                continue
+            key = f"{event.get('level')}: {event.get('event')}"
+            events[key] += 1
+            if event.get("level") in ("error", "critical") and key not in first:
+                first[key] = str(event.get("error") or event.get("exception") or "")
         if lines:
             counts = "; ".join(f"{e} x{n}" for e, n in events.most_common())
             report.note(f"log of serve pid {d.process.pid}: {len(lines)} lines: {counts}")
+            for key, text in first.items():
+                report.note(f"  e.g. {key}: {' '.join(text.split())[:300]}")
             for line in other[:5]:
                 report.note("  " + line[:300])
 
