@@ -11,6 +11,7 @@ message``. Pure: bytes in, documents and findings out.
 from __future__ import annotations
 
 import difflib
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -62,6 +63,9 @@ class Loaded:
         return not self.findings
 
 
+_CACHED_FILES = 4096  # files whose parsed results are remembered
+
+
 @dataclass(frozen=True, slots=True)
 class _Declared:
     """What the cross-document checks need from one document, valid or not."""
@@ -87,14 +91,10 @@ def load_files(files: Iterable[tuple[str, bytes]], *, display_root: str = "") ->
     for source, data in files:
         display = _display(display_root, source)
         sources.append(source)
-        found = findings.setdefault(display, [])
-        for parsed in _parse_file(display, data, found):
-            loaded = _validate(parsed, source, display, found)
-            if loaded is not None:
-                documents.append(loaded)
-            identity = _identity(parsed, display)
-            if identity is not None:
-                declared.append(identity)
+        valid, found, identities = _load_file(source, display, data)
+        documents += valid
+        findings.setdefault(display, []).extend(found)
+        declared += identities
     for finding in _cross_checks(declared):
         findings[finding.path].append(finding)
     ordered = [
@@ -103,6 +103,26 @@ def load_files(files: Iterable[tuple[str, bytes]], *, display_root: str = "") ->
         for finding in sorted(dict.fromkeys(found), key=lambda f: (f.line, f.column))
     ]
     return Loaded(tuple(documents), tuple(ordered), tuple(sources))
+
+
+@functools.lru_cache(maxsize=_CACHED_FILES)
+def _load_file(
+    source: str, display: str, data: bytes
+) -> tuple[tuple[LoadedDocument, ...], tuple[Finding, ...], tuple[_Declared, ...]]:
+    """One file's valid documents, findings and declarations, remembered by content: the
+    daemon reloads the whole folder on every change, and parses again only the files that
+    changed."""
+    found: list[Finding] = []
+    documents: list[LoadedDocument] = []
+    declared: list[_Declared] = []
+    for parsed in _parse_file(display, data, found):
+        loaded = _validate(parsed, source, display, found)
+        if loaded is not None:
+            documents.append(loaded)
+        identity = _identity(parsed, display)
+        if identity is not None:
+            declared.append(identity)
+    return tuple(documents), tuple(found), tuple(declared)
 
 
 def _display(root: str, source: str) -> str:

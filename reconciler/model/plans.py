@@ -227,6 +227,8 @@ def flatten_fields(value: Any, prefix: str) -> dict[str, Any]:
 
 
 def _diffs(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[FieldDiff, ...]:
+    if old == new:  # the common case, compared in C: 10,000 unchanged rows cost milliseconds
+        return ()
     flat_old = flatten_fields(dict(old), "")
     flat_new = flatten_fields(dict(new), "")
     keys = sorted(set(flat_old) | set(flat_new))
