@@ -88,6 +88,16 @@ class Timer:
         """Read the schedules again now (SIGHUP, or a local apply)."""
         self._wake.set()
 
+    def forget(self, name: str, at: datetime) -> None:
+        """``at`` was handed over but never claimed (no database session): a resync soon
+        finds it still due, and runs it within its grace or records it missed."""
+        with self._lock:
+            if self._handled.get(name) == at:
+                del self._handled[name]
+        retry = threading.Timer(_RETRY_FIRST * 4, self._wake.set)
+        retry.daemon = True
+        retry.start()
+
     def stop(self) -> None:
         """Fire nothing more; what is armed stays due in the database."""
         self._wake.set()
@@ -140,6 +150,10 @@ class Timer:
         from reconciler.store.scheduling import fetch_timer_rows, store_first_runs
 
         began = time.monotonic()
+        # Read first: rows fetched after a load on record reflect at least that load, so the
+        # timer is ready only once it holds what the folder declares (not an empty first read).
+        state = read_state(conn, self._owner)
+        loaded = bool(state and state.loaded_at)
         now = datetime.now(UTC)
         rows = fetch_timer_rows(conn, self._owner)
         first: dict[str, datetime] = {}
@@ -157,10 +171,7 @@ class Timer:
             gone = [name for name in self._armed if name not in names]
         for name in gone:
             self._disarm(name)
-        state = read_state(conn, self._owner)
-        self._metrics.readiness.set(
-            database=True, scheduler=True, config_known=bool(state and state.loaded_at)
-        )
+        self._metrics.readiness.set(database=True, scheduler=loaded, config_known=loaded)
         self._metrics.database_up.set(1)
         self._reap(conn)
         _log.debug("schedules synced", count=len(rows), seconds=round(time.monotonic() - began, 3))
