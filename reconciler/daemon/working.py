@@ -7,6 +7,9 @@ it in ``cpi_jobs`` (exactly once across replicas) and records a ``skipped`` run 
 occurrence that waited longer than its schedule's grace (downtime, or a queue behind slow
 imports) is recorded ``missed`` instead.
 
+The HTTP API's manual runs arrive claimed (the job id is already answered): ``run_claimed``
+runs the rest of them in the same pool, counted in the same metrics.
+
 On shutdown ``stop`` takes no new claims, drops what is queued (still due in the database, so
 another replica or the next start handles it) and waits for running imports up to the grace
 period; ``end_unfinished`` then records how the ones still running ended.
@@ -29,6 +32,7 @@ if TYPE_CHECKING:
     import psycopg
 
     from reconciler.daemon.metrics import Metrics
+    from reconciler.imports.running import Claim
     from reconciler.model.results import JobResult
     from reconciler.settings import Settings
 
@@ -61,6 +65,7 @@ class Runner:
 
     def __init__(self, settings: Settings, metrics: Metrics, *, url: str, workers: int) -> None:
         self._settings, self._metrics, self._url = settings, metrics, url
+        self._workers = workers
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="run")
         self._stopping = threading.Event()
         self._local = threading.local()
@@ -75,6 +80,36 @@ class Runner:
             future = self._pool.submit(self._handle, occurrence)
             self._futures.add(future)
         future.add_done_callback(self._done)
+
+    @property
+    def busy(self) -> bool:
+        """Whether every worker has a run (or a queued one): a new run would wait."""
+        with self._lock:
+            return len(self._futures) >= self._workers
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def run_claimed(self, claim: Claim) -> bool:
+        """Run a job already claimed (the HTTP API's manual run) in the pool; false once
+        stopping, when the caller must ``cancel`` it."""
+        with self._lock:
+            if self._stopping.is_set():
+                return False
+            future = self._pool.submit(self._continue, claim)
+            self._futures.add(future)
+        future.add_done_callback(self._done)
+        return True
+
+    def _continue(self, claim: Claim) -> None:
+        name = claim.job.schedule
+        try:
+            self._count(claim.run())
+        except ReconcileError as exc:
+            _log.error("cannot finish the run", schedule=name, error=exc.message)
+        except Exception as exc:  # a bug must not take the worker (or the daemon) down
+            _log.exception("cannot finish the run", schedule=name, error=str(exc))
 
     def _done(self, future: Future[None]) -> None:
         with self._lock:

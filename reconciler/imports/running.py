@@ -1,11 +1,13 @@
 """One run of a schedule, start to finish: ``run_schedule`` is the entry point for every trigger.
 
 ``reconcile run NAME`` calls it with ``trigger="manual"``; the daemon calls it with
-``trigger="schedule"`` and the occurrence's ``scheduled_for``. The steps: read the schedule and
-project rows, record the job (or a skip), open the source and the target, load the files not yet
-imported, run each file's after-import action once its data is committed, store the final status
-with the schedule's statistics, then send the callback. Everything that can go wrong after the
-job row exists becomes a one-line ``error`` on the job and in the log, never a traceback.
+``trigger="schedule"`` and the occurrence's ``scheduled_for``; the HTTP API calls its two halves
+apart, ``claim_run`` (answering with the job id) and then ``Claim.run`` in a worker. The steps:
+read the schedule and project rows, record the job (or a skip), open the source and the target,
+load the files not yet imported, run each file's after-import action once its data is committed,
+store the final status with the schedule's statistics, then send the callback. Everything that can
+go wrong after the job row exists becomes a one-line ``error`` on the job and in the log, never a
+traceback.
 
 PostgreSQL stopping mid-run ends the session that holds the run's lock. The run then waits a
 short, bounded window (``RECONNECT_WITHIN``, with backoff) for the server to answer again: back in
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -47,7 +50,7 @@ if TYPE_CHECKING:
     from reconciler.model.files import Source, SourceFile
     from reconciler.settings import Settings
 
-__all__ = ["RECONNECT_WITHIN", "Progress", "run_schedule"]
+__all__ = ["RECONNECT_WITHIN", "Claim", "Progress", "claim_run", "run_schedule"]
 
 # Seconds a run waits for PostgreSQL to answer again: a restart or a switchover takes a few; the
 # window stays well inside the 30 s a container gets between SIGTERM and SIGKILL.
@@ -73,9 +76,32 @@ def run_schedule(
     ``reconnect_within`` seconds (default ``RECONNECT_WITHIN``); every other failure is the
     returned job's ``error``.
     """
+    claim = claim_run(
+        name, settings=settings, trigger=trigger, scheduled_for=scheduled_for,
+        reconnect_within=reconnect_within,
+    )  # fmt: skip
+    return claim.run(progress)
+
+
+def claim_run(
+    name: str,
+    *,
+    settings: Settings,
+    trigger: str = "manual",
+    scheduled_for: datetime | None = None,
+    reconnect_within: float | None = None,
+) -> Claim:
+    """Record the job of one run of ``name`` (or its skip) and return it, not yet run.
+
+    The first half of ``run_schedule``, for callers that answer with the job id before the
+    import runs (the daemon's HTTP API): the returned ``Claim`` holds the session that holds
+    the run's lock, and its ``run`` (in any thread) does the rest. ``NotFound`` and
+    ``StoreError`` as for ``run_schedule``; nothing stays open when they are raised.
+    """
     management_url = database_url(settings)
     outage = _Outage(RECONNECT_WITHIN if reconnect_within is None else reconnect_within)
-    with open_store(settings) as conn:
+    with ExitStack() as stack:
+        conn = stack.enter_context(open_store(settings))
         conn.autocommit = True  # the job session holds the run's advisory lock between statements
         spec = load_import(conn, name)
         started = start_job(conn, spec.schedule, trigger=trigger, scheduled_for=scheduled_for)
@@ -84,16 +110,65 @@ def run_schedule(
             status=started.status, trigger=trigger, error=started.error,
             scheduled_for=scheduled_for, started_at=started.started_at,
         )  # fmt: skip
-        if not started.claimed:  # another replica owns this occurrence and its callback
-            return replace(base, claimed=False)
-        if started.status == "skipped":
-            return _call_back(conn, spec, replace(base, finished_at=started.started_at), settings)
-        if not spec.enabled:
-            _log.info("running a disabled schedule", schedule=name, trigger=trigger)
-        return _run(
-            conn, spec, started, base,
-            settings=settings, management_url=management_url, progress=progress, outage=outage,
+        return Claim(
+            conn, spec, started, base, stack.pop_all(),
+            settings=settings, management_url=management_url, outage=outage,
         )  # fmt: skip
+
+
+class Claim:
+    """A recorded job not yet run: ``running`` (the lock is held), ``skipped``, or another
+    replica's occurrence (``claimed`` false). Call ``run`` exactly once, or ``cancel``.
+    """
+
+    def __init__(
+        self,
+        conn: psycopg.Connection[Any],
+        spec: ImportSpec,
+        started: Started,
+        base: JobResult,
+        session: ExitStack,
+        *,
+        settings: Settings,
+        management_url: str,
+        outage: _Outage,
+    ) -> None:
+        self._conn, self._spec, self._started, self._base = conn, spec, started, base
+        self._session = session
+        self._settings, self._url, self._outage = settings, management_url, outage
+
+    @property
+    def job(self) -> JobResult:
+        """The job as recorded so far: its id, ``running`` or ``skipped``, and the reason."""
+        return self._base if self._started.claimed else replace(self._base, claimed=False)
+
+    def run(self, progress: Callable[[Progress], None] | None = None) -> JobResult:
+        """Run the import (or, for a skip, send its callback), record the end, close the session."""
+        with self._session:
+            conn, spec, started, base = self._conn, self._spec, self._started, self._base
+            if not started.claimed:  # another replica owns this occurrence and its callback
+                return replace(base, claimed=False)
+            if started.status == "skipped":
+                return _call_back(
+                    conn, spec, replace(base, finished_at=started.started_at), self._settings
+                )
+            if not spec.enabled:
+                _log.info(
+                    "running a disabled schedule", schedule=base.schedule, trigger=base.trigger
+                )
+            return _run(
+                conn, spec, started, base, settings=self._settings,
+                management_url=self._url, progress=progress, outage=self._outage,
+            )  # fmt: skip
+
+    def cancel(self, reason: str) -> None:
+        """Never run: record a running job ``failed`` with ``reason``, close the session."""
+        with self._session:
+            if self._started.claimed and self._started.status == "running":
+                finish_job(
+                    self._conn, self._spec.schedule, self._started,
+                    status="failed", files=(), error=reason,
+                )  # fmt: skip
 
 
 def _call_back(
