@@ -3,7 +3,7 @@
 ``serving`` calls ``build_app`` and runs it with ``HttpServer`` in a thread of its own, started
 before anything else so that probes answer while the daemon waits for its database. The socket
 is bound here first: a port in use is a ``UsageError`` naming the address, not a traceback in a
-thread. The REST API adds its routes to the same app.
+thread. With an API key, ``daemon.api`` adds the REST API's routes to the same app.
 """
 
 from __future__ import annotations
@@ -24,30 +24,59 @@ __all__ = ["HttpServer", "build_app"]
 
 _log = get_logger("reconciler.http")
 _PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+_DESCRIPTION = (
+    "The health, metrics and REST API of `reconcile serve`. Schedules are declared in YAML "
+    "documents in Git: the API reads them and runs them now; its writes answer 405 and name "
+    "the file to change. The API needs the X-API-Key header (RECONCILER_API_KEY)."
+)
 
 
-def build_app(metrics: Metrics) -> FastAPI:
-    """The app: liveness, readiness from ``metrics.readiness``, and the metrics themselves."""
+def build_app(metrics: Metrics, *, api_key: str | None = None) -> FastAPI:
+    """The app: liveness, readiness from ``metrics.readiness``, and the metrics themselves; with
+    ``api_key``, the REST API too (``daemon.api``; it answers 503 until ``api.attach``)."""
     from fastapi import FastAPI, Response
     from fastapi.responses import JSONResponse
 
-    app = FastAPI(title="reconcile", docs_url=None, redoc_url=None)
+    from reconciler import __version__
+
+    app = FastAPI(
+        title="reconcile",
+        version=__version__,
+        description=_DESCRIPTION,
+        docs_url=None,
+        redoc_url=None,
+    )
 
     @app.get("/healthz", summary="The process is alive")
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="Database reachable, scheduler running, configuration loaded")
+    # response_model=None: the return annotations name classes imported here, not at the top.
+    @app.get(
+        "/readyz",
+        summary="Database reachable, scheduler running, configuration loaded",
+        response_model=None,
+        responses={503: {"description": "Not ready: the reasons are listed"}},
+    )
     def readyz() -> JSONResponse:
         problems = metrics.readiness.problems()
         status = "ready" if not problems else "not ready"
         body = {"status": status, "problems": problems}
         return JSONResponse(body, status_code=503 if problems else 200)
 
-    @app.get("/metrics", summary="Prometheus metrics")
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        response_model=None,
+        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text"}},
+    )
     def prometheus() -> Response:
         return Response(metrics.render(), media_type=_PROMETHEUS_TEXT)
 
+    if api_key:
+        from reconciler.daemon.api import add_api
+
+        add_api(app, api_key)
     return app
 
 
@@ -90,7 +119,7 @@ class HttpServer:
 
     def start(self) -> None:
         self._thread.start()
-        _log.info("serving health and metrics", address=self.address)
+        _log.info("serving HTTP", address=self.address)
 
     def _serve(self) -> None:
         try:

@@ -1,8 +1,9 @@
 """``reconcile serve``: wire the daemon's parts, run until SIGTERM, shut down within the grace.
 
-The order: serve ``/healthz`` at once (probes answer while the rest starts), wait for the
-management database with backoff (saying so), migrate, then start the runner pool, the timer
-(every replica) and the leader election (one replica applies). The main thread only waits for a
+The order: serve ``/healthz`` at once (probes answer while the rest starts; the REST API answers
+503), wait for the management database with backoff (saying so), migrate, then start the runner
+pool, the REST API (with ``RECONCILER_API_KEY``), the timer (every replica) and the leader
+election (one replica applies). The main thread only waits for a
 signal: SIGTERM or SIGINT stops, SIGHUP forces a rescan of the folder and the rows.
 
 Shutdown: the timer stops firing and the pool takes no new claims; running imports get
@@ -27,7 +28,11 @@ from reconciler.errors import EXIT_ERROR, EXIT_OK, StoreError
 from reconciler.logs import get_logger
 
 if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from reconciler.daemon.working import Runner
     from reconciler.settings import Settings
+    from reconciler.store.pooling import ReadPool
 
 __all__ = ["serve"]
 
@@ -41,14 +46,15 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
 
     stop, rescan = threading.Event(), threading.Event()
     metrics = Metrics()
-    http = HttpServer(build_app(metrics), settings.http_address)
+    app = build_app(metrics, api_key=settings.api_key)
+    http = HttpServer(app, settings.http_address)
     _signals(stop, rescan)
     http.start()
     try:
         url = _wait_for_database(settings, stop, metrics)
         if url is None:
             return EXIT_OK
-        return _run(settings, metrics, url=url, stop=stop, rescan=rescan)
+        return _run(settings, metrics, app, url=url, stop=stop, rescan=rescan)
     finally:
         http.stop()
 
@@ -95,11 +101,13 @@ def _wait_for_database(settings: Settings, stop: threading.Event, metrics: Metri
 def _run(
     settings: Settings,
     metrics: Metrics,
+    app: FastAPI,
     *,
     url: str,
     stop: threading.Event,
     rescan: threading.Event,
 ) -> int:
+    from reconciler.daemon.api import detach
     from reconciler.daemon.leading import Leader
     from reconciler.daemon.timing import Timer
     from reconciler.daemon.working import Runner
@@ -114,6 +122,7 @@ def _run(
         settings, metrics, url=url, rescan=reload, stop=stop,
         resync_seconds=settings.resync_seconds, applied=timer.resync,
     )  # fmt: skip
+    pool = _serve_api(app, settings, url, runner)
     timer.start()
     leader.start()
     _log.info(
@@ -126,6 +135,9 @@ def _run(
             reload.set()
             timer.resync()
     began = time.monotonic()
+    if pool is not None:  # no new manual runs; the ones running get the grace like the others
+        detach(app)
+        pool.close()
     timer.stop()
     leader.join()
     if runner.stop(settings.shutdown_grace):
@@ -137,3 +149,16 @@ def _run(
         _log.error("cannot record the interrupted imports", error=exc.message)
     sys.stderr.flush()
     os._exit(EXIT_ERROR)  # running imports hold threads that cannot be joined; end them with us
+
+
+def _serve_api(app: FastAPI, settings: Settings, url: str, runner: Runner) -> ReadPool | None:
+    """Let the REST API (when a key is set) answer from now on; its read pool, to close."""
+    if not settings.api_key:
+        return None
+    from reconciler.daemon.api import Backend, attach
+    from reconciler.store.pooling import ReadPool
+
+    pool = ReadPool(url)
+    attach(app, Backend(pool, runner, settings))
+    _log.info("serving the REST API", header="X-API-Key")
+    return pool
