@@ -128,14 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("next", "print the next fire times of a schedule")
     p.add_argument("name")
     p.add_argument("-n", "--count", type=int, default=5, help="how many (default 5)")
-    p.add_argument("--dir", dest="schedules_dir")
+    p.add_argument("--dir", dest="schedules_dir", help="schedules folder (default schedules.d)")
     command("schema", "print the JSON Schema of the documents")
     for name, help_ in (
         ("plan", "print the plan, change nothing"),
         ("apply", "apply the plan once"),
     ):
         p = command(name, help_)
-        p.add_argument("--dir", dest="schedules_dir")
+        p.add_argument("--dir", dest="schedules_dir", help="schedules folder (default schedules.d)")
         _database(p)
         _apply_flags(p)
     p = command("status", "list schedules in the database")
@@ -146,14 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
     _database(p)
     p = command("run", "run one import of a schedule now")
     p.add_argument("name")
-    p.add_argument("--dir", dest="schedules_dir")
+    p.add_argument("--dir", dest="schedules_dir", help="schedules folder (default schedules.d)")
     _database(p)
     p = command("sql", "run SQL against the management database (embedded included)")
     p.add_argument("-c", dest="command_text", metavar="SQL", help="the statements to run")
     p.add_argument("-f", dest="file", metavar="FILE", help="a file of statements to run")
     _database(p)
     p = command("serve", "run the daemon: apply, watch, schedule and import until stopped")
-    p.add_argument("--dir", dest="schedules_dir")
+    p.add_argument("--dir", dest="schedules_dir", help="schedules folder (default schedules.d)")
     p.add_argument("--http-address", help="host:port of /healthz, /readyz and /metrics")
     _database(p)
     p = command("history", "list a schedule's runs, newest first")

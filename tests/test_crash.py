@@ -76,6 +76,7 @@ def test_a_killed_run_leaves_nothing_and_the_rerun_loads_once(cli: Cli, database
     assert count(database_url) == ROWS
     dead, good = jobs(database_url)
     assert (dead["status"], good["status"]) == ("abandoned", "succeeded")
+    assert dead["rows_imported"] == 0  # what landed, not what the heartbeat had counted
     assert dead["finished_at"] is not None
     assert good["rows_imported"] == ROWS
 

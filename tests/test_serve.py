@@ -98,6 +98,23 @@ def test_a_configmap_style_symlink_swap_is_applied(cli: Cli, database_url: str) 
         assert daemon.stop() == 0
 
 
+def test_a_replaced_folder_is_watched_anew(cli: Cli, folder: Path, database_url: str) -> None:
+    """``mv new schedules.d`` swaps the folder: the swap and later edits in it are applied."""
+    with Daemon(cli.cwd, cli.env) as daemon:
+        daemon.wait_ready()
+        new = cli.cwd / "schedules.new"
+        new.mkdir()
+        (new / "sales.yaml").write_text(project_yaml() + schedule_yaml("nightly", cron="2 2 * * *"))
+        folder.rename(cli.cwd / "schedules.old")
+        new.rename(folder)
+        wait_until(lambda: _cron(database_url) == "2 2 * * *", timeout=10, what="the swap")
+        (folder / "sales.yaml").write_text(
+            project_yaml() + schedule_yaml("nightly", cron="3 3 * * *")
+        )
+        wait_until(lambda: _cron(database_url) == "3 3 * * *", timeout=10, what="an edit after it")
+        assert daemon.stop() == 0
+
+
 def test_sighup_rescans_and_sets_back_drift(cli: Cli, folder: Path, database_url: str) -> None:
     """A row changed behind the daemon's back is set back on SIGHUP (no file event needed)."""
     env = {**cli.env, "RECONCILER_RESYNC_SECONDS": "3600"}

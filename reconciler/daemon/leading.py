@@ -106,6 +106,7 @@ class Leader:
         owner = self._settings.owner
         claim_leadership(conn, owner, me)
         self._metrics.leader.set(1)
+        self._metrics.leading = True
         _log.info("leading: this replica watches and applies the folder", owner=owner)
         watcher = Watcher(self._settings.schedules_dir, self._rescan, retry_seconds=self._resync)
         watcher.start()
@@ -126,11 +127,13 @@ class Leader:
         finally:
             watcher.stop()
             self._metrics.leader.set(0)
+            self._metrics.leading = False
 
     def _apply(self, conn: psycopg.Connection[Any]) -> None:
         from reconciler.reading import load_desired
         from reconciler.store.applying import apply_plan
         from reconciler.store.daemon_state import record_load
+        from reconciler.store.scheduling import notify_changed
 
         settings, owner = self._settings, self._settings.owner
         began = time.monotonic()
@@ -141,6 +144,7 @@ class Leader:
             raise
         except ReconcileError as exc:  # invalid folder, a guard, a conflict: nothing applied
             record_load(conn, owner, error=exc.message)
+            notify_changed(conn, owner)  # every replica's readiness and metrics follow
             self._metrics.passes.labels("failed").inc()
             self._metrics.config_ok.set(0)
             self._metrics.readiness.set(config_known=True)
@@ -150,6 +154,8 @@ class Leader:
             self._last_error = exc.message
             return
         record_load(conn, owner, error=None)
+        if plan.empty:  # an apply with changes has notified the replicas at its commit
+            notify_changed(conn, owner)
         self._metrics.passes.labels("succeeded").inc()
         self._metrics.config_ok.set(1)
         self._metrics.readiness.set(config_known=True)

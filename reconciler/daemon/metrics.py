@@ -53,6 +53,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.readiness = Readiness()
+        self.leading = False  # set by daemon.leading; followers take config_ok from the leader
         self._armed: set[str] = set()
         self._lock = threading.Lock()
         r = self.registry

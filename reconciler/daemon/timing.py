@@ -172,6 +172,8 @@ class Timer:
         for name in gone:
             self._disarm(name)
         self._metrics.readiness.set(database=True, scheduler=loaded, config_known=loaded)
+        if state is not None and state.loaded_at is not None and not self._metrics.leading:
+            self._metrics.config_ok.set(0 if state.config_error else 1)  # the leader's last load
         self._metrics.database_up.set(1)
         self._reap(conn)
         _log.debug("schedules synced", count=len(rows), seconds=round(time.monotonic() - began, 3))
