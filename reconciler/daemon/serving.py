@@ -24,7 +24,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from reconciler.daemon.metrics import Metrics
-from reconciler.errors import EXIT_ERROR, EXIT_OK, StoreError
+from reconciler.errors import EXIT_ERROR, EXIT_OK, EmbeddedServerError, StoreError
 from reconciler.logs import get_logger
 
 if TYPE_CHECKING:
@@ -45,10 +45,10 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     from reconciler.daemon.http import HttpServer, build_app
 
     stop, rescan = threading.Event(), threading.Event()
+    _signals(stop, rescan)  # first: a signal during the start-up below is handled, not fatal
     metrics = Metrics()
     app = build_app(metrics, api_key=settings.api_key)
     http = HttpServer(app, settings.http_address)
-    _signals(stop, rescan)
     http.start()
     try:
         url = _wait_for_database(settings, stop, metrics)
@@ -87,6 +87,8 @@ def _wait_for_database(settings: Settings, stop: threading.Event, metrics: Metri
             url = database_url(settings)  # starts the embedded server when none is configured
             with connect(url) as conn:
                 migrate(conn)
+        except EmbeddedServerError:  # not installed, or cannot start: waiting will not help
+            raise
         except StoreError as exc:
             _log.warning("waiting for PostgreSQL", error=exc.message, retry_in=delay)
             stop.wait(delay)
@@ -117,6 +119,7 @@ def _run(
         metrics, runner, url=url, owner=settings.owner,
         resync_seconds=settings.resync_seconds, stop=stop,
     )  # fmt: skip
+    runner.unclaimed = timer.forget
     reload = threading.Event()
     leader = Leader(
         settings, metrics, url=url, rescan=reload, stop=stop,

@@ -1,9 +1,10 @@
 """The bounded pool that claims and runs occurrences: the timer hands them over and returns.
 
 ``daemon.timing`` calls ``Runner.submit`` for every occurrence it fires or catches up on; a slow
-import holds one worker, never the timer. Each worker first records the occurrence as handled
-(``next_run_at`` moves on), then runs it through ``imports.running.run_schedule``, which claims
-it in ``cpi_jobs`` (exactly once across replicas) and records a ``skipped`` run on overlap. An
+import holds one worker, never the timer. Each worker claims the occurrence in ``cpi_jobs``
+(``imports.running.claim_run``: exactly once across replicas, a ``skipped`` run on overlap), then
+records it as handled (``next_run_at`` moves on) and runs it. An occurrence that cannot be claimed
+(no database session) is handed back to the timer, so a resync runs it within its grace. An
 occurrence that waited longer than its schedule's grace (downtime, or a queue behind slow
 imports) is recorded ``missed`` instead.
 
@@ -20,12 +21,13 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from reconciler.errors import NotFound, ReconcileError
+from reconciler.errors import NotFound, ReconcileError, StoreError
 from reconciler.logs import get_logger
 
 if TYPE_CHECKING:
@@ -71,6 +73,8 @@ class Runner:
         self._local = threading.local()
         self._futures: set[Future[None]] = set()
         self._lock = threading.Lock()
+        # Told of an occurrence whose claim could not be recorded (the timer's ``forget``).
+        self.unclaimed: Callable[[str, datetime], None] = lambda name, at: None
 
     def submit(self, occurrence: Occurrence) -> None:
         """Queue ``occurrence``; ignored once stopping (it stays due in the database)."""
@@ -139,23 +143,37 @@ class Runner:
             _log.exception("cannot run the occurrence", schedule=name, error=str(exc))
 
     def _run(self, occurrence: Occurrence) -> None:
-        import psycopg
-
-        from reconciler.imports.running import run_schedule
-        from reconciler.store.scheduling import advance_next_run
+        from reconciler.imports.running import claim_run
 
         name, at = occurrence.schedule, occurrence.at
-        try:
-            conn = self._connection()
-            advance_next_run(conn, name, at, occurrence.following)
-        except psycopg.Error as exc:
-            raise ReconcileError(f"PostgreSQL: {' '.join(str(exc).split())}") from exc
         late = datetime.now(UTC) - at
         if occurrence.missed or late > occurrence.grace:
+            conn = self._bookkeeping(occurrence)
             self._record_missed(conn, occurrence, late)
             return
-        result = run_schedule(name, settings=self._settings, trigger="schedule", scheduled_for=at)
-        self._count(result)
+        try:
+            claim = claim_run(name, settings=self._settings, trigger="schedule", scheduled_for=at)
+        except StoreError:  # not claimed: it stays due, and a resync runs it within its grace
+            self.unclaimed(name, at)
+            raise
+        try:
+            self._bookkeeping(occurrence)
+        except ReconcileError as exc:  # the claim stands; a resync moves the next run along
+            _log.warning("cannot store the next run", schedule=name, error=exc.message)
+        self._count(claim.run())
+
+    def _bookkeeping(self, occurrence: Occurrence) -> psycopg.Connection[Any]:
+        """Store that ``occurrence`` is handled (its schedule's next run moves on)."""
+        import psycopg
+
+        from reconciler.store.scheduling import advance_next_run
+
+        try:
+            conn = self._connection()
+            advance_next_run(conn, occurrence.schedule, occurrence.at, occurrence.following)
+        except psycopg.Error as exc:
+            raise StoreError(f"PostgreSQL: {' '.join(str(exc).split())}") from exc
+        return conn
 
     def _record_missed(
         self, conn: psycopg.Connection[Any], occurrence: Occurrence, late: timedelta
