@@ -63,7 +63,8 @@ class ScheduleResponse(_Body):
 
     @classmethod
     def of(cls, row: ScheduleRow, *, owner: str) -> ScheduleResponse:
-        return cls(
+        """The row as a response; not validated again: the column types are the fields'."""
+        return cls.model_construct(
             id=row.id, name=row.name, project_id=row.project_id, project_name=row.project_name,
             schedule_type=row.schedule_type, cron_expression=row.cron_expression,
             interval_seconds=row.interval_seconds, timezone=row.timezone,
@@ -112,7 +113,8 @@ class JobResponse(_Body):
 
     @classmethod
     def of(cls, row: JobRow) -> JobResponse:
-        return cls(
+        """The row as a response; not validated again: the column types are the fields'."""
+        return cls.model_construct(
             id=row.id, schedule_id=row.schedule_id, schedule_name=row.schedule_name,
             project_id=row.project_id, project_name=row.project_name, trigger=row.trigger,
             status=row.status, scheduled_for=row.scheduled_for, started_at=row.started_at,
