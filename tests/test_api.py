@@ -331,3 +331,13 @@ def test_the_openapi_document_in_the_repository_is_current() -> None:
     )
     with serving(build_app(Metrics())) as client:
         assert client.get("/openapi.json").status_code == 200
+
+
+def test_a_row_broken_by_hand_is_named_in_json(client: httpx.Client, database_url: str) -> None:
+    """A run of a schedule whose row no longer validates answers with the row and the fix."""
+    with psycopg.connect(database_url) as conn:
+        conn.execute("UPDATE cpi_schedules SET local_files = '42' WHERE name = %s", (NAME,))
+    response = client.post(f"/schedules/{NAME}/run", headers=AUTH)
+    assert response.status_code == 500
+    assert "reconcile apply" in response.json()["detail"]
+    assert client.get(f"/schedules/{NAME}/history", headers=AUTH).json()["total"] == 0

@@ -42,7 +42,7 @@ from reconciler.daemon.responses import (
     ScheduleListResponse,
     ScheduleResponse,
 )
-from reconciler.errors import NotFound, StoreError
+from reconciler.errors import NotFound, ReconcileError, StoreError
 from reconciler.logs import get_logger
 from reconciler.store import listing
 
@@ -155,6 +155,7 @@ def add_api(app: FastAPI, key: str) -> None:
     app.add_middleware(_BodyLimit, limit=BODY_LIMIT)
     app.add_exception_handler(_Refused, _refused)  # type: ignore[arg-type]
     app.add_exception_handler(StoreError, _store_error)  # type: ignore[arg-type]
+    app.add_exception_handler(ReconcileError, _stored_state)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _internal)
     app.add_exception_handler(405, _method_not_allowed)
     router = APIRouter(dependencies=[Depends(authorised), Depends(_known_query)], responses=_ERRORS)
@@ -379,6 +380,13 @@ async def _store_error(request: Request, exc: StoreError) -> JSONResponse:
     _log.warning("API request failed: database unreachable", path=request.url.path, error=str(exc))
     body = ErrorResponse(detail="the management database is not answering; try again shortly")
     return _json(503, body, {"Retry-After": _RETRY_AFTER})
+
+
+async def _stored_state(request: Request, exc: ReconcileError) -> JSONResponse:
+    """A row the reconciler cannot use (edited by hand into something no document says): the
+    message names it and the fix (``reconcile apply``)."""
+    _log.error("API request failed", path=request.url.path, error=exc.message)
+    return _json(500, ErrorResponse(detail=exc.message))
 
 
 async def _method_not_allowed(request: Request, exc: Exception) -> JSONResponse:
