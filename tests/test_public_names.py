@@ -236,6 +236,7 @@ PINNED: dict[str, list[str]] = {
         "fail_lost_job",
         "finish_job",
         "job_lock_key",
+        "occurrence_claimed",
         "reap_abandoned",
         "record_callback",
         "record_missed",

@@ -151,6 +151,8 @@ class Runner:
             conn = self._bookkeeping(occurrence)
             self._record_missed(conn, occurrence, late)
             return
+        if self._claimed_elsewhere(occurrence):  # cheap: no new session, no spec to read
+            return
         try:
             claim = claim_run(name, settings=self._settings, trigger="schedule", scheduled_for=at)
         except StoreError:  # not claimed: it stays due, and a resync runs it within its grace
@@ -161,6 +163,17 @@ class Runner:
         except ReconcileError as exc:  # the claim stands; a resync moves the next run along
             _log.warning("cannot store the next run", schedule=name, error=exc.message)
         self._count(claim.run())
+
+    def _claimed_elsewhere(self, occurrence: Occurrence) -> bool:
+        """Whether another replica has claimed ``occurrence`` already (its timer fired first)."""
+        import psycopg
+
+        from reconciler.store.jobs import occurrence_claimed
+
+        try:
+            return occurrence_claimed(self._connection(), occurrence.schedule, occurrence.at)
+        except (psycopg.Error, ReconcileError):  # the claim itself decides, and says why
+            return False
 
     def _bookkeeping(self, occurrence: Occurrence) -> psycopg.Connection[Any]:
         """Store that ``occurrence`` is handled (its schedule's next run moves on)."""

@@ -49,6 +49,7 @@ __all__ = [
     "fail_lost_job",
     "finish_job",
     "job_lock_key",
+    "occurrence_claimed",
     "reap_abandoned",
     "record_callback",
     "record_missed",
@@ -142,14 +143,12 @@ def _decide(
     trigger: str,
     scheduled_for: datetime | None,
 ) -> Started:
-    if scheduled_for is not None and trigger == "schedule":
-        taken = conn.execute(
-            "SELECT 1 FROM cpi_jobs WHERE schedule_name = %s AND trigger = 'schedule' "
-            "AND scheduled_for = %s",
-            (schedule.name, scheduled_for),
-        ).fetchone()
-        if taken:
-            return _claimed_elsewhere(conn, schedule.name, scheduled_for)
+    if (
+        scheduled_for is not None
+        and trigger == "schedule"
+        and occurrence_claimed(conn, schedule.name, scheduled_for)
+    ):
+        return _claimed_elsewhere(conn, schedule.name, scheduled_for)
     if take_job_lock(conn, schedule.name):
         # Nobody alive holds the lock, so every running row of this schedule is a dead run's.
         abandon(conn, schedule.name, "the process running this job stopped")
@@ -310,6 +309,16 @@ def fail_lost_job(
         ).fetchone()
     assert row is not None  # job rows are history: reconcile never deletes them
     return Ended(row[0], row[1], row[2], ours=False)
+
+
+def occurrence_claimed(conn: psycopg.Connection[Any], name: str, scheduled_for: datetime) -> bool:
+    """Whether a job of schedule ``name`` exists for the occurrence at ``scheduled_for``."""
+    row = conn.execute(
+        "SELECT 1 FROM cpi_jobs WHERE schedule_name = %s AND trigger = 'schedule' "
+        "AND scheduled_for = %s",
+        (name, scheduled_for),
+    ).fetchone()
+    return row is not None
 
 
 def end_worker_jobs(conn: psycopg.Connection[Any], worker: str, error: str) -> list[str]:
