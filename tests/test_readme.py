@@ -4,6 +4,7 @@ below with the reason, so a new command cannot slip in untested."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import signal
@@ -32,6 +33,13 @@ def commands() -> list[str]:
     """The ``$ `` lines of the README's ``console`` blocks, in order."""
     blocks = re.findall(r"```console\n(.*?)```", README, flags=re.DOTALL)
     return [line[2:].strip() for block in blocks for line in block.splitlines() if line[:2] == "$ "]
+
+
+def curls() -> list[str]:
+    """The ``curl`` commands of the README's ``bash`` blocks, continuation lines joined."""
+    blocks = re.findall(r"```bash\n(.*?)```", README, flags=re.DOTALL)
+    lines = [re.sub(r"\\\n\s*", "", block) for block in blocks]
+    return [c.strip() for b in lines for c in b.splitlines() if c.strip().startswith("curl ")]
 
 
 def _steps(command: str) -> list[str]:
@@ -68,10 +76,12 @@ def test_the_readme_commands_work_as_written(
 ) -> None:
     """The quickstart brings rows in through `reconcile serve` with nobody typing `run`; every
     other command the README shows exits 0."""
+    port = free_port()
     env = {
         **cli_env,
         "RECONCILER_DATABASE_URL": database_url,
-        "RECONCILER_HTTP_ADDRESS": f"127.0.0.1:{free_port()}",
+        "RECONCILER_HTTP_ADDRESS": f"127.0.0.1:{port}",
+        "RECONCILER_API_KEY": "your-api-key",  # the key the README's curl examples send
     }
     steps = [s for c in commands() for s in _steps(c) if s.startswith("reconcile")]
     serve: subprocess.Popen[bytes] | None = None
@@ -112,6 +122,7 @@ def test_the_readme_commands_work_as_written(
         assert serve is not None
         assert rows() > 0
         assert serve.poll() is None
+        _curl_examples(run, port)
     finally:
         if serve is not None and serve.poll() is None:
             serve.send_signal(signal.SIGTERM)
@@ -119,3 +130,19 @@ def test_the_readme_commands_work_as_written(
         log.close()
     history = run("reconcile history quickstart-sales-import").stdout
     assert "succeeded" in history
+
+
+def _curl_examples(run: Callable[[str], subprocess.CompletedProcess[str]], port: int) -> None:
+    """The HTTP API's curl examples, as written but for the port, against the daemon."""
+    examples = curls()
+    assert len(examples) >= 5
+    job_id = ""
+    for example in examples:
+        command = example.replace("localhost:8080", f"127.0.0.1:{port}")
+        command = command.replace("{job-id}", job_id)
+        done = run(command)
+        assert done.returncode == 0, f"{command}\n{done.stderr}"
+        answer = json.loads(done.stdout)
+        assert "detail" not in answer or "/disable" in command, (command, answer)
+        job_id = answer.get("job_id", job_id)
+    assert job_id
