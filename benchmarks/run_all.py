@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, tuple[str, list[str]]] = {
     "sftp": ("bench_sftp.py", []),
     "sftp-import": ("bench_sftp_import.py", []),
     "serve": ("bench_serve.py", []),
+    "api": ("bench_api.py", []),
 }
 _FIGURE = re.compile(r"\(target [^)]*\)|\bPASS\b|\bFAIL\b")
 
