@@ -201,7 +201,7 @@ def test_get_by_name_or_id_and_unknown_names(client: httpx.Client) -> None:
         response = client.get(f"/schedules/{key}", headers=AUTH)
         assert response.status_code == 404, key
         assert "no schedule" in response.json()["detail"]
-    assert client.get("/jobs/not-a-uuid", headers=AUTH).status_code == 422
+    assert client.get("/jobs/not-a-uuid", headers=AUTH).status_code == 404
     missing = client.get("/jobs/00000000-0000-0000-0000-000000000000", headers=AUTH)
     assert missing.status_code == 404
     assert missing.json()["detail"].startswith("no job")
@@ -292,6 +292,31 @@ def test_create_answers_405_with_the_folder_and_unknown_targets_404(client: http
     assert "schedules folder" in response.json()["detail"]
     assert client.put("/schedules/nope", headers=AUTH).status_code == 404
     assert client.patch(f"/schedules/{NAME}", headers=AUTH).status_code == 405
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("GET", f"/schedules/{NAME}/run", "POST"),
+        ("PUT", "/schedules", "GET, POST"),
+        ("PATCH", f"/schedules/{NAME}", "DELETE, GET, PUT"),
+        ("DELETE", f"/jobs/{ZERO}", "GET"),
+    ],
+)
+def test_a_method_the_path_lacks_is_405_allowing_what_it_has(
+    client: httpx.Client, method: str, path: str, allow: str
+) -> None:
+    """``Allow`` lists every method the path documents (the writes answer 405 themselves)."""
+    response = client.request(method, path, headers=AUTH)
+    assert (response.status_code, response.headers["allow"]) == (405, allow)
+    assert method in response.json()["detail"]
+
+
+def test_a_job_id_that_is_no_uuid_is_404(client: httpx.Client) -> None:
+    """``GET /jobs/job-id`` is an unknown job (404 with a string detail), not a 422."""
+    response = client.get("/jobs/job-id", headers=AUTH)
+    assert response.status_code == 404
+    assert "job ids are UUIDs" in response.json()["detail"]
 
 
 def test_oversized_bodies_are_413_before_they_are_read(client: httpx.Client) -> None:

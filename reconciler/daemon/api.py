@@ -44,6 +44,7 @@ from reconciler.daemon.responses import (
 )
 from reconciler.errors import NotFound, ReconcileError, StoreError
 from reconciler.logs import get_logger
+from reconciler.model.scalars import excerpt
 from reconciler.store import listing
 
 if TYPE_CHECKING:
@@ -226,16 +227,22 @@ def _reads(router: APIRouter) -> None:
         "/jobs/{job_id}", summary="A job", response_model=JobResponse,
         responses={404: {"model": ErrorResponse, "description": "No such job"}},
     )  # fmt: skip
-    def get_job(job_id: UUID, backend: Annotated[Backend, Depends(_backend)]) -> Response:
+    def get_job(job_id: str, backend: Annotated[Backend, Depends(_backend)]) -> Response:
+        try:
+            key = str(UUID(job_id))
+        except ValueError:  # not an id at all: no such job, as for an unknown one
+            raise _error(404, f"no job {excerpt(job_id)}: job ids are UUIDs") from None
         with backend.pool.session() as conn:
-            job = listing.fetch_job(conn, str(job_id))
+            job = listing.fetch_job(conn, key)
         if job is None:
-            raise _error(404, f"no job {job_id}")
+            raise _error(404, f"no job {key}")
         return _ok(JobResponse.of(job))
 
 
 def _no_schedule(name: str) -> _Refused:
-    return _error(404, f"no schedule named {name!r} (nor with that id); GET /schedules lists them")
+    return _error(
+        404, f"no schedule named {excerpt(name)} (nor with that id); GET /schedules lists them"
+    )
 
 
 def _schedule(backend: Backend, key: str) -> listing.ScheduleRow:
@@ -399,11 +406,20 @@ async def _method_not_allowed(request: Request, exc: Exception) -> JSONResponse:
 
     scope = {**request.scope, "method": "GET"}
     allowed: set[str] = set()
-    for route in request.app.routes:
-        if route.matches(scope)[0] != Match.NONE:
+    for route in _flat(request.app.routes):
+        if route.matches(scope)[0] != Match.NONE:  # the refused writes too: they are documented
             allowed |= getattr(route, "methods", None) or set()
     body = ErrorResponse(detail=f"{request.method} is not a method of {request.url.path}")
     return _json(405, body, {"Allow": ", ".join(sorted(allowed))})
+
+
+def _flat(routes: Any) -> list[Any]:
+    """Every route, those of included routers too (FastAPI keeps them behind a wrapper)."""
+    out: list[Any] = []
+    for route in routes:
+        inner = getattr(getattr(route, "original_router", None), "routes", None)
+        out += _flat(inner) if inner is not None else [route]
+    return out
 
 
 async def _internal(request: Request, exc: Exception) -> JSONResponse:
