@@ -184,8 +184,10 @@ def _check_output(command: str, output_format: str) -> None:
     commands = _SPECIAL_OUTPUTS.get(output_format)
     if commands is not None and command not in commands:
         which = " and ".join(f"`reconcile {c}`" for c in commands)
+        formats = ["text", "json", *(f for f, c in _SPECIAL_OUTPUTS.items() if command in c)]
         raise UsageError(
-            f"--output {output_format} is for {which}; `reconcile {command}` writes text or json"
+            f"--output {output_format} is for {which}; `reconcile {command}` writes "
+            f"{', '.join(formats[:-1])} or {formats[-1]}"
         )
 
 

@@ -139,7 +139,7 @@ def _curl_examples(run: Callable[[str], subprocess.CompletedProcess[str]], port:
     job_id = ""
     for example in examples:
         command = example.replace("localhost:8080", f"127.0.0.1:{port}")
-        command = command.replace("{job-id}", job_id)
+        command = command.replace("$JOB_ID", job_id)
         done = run(command)
         assert done.returncode == 0, f"{command}\n{done.stderr}"
         answer = json.loads(done.stdout)
