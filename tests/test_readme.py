@@ -146,3 +146,17 @@ def _curl_examples(run: Callable[[str], subprocess.CompletedProcess[str]], port:
         assert "detail" not in answer or "/disable" in command, (command, answer)
         job_id = answer.get("job_id", job_id)
     assert job_id
+
+
+def test_the_document_examples_validate() -> None:
+    """Every YAML block of the README that is a reconcile document passes `reconcile validate`."""
+    from reconciler.model.loading import load_files
+
+    blocks = [
+        b for b in re.findall(r"```yaml\n(.*?)```", README, flags=re.DOTALL)
+        if b.startswith("apiVersion: reconciler/v1")
+    ]  # fmt: skip
+    assert blocks
+    for block in blocks:
+        loaded = load_files([("readme.yaml", block.encode())])
+        assert loaded.ok, [str(f) for f in loaded.findings]
