@@ -21,7 +21,15 @@ from urllib.parse import unquote
 
 import structlog
 
-__all__ = ["MASK", "configure", "get_logger", "mask_url", "redact", "register_secret"]
+__all__ = [
+    "MASK",
+    "configure",
+    "get_logger",
+    "mask_url",
+    "one_line",
+    "redact",
+    "register_secret",
+]
 
 MASK = "***"
 # The patterns behind ``redact``: free text may hold a connection string anywhere in it.
@@ -59,6 +67,12 @@ def redact(text: str) -> str:
         if secret in text:
             text = text.replace(secret, MASK)
     return text
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message, redacted: libraries' messages span lines."""
+    lines = str(exc).strip().splitlines()
+    return redact(lines[0].strip()) if lines else type(exc).__name__
 
 
 def mask_url(url: str) -> str:

@@ -20,7 +20,7 @@ may have claimed the schedule meanwhile) and sends the callback; not back in tim
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import replace
 from datetime import datetime
@@ -30,12 +30,12 @@ import psycopg
 
 from reconciler.errors import ReconcileError, StoreError
 from reconciler.imports import callbacks
-from reconciler.imports.copying import inspect_target
-from reconciler.imports.importing import Connections, Meter, Progress, import_files
-from reconciler.imports.resolving import ImportSpec, load_import, open_source, target_url
-from reconciler.logs import get_logger, redact
+from reconciler.imports.importing import Meter, Progress
+from reconciler.imports.resolving import ImportSpec, load_import
+from reconciler.imports.transferring import Outage, transfer
+from reconciler.logs import get_logger, one_line
 from reconciler.model.results import FileResult, JobResult, JobStatus
-from reconciler.store.connecting import connect, database_url, open_store
+from reconciler.store.connecting import database_url, open_store
 from reconciler.store.jobs import (
     Heartbeat,
     Started,
@@ -44,10 +44,8 @@ from reconciler.store.jobs import (
     record_callback,
     start_job,
 )
-from reconciler.store.ledger import Ledger
 
 if TYPE_CHECKING:
-    from reconciler.model.files import Source, SourceFile
     from reconciler.settings import Settings
 
 __all__ = ["RECONNECT_WITHIN", "Claim", "Progress", "claim_run", "run_schedule"]
@@ -55,8 +53,6 @@ __all__ = ["RECONNECT_WITHIN", "Claim", "Progress", "claim_run", "run_schedule"]
 # Seconds a run waits for PostgreSQL to answer again: a restart or a switchover takes a few; the
 # window stays well inside the 30 s a container gets between SIGTERM and SIGKILL.
 RECONNECT_WITHIN = 20.0
-_FIRST_RETRY = 0.25  # seconds; doubles up to _LAST_RETRY
-_LAST_RETRY = 4.0
 _log = get_logger("reconciler.imports")
 
 
@@ -99,7 +95,7 @@ def claim_run(
     ``StoreError`` as for ``run_schedule``; nothing stays open when they are raised.
     """
     management_url = database_url(settings)
-    outage = _Outage(RECONNECT_WITHIN if reconnect_within is None else reconnect_within)
+    outage = Outage(RECONNECT_WITHIN if reconnect_within is None else reconnect_within)
     with ExitStack() as stack:
         conn = stack.enter_context(open_store(settings))
         conn.autocommit = True  # the job session holds the run's advisory lock between statements
@@ -131,7 +127,7 @@ class Claim:
         *,
         settings: Settings,
         management_url: str,
-        outage: _Outage,
+        outage: Outage,
     ) -> None:
         self._conn, self._spec, self._started, self._base = conn, spec, started, base
         self._session = session
@@ -185,39 +181,6 @@ def _call_back(
     return replace(result, callback=outcome)
 
 
-class _Outage:
-    """The bounded wait for PostgreSQL to answer again, one window per run.
-
-    The window opens at the first failed attempt; each connection attempt may itself take up
-    to the connect timeout (10 s) against a host that drops packets.
-    """
-
-    def __init__(self, window: float) -> None:
-        self.window = window
-        self._deadline: float | None = None
-
-    def connect(self, url: str) -> psycopg.Connection[Any]:
-        """A new connection to ``url``; ``StoreError`` once the window has passed."""
-        delay = _FIRST_RETRY
-        while True:
-            try:
-                return connect(url)
-            except StoreError as exc:
-                now = time.monotonic()
-                if self._deadline is None:
-                    self._deadline = now + self.window
-                    _log.warning("waiting for PostgreSQL", seconds=self.window, error=exc.message)
-                if now >= self._deadline:
-                    raise
-                time.sleep(min(delay, self._deadline - now))
-                delay = min(delay * 2, _LAST_RETRY)
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return redact(lines[0].strip()) if lines else type(exc).__name__
-
-
 def _run(
     conn: psycopg.Connection[Any],
     spec: ImportSpec,
@@ -227,7 +190,7 @@ def _run(
     settings: Settings,
     management_url: str,
     progress: Callable[[Progress], None] | None,
-    outage: _Outage,
+    outage: Outage,
 ) -> JobResult:
     meter = Meter(progress)
     files: list[FileResult] = []
@@ -236,14 +199,14 @@ def _run(
     _log.info("import started", schedule=spec.schedule.name, job_id=started.id)
     try:
         with Heartbeat(conn, started.id, meter.totals):
-            _import(
+            transfer(
                 spec, settings, job_id=started.id, management_url=management_url,
                 meter=meter, results=files, outage=outage,
             )  # fmt: skip
     except ReconcileError as exc:
         error = exc.message
     except psycopg.Error as exc:
-        error = f"PostgreSQL: {_one_line(exc)}"
+        error = f"PostgreSQL: {one_line(exc)}"
     except BaseException as exc:  # an interrupt or a bug: the row must not stay 'running'
         kind = "interrupted" if not isinstance(exc, Exception) else "unexpected error"
         error = f"{kind}: {type(exc).__name__}: {exc}".rstrip(": ")
@@ -300,7 +263,7 @@ def _finish_lost(
     *,
     settings: Settings,
     url: str,
-    outage: _Outage,
+    outage: Outage,
     began: float,
 ) -> JobResult:
     """The management session died mid-run, and the run's lock with it: end the job anew.
@@ -308,7 +271,7 @@ def _finish_lost(
     ``StoreError`` when PostgreSQL does not answer again within the window; the job then
     stays ``running`` until the next run finds its lock free and marks it abandoned.
     """
-    cause = f"lost the connection to the management database during the run ({_one_line(lost)})"
+    cause = f"lost the connection to the management database during the run ({one_line(lost)})"
     error = cause if result.error is None else f"{cause}; {result.error}"
     try:
         conn = outage.connect(url)
@@ -328,114 +291,3 @@ def _finish_lost(
         if result.status == "abandoned":  # as for every abandoned job, no callback
             return result
         return _call_back(conn, spec, result, settings)
-
-
-def _import(
-    spec: ImportSpec,
-    settings: Settings,
-    *,
-    job_id: str,
-    management_url: str,
-    meter: Meter,
-    results: list[FileResult],
-    outage: _Outage,
-) -> None:
-    """Load the schedule's new files; ``results`` fills in as soon as data is committed, so a
-    later failure (an after-import action, closing the source) keeps the record of what landed.
-    """
-    project = spec.project_spec
-    target = spec.target  # TargetError for a project managed elsewhere
-    assert project is not None
-    assert spec.schedule.project_id
-    assert spec.schedule.project
-    url, external = target_url(spec, settings, management_url)
-    schema = target.table.split(".")[0] if "." in target.table else None
-    with open_source(spec, settings) as source, Connections(url) as pool:
-        listed = source.list_files()
-        ledger = Ledger(
-            spec.schedule.project_id, spec.schedule.project, source.key, schema, external
-        )
-        with pool.session() as tconn:
-            table = inspect_target(tconn, target, project.csv)
-            ledger.prepare(tconn)
-            done = ledger.imported(tconn, listed)
-        todo = [f for f in listed if (f.path, f.size, f.mtime) not in done]
-        meter.begin(todo)
-        loaded = import_files(
-            pool, table, ledger, source, todo,
-            job_id=job_id, meter=meter, workers=settings.import_workers,
-        )  # fmt: skip
-        if any(r.status == "failed" for r in loaded):
-            loaded = _confirm(url, ledger, todo, loaded, outage)
-        by_path = {r.path: r for r in loaded}
-        results.extend(by_path.get(f.path) or _already(f) for f in listed)
-        _after_import(source, listed, results)
-        if external:
-            _mirror(ledger, management_url, listed=listed, results=results, job_id=job_id)
-
-
-def _mirror(
-    ledger: Ledger,
-    management_url: str,
-    *,
-    listed: Sequence[SourceFile],
-    results: list[FileResult],
-    job_id: str,
-) -> None:
-    loaded = [(f, r.rows) for f, r in zip(listed, results, strict=True) if r.status == "imported"]
-    if not loaded:
-        return
-    try:
-        with connect(management_url) as conn:
-            ledger.mirror(conn, loaded, job_id)
-    except (ReconcileError, psycopg.Error) as exc:  # informational copy: the target's record rules
-        _log.warning("cannot copy the import records to cpi_imported_files", error=str(exc))
-
-
-def _confirm(
-    url: str,
-    ledger: Ledger,
-    files: Sequence[SourceFile],
-    loaded: list[FileResult],
-    outage: _Outage,
-) -> list[FileResult]:
-    """Failed files that the ledger records as loaded after all: their COMMIT landed but its
-    answer was lost with the connection (or a concurrent run loaded them). Read over a new
-    session, as the old one may be dead.
-    """
-    failed = [f for f, r in zip(files, loaded, strict=True) if r.status == "failed"]
-    try:
-        with outage.connect(url) as conn:
-            landed = ledger.imported(conn, failed)
-    except (ReconcileError, psycopg.Error) as exc:  # they stay failed: nothing says they landed
-        message = exc.message if isinstance(exc, ReconcileError) else _one_line(exc)
-        _log.warning("cannot read the import ledger to confirm failed files", error=message)
-        return loaded
-    note = "already imported: the import ledger records it, though this run saw an error"
-    return [
-        FileResult(r.path, r.size, r.mtime, "skipped", bytes=r.bytes, note=note)
-        if r.status == "failed" and (f.path, f.size, f.mtime) in landed
-        else r
-        for f, r in zip(files, loaded, strict=True)
-    ]
-
-
-def _already(f: SourceFile) -> FileResult:
-    return FileResult(f.path, f.size, f.mtime, "skipped", note="already imported")
-
-
-def _after_import(source: Source, listed: Sequence[SourceFile], results: list[FileResult]) -> None:
-    """Keep, delete or move each file whose data is committed, now or by an earlier run.
-
-    Files skipped as already imported are finished too: a crash between an earlier run's commit
-    and its after-import action is completed by the next run.
-    """
-    for i, (f, result) in enumerate(zip(listed, results, strict=True)):
-        if result.status not in ("imported", "skipped"):
-            continue
-        try:
-            source.finish(f)
-        except (ReconcileError, OSError) as exc:
-            message = exc.message if isinstance(exc, ReconcileError) else str(exc)
-            _log.warning("after-import action failed", path=f.path, error=message)
-            results[i] = replace(result, note=f"after_import failed: {message}")

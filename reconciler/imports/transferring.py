@@ -1,0 +1,174 @@
+"""The files of one run: list them, load the new ones, confirm the doubtful, finish them all.
+
+``imports.running`` calls ``transfer`` once a run's job is recorded, and uses ``Outage`` (the
+bounded wait for PostgreSQL to answer again) for its own session as well. ``transfer`` fills its
+``results`` as soon as each file's data is committed, so a later failure (an after-import action,
+closing the source) keeps the record of what landed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from reconciler.errors import ReconcileError, StoreError
+from reconciler.imports.copying import inspect_target
+from reconciler.imports.importing import Connections, Meter, import_files
+from reconciler.imports.resolving import ImportSpec, open_source, target_url
+from reconciler.logs import get_logger, one_line
+from reconciler.model.results import FileResult
+from reconciler.store.connecting import connect
+from reconciler.store.ledger import Ledger
+
+if TYPE_CHECKING:
+    from reconciler.model.files import Source, SourceFile
+    from reconciler.settings import Settings
+
+__all__ = ["Outage", "transfer"]
+
+_FIRST_RETRY = 0.25  # seconds; doubles up to _LAST_RETRY
+_LAST_RETRY = 4.0
+_log = get_logger("reconciler.imports")
+
+
+class Outage:
+    """The bounded wait for PostgreSQL to answer again, one window per run.
+
+    The window opens at the first failed attempt; each connection attempt may itself take up
+    to the connect timeout (10 s) against a host that drops packets.
+    """
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self._deadline: float | None = None
+
+    def connect(self, url: str) -> psycopg.Connection[Any]:
+        """A new connection to ``url``; ``StoreError`` once the window has passed."""
+        delay = _FIRST_RETRY
+        while True:
+            try:
+                return connect(url)
+            except StoreError as exc:
+                now = time.monotonic()
+                if self._deadline is None:
+                    self._deadline = now + self.window
+                    _log.warning("waiting for PostgreSQL", seconds=self.window, error=exc.message)
+                if now >= self._deadline:
+                    raise
+                time.sleep(min(delay, self._deadline - now))
+                delay = min(delay * 2, _LAST_RETRY)
+
+
+def transfer(
+    spec: ImportSpec,
+    settings: Settings,
+    *,
+    job_id: str,
+    management_url: str,
+    meter: Meter,
+    results: list[FileResult],
+    outage: Outage,
+) -> None:
+    """Load the schedule's new files; ``results`` fills in as soon as data is committed, so a
+    later failure (an after-import action, closing the source) keeps the record of what landed.
+    """
+    project = spec.project_spec
+    target = spec.target  # TargetError for a project managed elsewhere
+    assert project is not None
+    assert spec.schedule.project_id
+    assert spec.schedule.project
+    url, external = target_url(spec, settings, management_url)
+    schema = target.table.split(".")[0] if "." in target.table else None
+    with open_source(spec, settings) as source, Connections(url) as pool:
+        listed = source.list_files()
+        ledger = Ledger(
+            spec.schedule.project_id, spec.schedule.project, source.key, schema, external
+        )
+        with pool.session() as tconn:
+            table = inspect_target(tconn, target, project.csv)
+            ledger.prepare(tconn)
+            done = ledger.imported(tconn, listed)
+        todo = [f for f in listed if (f.path, f.size, f.mtime) not in done]
+        meter.begin(todo)
+        loaded = import_files(
+            pool, table, ledger, source, todo,
+            job_id=job_id, meter=meter, workers=settings.import_workers,
+        )  # fmt: skip
+        if any(r.status == "failed" for r in loaded):
+            loaded = _confirm(url, ledger, todo, loaded, outage)
+        by_path = {r.path: r for r in loaded}
+        results.extend(by_path.get(f.path) or _already(f) for f in listed)
+        _after_import(source, listed, results)
+        if external:
+            _mirror(ledger, management_url, listed=listed, results=results, job_id=job_id)
+
+
+def _mirror(
+    ledger: Ledger,
+    management_url: str,
+    *,
+    listed: Sequence[SourceFile],
+    results: list[FileResult],
+    job_id: str,
+) -> None:
+    loaded = [(f, r.rows) for f, r in zip(listed, results, strict=True) if r.status == "imported"]
+    if not loaded:
+        return
+    try:
+        with connect(management_url) as conn:
+            ledger.mirror(conn, loaded, job_id)
+    except (ReconcileError, psycopg.Error) as exc:  # informational copy: the target's record rules
+        _log.warning("cannot copy the import records to cpi_imported_files", error=str(exc))
+
+
+def _confirm(
+    url: str,
+    ledger: Ledger,
+    files: Sequence[SourceFile],
+    loaded: list[FileResult],
+    outage: Outage,
+) -> list[FileResult]:
+    """Failed files that the ledger records as loaded after all: their COMMIT landed but its
+    answer was lost with the connection (or a concurrent run loaded them). Read over a new
+    session, as the old one may be dead.
+    """
+    failed = [f for f, r in zip(files, loaded, strict=True) if r.status == "failed"]
+    try:
+        with outage.connect(url) as conn:
+            landed = ledger.imported(conn, failed)
+    except (ReconcileError, psycopg.Error) as exc:  # they stay failed: nothing says they landed
+        message = exc.message if isinstance(exc, ReconcileError) else one_line(exc)
+        _log.warning("cannot read the import ledger to confirm failed files", error=message)
+        return loaded
+    note = "already imported: the import ledger records it, though this run saw an error"
+    return [
+        FileResult(r.path, r.size, r.mtime, "skipped", bytes=r.bytes, note=note)
+        if r.status == "failed" and (f.path, f.size, f.mtime) in landed
+        else r
+        for f, r in zip(files, loaded, strict=True)
+    ]
+
+
+def _already(f: SourceFile) -> FileResult:
+    return FileResult(f.path, f.size, f.mtime, "skipped", note="already imported")
+
+
+def _after_import(source: Source, listed: Sequence[SourceFile], results: list[FileResult]) -> None:
+    """Keep, delete or move each file whose data is committed, now or by an earlier run.
+
+    Files skipped as already imported are finished too: a crash between an earlier run's commit
+    and its after-import action is completed by the next run.
+    """
+    for i, (f, result) in enumerate(zip(listed, results, strict=True)):
+        if result.status not in ("imported", "skipped"):
+            continue
+        try:
+            source.finish(f)
+        except (ReconcileError, OSError) as exc:
+            message = exc.message if isinstance(exc, ReconcileError) else str(exc)
+            _log.warning("after-import action failed", path=f.path, error=message)
+            results[i] = replace(result, note=f"after_import failed: {message}")
