@@ -44,6 +44,15 @@ PINNED: dict[str, list[str]] = {
     "reconciler.commands.running": ["history", "run"],
     "reconciler.commands.upcoming": ["MAX_COUNT", "next_runs"],
     "reconciler.daemon": [],
+    "reconciler.daemon.answering": [
+        "RETRY_AFTER",
+        "BodyLimit",
+        "Refused",
+        "answer",
+        "error",
+        "install",
+        "unavailable",
+    ],
     "reconciler.daemon.api": [
         "API_KEY_HEADER",
         "BODY_LIMIT",

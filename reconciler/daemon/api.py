@@ -32,6 +32,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel
 
+from reconciler.daemon.answering import Refused, answer, error, install, unavailable
 from reconciler.daemon.responses import (
     ErrorResponse,
     JobListResponse,
@@ -42,14 +43,12 @@ from reconciler.daemon.responses import (
     ScheduleListResponse,
     ScheduleResponse,
 )
-from reconciler.errors import NotFound, ReconcileError, StoreError
+from reconciler.errors import NotFound
 from reconciler.logs import get_logger
 from reconciler.model.scalars import excerpt
 from reconciler.store import listing
 
 if TYPE_CHECKING:
-    from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
     from reconciler.daemon.working import Runner
     from reconciler.settings import Settings
     from reconciler.store.pooling import ReadPool
@@ -60,7 +59,7 @@ API_KEY_HEADER = "X-API-Key"
 BODY_LIMIT = 64 * 1024  # no route reads a body; anything larger is refused before it is read
 MAX_LIMIT = 1000
 _MAX_OFFSET = 2**31 - 1
-_RETRY_AFTER = "5"
+RETRY_AFTER = "5"
 _log = get_logger("reconciler.api")
 _Route = TypeVar("_Route", bound=Callable[..., Any])
 
@@ -84,21 +83,6 @@ def detach(app: FastAPI) -> None:
     app.state.backend = None
 
 
-class _Refused(Exception):
-    """Answer ``status`` with ``body`` (and ``headers``) from anywhere in a route."""
-
-    def __init__(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-        self.status, self.body, self.headers = status, body, headers or {}
-
-
-def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> _Refused:
-    return _Refused(status, ErrorResponse(detail=detail), headers)
-
-
-def _unavailable(detail: str) -> _Refused:
-    return _error(503, detail, {"Retry-After": _RETRY_AFTER})
-
-
 _header = APIKeyHeader(
     name=API_KEY_HEADER, auto_error=False, description="The key in RECONCILER_API_KEY."
 )
@@ -120,7 +104,7 @@ Offset = Annotated[int, Query(ge=0, le=_MAX_OFFSET, description="rows to skip")]
 def _backend(request: Request) -> Backend:
     backend: Backend | None = getattr(request.app.state, "backend", None)
     if backend is None:
-        raise _unavailable("the daemon is starting or stopping: its database is not ready yet")
+        raise unavailable("the daemon is starting or stopping: its database is not ready yet")
     return backend
 
 
@@ -150,15 +134,10 @@ def add_api(app: FastAPI, key: str) -> None:
         # Starlette decodes header values as latin-1: back to the bytes that were sent.
         sent = (given or "").encode("latin-1")
         if given is None or not hmac.compare_digest(sent, expected):
-            raise _error(401, f"send the key of RECONCILER_API_KEY in the {API_KEY_HEADER} header")
+            raise error(401, f"send the key of RECONCILER_API_KEY in the {API_KEY_HEADER} header")
 
     app.state.backend = None
-    app.add_middleware(_BodyLimit, limit=BODY_LIMIT)
-    app.add_exception_handler(_Refused, _refused)  # type: ignore[arg-type]
-    app.add_exception_handler(StoreError, _store_error)  # type: ignore[arg-type]
-    app.add_exception_handler(ReconcileError, _stored_state)  # type: ignore[arg-type]
-    app.add_exception_handler(Exception, _internal)
-    app.add_exception_handler(405, _method_not_allowed)
+    install(app, body_limit=BODY_LIMIT)
     router = APIRouter(dependencies=[Depends(authorised), Depends(_known_query)], responses=_ERRORS)
     _reads(router)
     _runs(router)
@@ -231,16 +210,16 @@ def _reads(router: APIRouter) -> None:
         try:
             key = str(UUID(job_id))
         except ValueError:  # not an id at all: no such job, as for an unknown one
-            raise _error(404, f"no job {excerpt(job_id)}: job ids are UUIDs") from None
+            raise error(404, f"no job {excerpt(job_id)}: job ids are UUIDs") from None
         with backend.pool.session() as conn:
             job = listing.fetch_job(conn, key)
         if job is None:
-            raise _error(404, f"no job {key}")
+            raise error(404, f"no job {key}")
         return _ok(JobResponse.of(job))
 
 
-def _no_schedule(name: str) -> _Refused:
-    return _error(
+def _no_schedule(name: str) -> Refused:
+    return error(
         404, f"no schedule named {excerpt(name)} (nor with that id); GET /schedules lists them"
     )
 
@@ -269,9 +248,9 @@ def _runs(router: APIRouter) -> None:
 
         runner = backend.runner
         if runner.stopping:
-            raise _unavailable("the daemon is stopping; run it on another replica")
+            raise unavailable("the daemon is stopping; run it on another replica")
         if runner.busy:
-            raise _unavailable(
+            raise unavailable(
                 f"all {backend.settings.concurrent_runs} run slots of this daemon are busy "
                 "(RECONCILER_CONCURRENT_RUNS); try again shortly"
             )
@@ -284,20 +263,20 @@ def _runs(router: APIRouter) -> None:
         assert job.job_id is not None
         if not runner.run_claimed(claim):  # a skip still sends its callback in the pool
             claim.cancel("not run: reconcile serve was stopping when the run was asked for")
-            raise _unavailable("the daemon is stopping; run it on another replica")
+            raise unavailable("the daemon is stopping; run it on another replica")
         if job.status == "skipped":
             body: Any = RunSkipped(
                 detail=job.error or "overlaps a live run", job_id=job.job_id,
                 schedule=job.schedule, status=job.status,
             )  # fmt: skip
-            return _json(409, body)
+            return answer(409, body)
         _log.info("manual run accepted", schedule=job.schedule, job_id=job.job_id)
         url = f"/jobs/{job.job_id}"
         accepted = RunAccepted(
             job_id=job.job_id, schedule=job.schedule, status=job.status,
             trigger=job.trigger, started_at=job.started_at, job_url=url,
         )  # fmt: skip
-        return _json(202, accepted, {"Location": url})
+        return answer(202, accepted, {"Location": url})
 
 
 _VERBS = {
@@ -319,7 +298,7 @@ def _writes(router: APIRouter) -> None:
             detail=f"schedules are managed in Git: add a document of kind: Schedule to a YAML "
             f"file in the schedules folder ({folder}) and commit it; reconcile applies it"
         )
-        return _json(405, body, {"Allow": "GET"})
+        return answer(405, body, {"Allow": "GET"})
 
     def refuse(action: str, key: str, backend: Backend) -> JSONResponse:
         row = _schedule(backend, key)
@@ -345,7 +324,7 @@ def _writes(router: APIRouter) -> None:
             detail=detail, schedule=row.name, owner=row.owner,
             source_file=row.source_file, source_line=row.source_line,
         )  # fmt: skip
-        return _json(405, body, {"Allow": allow})
+        return answer(405, body, {"Allow": allow})
 
     def write(method: str, path: str, summary: str) -> Callable[[_Route], _Route]:
         return router.api_route(
@@ -373,98 +352,6 @@ def _writes(router: APIRouter) -> None:
 def _ok(body: BaseModel) -> Response:
     """200 with ``body`` serialised once, in Rust: FastAPI would validate it again first."""
     return Response(body.model_dump_json(), media_type="application/json")
-
-
-def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(body.model_dump(mode="json"), status_code=status, headers=headers)
-
-
-async def _refused(request: Request, exc: _Refused) -> JSONResponse:
-    return _json(exc.status, exc.body, exc.headers)
-
-
-async def _store_error(request: Request, exc: StoreError) -> JSONResponse:
-    _log.warning("API request failed: database unreachable", path=request.url.path, error=str(exc))
-    body = ErrorResponse(detail="the management database is not answering; try again shortly")
-    return _json(503, body, {"Retry-After": _RETRY_AFTER})
-
-
-async def _stored_state(request: Request, exc: ReconcileError) -> JSONResponse:
-    """A row the reconciler cannot use (edited by hand into something no document says): the
-    message names it and the fix (``reconcile apply``)."""
-    _log.error("API request failed", path=request.url.path, error=exc.message)
-    return _json(500, ErrorResponse(detail=exc.message))
-
-
-async def _method_not_allowed(request: Request, exc: Exception) -> JSONResponse:
-    """A method no route of the path has: ``Allow`` lists every method the path's routes have.
-
-    Starlette lists only the first matching route's methods (``GET`` for ``/schedules``,
-    whose ``POST`` is another route).
-    """
-    from starlette.routing import Match
-
-    scope = {**request.scope, "method": "GET"}
-    allowed: set[str] = set()
-    for route in _flat(request.app.routes):
-        if route.matches(scope)[0] != Match.NONE:  # the refused writes too: they are documented
-            allowed |= getattr(route, "methods", None) or set()
-    body = ErrorResponse(detail=f"{request.method} is not a method of {request.url.path}")
-    return _json(405, body, {"Allow": ", ".join(sorted(allowed))})
-
-
-def _flat(routes: Any) -> list[Any]:
-    """Every route, those of included routers too (FastAPI keeps them behind a wrapper)."""
-    out: list[Any] = []
-    for route in routes:
-        inner = getattr(getattr(route, "original_router", None), "routes", None)
-        out += _flat(inner) if inner is not None else [route]
-    return out
-
-
-async def _internal(request: Request, exc: Exception) -> JSONResponse:
-    _log.exception("API request failed", path=request.url.path, error=str(exc))
-    body = ErrorResponse(detail="internal error; the daemon's log has the details")
-    return _json(500, body)
-
-
-class _BodyLimit:
-    """Refuse a request body over ``limit`` bytes with 413, from its Content-Length (before
-    anything is read) or, for a chunked body, as soon as the bytes read pass the limit."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None:
-            if not length.isdigit():
-                await _send(send, 400, "Content-Length is not a number")
-                return
-            if int(length) > self.limit:
-                await _send(send, 413, f"request bodies are limited to {self.limit} bytes")
-                return
-        seen = 0
-
-        async def bounded() -> Message:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise _error(413, f"request bodies are limited to {self.limit} bytes")
-            return message
-
-        await self.app(scope, bounded, send)
-
-
-async def _send(send: Send, status: int, detail: str) -> None:
-    body = json.dumps({"detail": detail}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
 
 
 def _main() -> None:
