@@ -66,7 +66,8 @@ def folder(tmp_path: Path, database_url: str) -> Path:
     add_schedule(database_url, "legacy-import", project="customer_project")
     with psycopg.connect(database_url) as conn:
         conn.execute("UPDATE cpi_schedules SET source_line = 12 WHERE name = %s", (NAME,))
-        conn.execute("UPDATE cpi_schedules SET owner = NULL, source_file = NULL "
+        conn.execute("UPDATE cpi_schedules SET owner = NULL, source_file = NULL, "
+                     "sftp_override = '{\"password\": \"hunter2\", \"host\": \"h\"}' "
                      "WHERE name = 'legacy-import'")  # fmt: skip
     write_sales(tmp_path / "data" / "sales_1.csv", range(100))
     return tmp_path
@@ -189,6 +190,13 @@ def test_bad_query_values_are_422_in_json(client: httpx.Client, query: str) -> N
     response = client.get(f"/schedules?{query}", headers=AUTH)
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"][0] == "query"
+
+
+def test_a_literal_secret_of_a_legacy_row_is_never_served(client: httpx.Client) -> None:
+    """A password the original API stored in clear is masked; other values are as stored."""
+    response = client.get("/schedules/legacy-import", headers=AUTH)
+    assert response.json()["sftp_override"] == {"password": "***", "host": "h"}
+    assert "hunter2" not in client.get("/schedules", headers=AUTH).text
 
 
 def test_get_by_name_or_id_and_unknown_names(client: httpx.Client) -> None:

@@ -59,7 +59,6 @@ API_KEY_HEADER = "X-API-Key"
 BODY_LIMIT = 64 * 1024  # no route reads a body; anything larger is refused before it is read
 MAX_LIMIT = 1000
 _MAX_OFFSET = 2**31 - 1
-RETRY_AFTER = "5"
 _log = get_logger("reconciler.api")
 _Route = TypeVar("_Route", bound=Callable[..., Any])
 

@@ -2,8 +2,9 @@
 
 ``serving`` starts one ``Leader`` per replica. Each holds a session and tries the owner's
 session advisory lock (``Named.LEADER``); the one that gets it leads until that session ends.
-When a leader dies, PostgreSQL closes its session and frees the lock, and another replica takes
-over within ``ELECT_SECONDS``. Only the leader applies, so during a rolling ConfigMap update a
+When a leader's process dies, PostgreSQL closes its session and frees the lock, and another
+replica takes over within ``ELECT_SECONDS``; when its whole host vanishes, once the server's TCP
+keepalives (``tcp_keepalives_*``, two hours by default: lower them) give its session up. Only the leader applies, so during a rolling ConfigMap update a
 replica that still sees the old files never undoes the leader's apply; every replica keeps
 scheduling from the rows (``daemon.timing``).
 

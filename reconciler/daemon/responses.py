@@ -8,11 +8,13 @@ the run statistics and ``project_name``) and add the reconciler's own fields; ev
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from reconciler.logs import MASK
 from reconciler.store.listing import JobRow, ScheduleRow
 
 __all__ = [
@@ -44,7 +46,10 @@ class ScheduleResponse(_Body):
     timezone: str | None
     enabled: bool = Field(description="a NULL column reads as the original default, true")
     callback_url: str | None
-    sftp_override: Any = Field(description="as stored: ${VAR} references, never secret values")
+    sftp_override: Any = Field(
+        description="as stored, with ${VAR} references; a literal secret (a row the original "
+        "API wrote) is shown as ***"
+    )
     local_files: Any = Field(description="globs relative to the schedules folder, as stored")
     last_run_at: datetime | None
     next_run_at: datetime | None
@@ -69,7 +74,7 @@ class ScheduleResponse(_Body):
             schedule_type=row.schedule_type, cron_expression=row.cron_expression,
             interval_seconds=row.interval_seconds, timezone=row.timezone,
             enabled=row.enabled is not False, callback_url=row.callback_url,
-            sftp_override=row.sftp_override, local_files=row.local_files,
+            sftp_override=_without_secrets(row.sftp_override), local_files=row.local_files,
             last_run_at=row.last_run_at, next_run_at=row.next_run_at,
             last_job_id=row.last_job_id, total_runs=row.total_runs or 0,
             successful_runs=row.successful_runs or 0, failed_runs=row.failed_runs or 0,
@@ -78,6 +83,27 @@ class ScheduleResponse(_Body):
             source_line=row.source_line, misfire_grace_seconds=row.misfire_grace_seconds,
             last_status=row.last_status,
         )  # fmt: skip
+
+
+_SECRET_KEYS = ("password", "passphrase", "private_key")
+_REFERENCE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
+
+
+def _without_secrets(value: Any) -> Any:
+    """``value`` with every secret-looking field that is not a ``${VAR}`` reference masked:
+    rows written by the original API may hold a literal password."""
+    if isinstance(value, dict):
+        return {
+            k: MASK
+            if any(word in str(k).lower() for word in _SECRET_KEYS)
+            and isinstance(v, str)
+            and not _REFERENCE.fullmatch(v)
+            else _without_secrets(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_without_secrets(v) for v in value]
+    return value
 
 
 class ScheduleListResponse(_Body):

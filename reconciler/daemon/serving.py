@@ -141,9 +141,10 @@ def _run(
     if pool is not None:  # no new manual runs; the ones running get the grace like the others
         detach(app)
         pool.close()
+    runner.refuse()  # first: nothing new starts while the timer and the leader wind down
     timer.stop()
     leader.join()
-    if runner.stop(settings.shutdown_grace):
+    if runner.stop(settings.shutdown_grace - (time.monotonic() - began)):
         _log.info("stopped", seconds=round(time.monotonic() - began, 3))
         return EXIT_OK
     try:

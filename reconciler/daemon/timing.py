@@ -258,9 +258,13 @@ class Timer:
             if armed is None or armed.at != at:  # re-armed or removed meanwhile
                 return
             self._handled[name] = at
-        following = next_after(armed.timing, at)
-        self._runner.submit(Occurrence(name, at, armed.grace, following))
-        self._arm(name, following, armed.timing, armed.grace)
+        try:
+            following = next_after(armed.timing, at)
+            self._runner.submit(Occurrence(name, at, armed.grace, following))
+            self._arm(name, following, armed.timing, armed.grace)
+        except Exception as exc:  # never leave a schedule handed over but not armed
+            _log.exception("cannot hand over an occurrence", schedule=name, error=str(exc))
+            self.forget(name, at)
 
     def _reap(self, conn: psycopg.Connection[Any]) -> None:
         """Mark jobs whose runner died ``abandoned``, at most once per resync period."""

@@ -11,9 +11,10 @@ imports) is recorded ``missed`` instead.
 The HTTP API's manual runs arrive claimed (the job id is already answered): ``run_claimed``
 runs the rest of them in the same pool, counted in the same metrics.
 
-On shutdown ``stop`` takes no new claims, drops what is queued (still due in the database, so
-another replica or the next start handles it) and waits for running imports up to the grace
-period; ``end_unfinished`` then records how the ones still running ended.
+On shutdown ``refuse`` takes no new claims and drops what is queued (a queued occurrence stays
+due in the database, so another replica or the next start handles it; a queued manual run, whose
+job is recorded already, is recorded failed); ``stop`` then waits for running imports up to the
+grace period, and ``end_unfinished`` records how the ones still running ended.
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ class Runner:
         self._stopping = threading.Event()
         self._local = threading.local()
         self._futures: set[Future[None]] = set()
+        self._claims: dict[Future[None], Claim] = {}  # queued manual runs, already recorded
+        self._sessions: list[psycopg.Connection[Any]] = []  # the workers' bookkeeping sessions
         self._lock = threading.Lock()
         # Told of an occurrence whose claim could not be recorded (the timer's ``forget``).
         self.unclaimed: Callable[[str, datetime], None] = lambda name, at: None
@@ -103,6 +106,7 @@ class Runner:
                 return False
             future = self._pool.submit(self._continue, claim)
             self._futures.add(future)
+            self._claims[future] = claim
         future.add_done_callback(self._done)
         return True
 
@@ -118,6 +122,13 @@ class Runner:
     def _done(self, future: Future[None]) -> None:
         with self._lock:
             self._futures.discard(future)
+            claim = self._claims.pop(future, None)
+        if claim is not None and future.cancelled():  # recorded running, never started
+            try:
+                claim.cancel("not run: reconcile serve stopped before the run could start")
+            except ReconcileError as exc:  # the next run marks it abandoned instead
+                _log.error("cannot record a cancelled run", job_id=claim.job.job_id,
+                           error=exc.message)  # fmt: skip
 
     def _connection(self) -> psycopg.Connection[Any]:
         """This worker's bookkeeping session, opened again if it broke."""
@@ -125,8 +136,12 @@ class Runner:
 
         conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
         if conn is None or conn.closed or conn.broken:
+            if conn is not None:
+                conn.close()
             conn = connect(self._url, autocommit=True)
             self._local.conn = conn
+            with self._lock:
+                self._sessions.append(conn)
         return conn
 
     def _handle(self, occurrence: Occurrence) -> None:
@@ -148,8 +163,12 @@ class Runner:
         name, at = occurrence.schedule, occurrence.at
         late = datetime.now(UTC) - at
         if occurrence.missed or late > occurrence.grace:
-            conn = self._bookkeeping(occurrence)
-            self._record_missed(conn, occurrence, late)
+            try:  # recorded first, then handled: an outage leaves it due for the next resync
+                self._record_missed(self._session(), occurrence, late)
+                self._bookkeeping(occurrence)
+            except StoreError:
+                self.unclaimed(name, at)
+                raise
             return
         if self._claimed_elsewhere(occurrence):  # cheap: no new session, no spec to read
             return
@@ -175,18 +194,26 @@ class Runner:
         except (psycopg.Error, ReconcileError):  # the claim itself decides, and says why
             return False
 
-    def _bookkeeping(self, occurrence: Occurrence) -> psycopg.Connection[Any]:
+    def _session(self) -> psycopg.Connection[Any]:
+        """The bookkeeping session; ``StoreError`` when the database does not answer."""
+        import psycopg
+
+        try:
+            return self._connection()
+        except psycopg.Error as exc:
+            raise StoreError(f"PostgreSQL: {' '.join(str(exc).split())}") from exc
+
+    def _bookkeeping(self, occurrence: Occurrence) -> None:
         """Store that ``occurrence`` is handled (its schedule's next run moves on)."""
         import psycopg
 
         from reconciler.store.scheduling import advance_next_run
 
+        conn = self._session()
         try:
-            conn = self._connection()
             advance_next_run(conn, occurrence.schedule, occurrence.at, occurrence.following)
         except psycopg.Error as exc:
             raise StoreError(f"PostgreSQL: {' '.join(str(exc).split())}") from exc
-        return conn
 
     def _record_missed(
         self, conn: psycopg.Connection[Any], occurrence: Occurrence, late: timedelta
@@ -224,15 +251,26 @@ class Runner:
         if result.status == "succeeded" and result.finished_at:
             m.last_success.labels(name).set(result.finished_at.timestamp())
 
-    def stop(self, grace: float) -> bool:
-        """Take no new work, drop the queue, wait up to ``grace`` s; true if all finished."""
+    def refuse(self) -> None:
+        """Take no new work and drop the queue (at once, on SIGTERM): a queued occurrence stays
+        due in the database; a queued manual run is recorded failed (``_done``)."""
         with self._lock:
             self._stopping.set()
-            running = set(self._futures)
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def stop(self, grace: float) -> bool:
+        """``refuse``, then wait up to ``grace`` s for running work; true if all finished.
+        The workers' bookkeeping sessions are closed."""
+        self.refuse()
+        with self._lock:
+            running = set(self._futures)
         if running:
             _log.info("waiting for running imports", count=len(running), grace_seconds=grace)
-        _, not_done = wait(running, timeout=grace)
+        _, not_done = wait(running, timeout=max(grace, 0.0))
+        with self._lock:
+            sessions, self._sessions = self._sessions, []
+        for conn in sessions:
+            conn.close()
         return not not_done
 
     def end_unfinished(self, grace: float) -> list[str]:

@@ -118,7 +118,11 @@ def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:
             f"the database URL is not a PostgreSQL connection string ({_parse_reason(exc, url)})"
         ) from exc
     try:
-        return psycopg.connect(url, autocommit=autocommit, connect_timeout=10)
+        # TCP keepalives: a server that vanished is noticed in about 25 s, not hours.
+        return psycopg.connect(
+            url, autocommit=autocommit, connect_timeout=10,
+            keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
+        )  # fmt: skip
     except psycopg.Error as exc:
         reason = redact(" ".join(str(exc).split()))  # libpq's hint spans lines; keep one
         raise StoreError(f"cannot connect to PostgreSQL at {mask_url(url)}: {reason}") from exc

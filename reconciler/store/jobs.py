@@ -272,7 +272,10 @@ def finish_job(
             succeeded=int(status == "succeeded") - int(old == "succeeded"),
             failed=int(status == "failed") - int(old in ("failed", "abandoned")),
         )
-    release_job_lock(conn, schedule.name)
+        # Released before the commit, not after: a claimer that gets the lock in between
+        # waits on this row's lock in ``abandon`` and then sees the run ended, instead of
+        # failing the try-lock and recording a skip for an overlap that is already over.
+        release_job_lock(conn, schedule.name)
     finished_at: datetime = row[1]
     return finished_at
 

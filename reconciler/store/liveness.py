@@ -133,11 +133,15 @@ def reap_abandoned(conn: psycopg.Connection[Any]) -> list[str]:
                                         "WHERE status = 'running'")]  # fmt: skip
     reaped: list[str] = []
     for name in names:
-        if take_job_lock(conn, name):
-            try:
-                reaped += abandon(conn, name, "the process running this job stopped")
-            finally:
-                release_job_lock(conn, name)
+        # Under the claim lock, as a claim decides: a claimer must not find the run lock
+        # taken by this check and record a skip for nothing.
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (named_key(Named.CLAIM, name),))
+            if take_job_lock(conn, name):
+                try:
+                    reaped += abandon(conn, name, "the process running this job stopped")
+                finally:
+                    release_job_lock(conn, name)
     return reaped
 
 
