@@ -4,9 +4,10 @@
 session advisory lock (``Named.LEADER``); the one that gets it leads until that session ends.
 When a leader's process dies, PostgreSQL closes its session and frees the lock, and another
 replica takes over within ``ELECT_SECONDS``; when its whole host vanishes, once the server's TCP
-keepalives (``tcp_keepalives_*``, two hours by default: lower them) give its session up. Only the leader applies, so during a rolling ConfigMap update a
-replica that still sees the old files never undoes the leader's apply; every replica keeps
-scheduling from the rows (``daemon.timing``).
+keepalives (``tcp_keepalives_*``, two hours by default: lower them) give its session up. Only
+the leader applies, so during a rolling ConfigMap update a replica that still sees the old files
+never undoes the leader's apply; every replica keeps scheduling from the rows
+(``daemon.timing``).
 
 The leader applies at once, then on every change the watcher reports, on SIGHUP and on the
 periodic resync (which also sets back rows changed behind its back). A folder that fails to load
