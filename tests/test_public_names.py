@@ -301,6 +301,7 @@ PINNED: dict[str, list[str]] = {
         "TimerRow",
         "advance_next_run",
         "fetch_timer_rows",
+        "is_enabled",
         "notify_changed",
         "store_first_runs",
     ],

@@ -28,3 +28,26 @@ def test_an_occurrence_that_cannot_be_claimed_is_handed_back(tmp_path: Path) -> 
     wait_until(lambda: handed_back, timeout=30, what="the occurrence handed back")
     assert runner.stop(30)
     assert handed_back == [("nightly", at)]
+
+
+def test_a_schedule_disabled_after_it_was_armed_is_not_run(
+    tmp_path: Path, database_url: str
+) -> None:
+    """The timer fires before the resync that follows a disabling apply: no job is recorded."""
+    from import_rows import add_project, add_schedule, jobs
+
+    add_project(database_url)
+    add_schedule(database_url, "nightly", enabled=False)
+    add_schedule(database_url, "hourly")  # the control: enabled, so its occurrence runs
+    settings = load_settings(
+        database_url=database_url, state_dir=str(tmp_path),
+        environ={"RECONCILER_LOG_LEVEL": "error"},
+    )  # fmt: skip
+    runner = Runner(settings, Metrics(), url=database_url, workers=1)
+    at = datetime.now(UTC).replace(microsecond=0)
+    for name in ("nightly", "hourly"):
+        runner.submit(Occurrence(name, at, timedelta(seconds=300), None))
+    wait_until(lambda: jobs(database_url, "hourly"), timeout=30, what="the control's job")
+    wait_until(lambda: not runner.busy, timeout=30, what="the pool to drain")
+    assert runner.stop(30)
+    assert jobs(database_url, "nightly") == []

@@ -172,6 +172,9 @@ class Runner:
             return
         if self._claimed_elsewhere(occurrence):  # cheap: no new session, no spec to read
             return
+        if self._disabled(occurrence):  # by an apply since the timer was armed
+            _log.info("schedule disabled since it was armed; not run", schedule=name)
+            return
         try:
             claim = claim_run(name, settings=self._settings, trigger="schedule", scheduled_for=at)
         except StoreError:  # not claimed: it stays due, and a resync runs it within its grace
@@ -192,6 +195,17 @@ class Runner:
         try:
             return occurrence_claimed(self._connection(), occurrence.schedule, occurrence.at)
         except (psycopg.Error, ReconcileError):  # the claim itself decides, and says why
+            return False
+
+    def _disabled(self, occurrence: Occurrence) -> bool:
+        """Whether the schedule was disabled after the timer was armed (its resync pending)."""
+        import psycopg
+
+        from reconciler.store.scheduling import is_enabled
+
+        try:
+            return is_enabled(self._connection(), occurrence.schedule) is False
+        except (psycopg.Error, ReconcileError):  # the claim decides, and says why
             return False
 
     def _session(self) -> psycopg.Connection[Any]:

@@ -25,6 +25,7 @@ __all__ = [
     "TimerRow",
     "advance_next_run",
     "fetch_timer_rows",
+    "is_enabled",
     "notify_changed",
     "store_first_runs",
 ]
@@ -97,6 +98,14 @@ def advance_next_run(
             "UPDATE cpi_schedules SET next_run_at = %s WHERE name = %s AND next_run_at <= %s",
             (following, name, occurrence),
         )
+
+
+def is_enabled(conn: psycopg.Connection[Any], name: str) -> bool | None:
+    """Whether schedule ``name`` is enabled now; ``None`` when it no longer exists."""
+    row = conn.execute(
+        "SELECT coalesce(enabled, true) FROM cpi_schedules WHERE name = %s", (name,)
+    ).fetchone()
+    return None if row is None else bool(row[0])
 
 
 def notify_changed(conn: psycopg.Connection[Any], owner: str) -> None:
