@@ -271,14 +271,7 @@ PINNED: dict[str, list[str]] = {
         "release_job_lock",
         "take_job_lock",
     ],
-    "reconciler.store.listing": [
-        "JobRow",
-        "ScheduleRow",
-        "fetch_job",
-        "find_schedule",
-        "list_jobs",
-        "list_schedules",
-    ],
+    "reconciler.store.listing": ["JobRow", "fetch_job", "list_jobs"],
     "reconciler.store.locks": ["RESERVED_RANGE", "Fixed", "Named", "named_key"],
     "reconciler.store.migrating": [
         "MIGRATION_LOCK",
@@ -294,6 +287,8 @@ PINNED: dict[str, list[str]] = {
         "fetch_schedule",
         "fetch_schedules",
         "fetch_unowned",
+        "find_schedule",
+        "list_schedules",
         "schedule_ref",
     ],
     "reconciler.store.scheduling": [

@@ -7,7 +7,8 @@ calls ``attach`` with a ``Backend`` (a read pool and the daemon's ``Runner``), a
 calls ``detach`` on shutdown.
 
 - ``GET /schedules``, ``GET /schedules/{name}`` (a name or an id), ``GET
-  /schedules/{name}/history`` and ``GET /jobs/{id}`` read through ``store.listing``.
+  /schedules/{name}/history`` and ``GET /jobs/{id}`` read through ``store.schedules`` and
+  ``store.listing``.
 - ``POST /schedules/{name}/run`` claims the run as ``reconcile run`` does
   (``imports.running.claim_run``), answers 202 with the job id and leaves the import to the
   runner's pool; a run overlapping a live one is recorded ``skipped`` and answered 409.
@@ -47,6 +48,7 @@ from reconciler.errors import NotFound
 from reconciler.logs import get_logger
 from reconciler.model.scalars import excerpt
 from reconciler.store import listing
+from reconciler.store import schedules as stored
 
 if TYPE_CHECKING:
     from reconciler.daemon.working import Runner
@@ -154,11 +156,11 @@ def _reads(router: APIRouter) -> None:
         offset: Offset = 0,
     ) -> Response:
         owner = backend.settings.owner
-        rows: list[listing.ScheduleRow] = []
+        rows: list[stored.ScheduleRecord] = []
         total = 0
         if project is None or "\0" not in project:  # no name holds NUL; PostgreSQL rejects it
             with backend.pool.session() as conn:
-                rows, total = listing.list_schedules(
+                rows, total = stored.list_schedules(
                     conn, project=project, enabled=enabled, limit=limit, offset=offset
                 )
         schedules = [ScheduleResponse.of(row, owner=owner) for row in rows]
@@ -188,7 +190,7 @@ def _reads(router: APIRouter) -> None:
         if "\0" in name:
             raise _no_schedule(name)
         with backend.pool.session() as conn:
-            row = listing.find_schedule(conn, name)
+            row = stored.find_schedule(conn, name)
             # Jobs keep the schedule's name: a deleted schedule's runs stay readable by it.
             schedule = row.name if row else name
             jobs, total = listing.list_jobs(conn, schedule, limit=limit, offset=offset)
@@ -223,11 +225,11 @@ def _no_schedule(name: str) -> Refused:
     )
 
 
-def _schedule(backend: Backend, key: str) -> listing.ScheduleRow:
+def _schedule(backend: Backend, key: str) -> stored.ScheduleRecord:
     if "\0" in key:
         raise _no_schedule(key)
     with backend.pool.session() as conn:
-        row = listing.find_schedule(conn, key)
+        row = stored.find_schedule(conn, key)
     if row is None:
         raise _no_schedule(key)
     return row

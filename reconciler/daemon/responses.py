@@ -15,7 +15,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from reconciler.logs import MASK
-from reconciler.store.listing import JobRow, ScheduleRow
+from reconciler.store.listing import JobRow
+from reconciler.store.schedules import ScheduleRecord
 
 __all__ = [
     "ErrorResponse",
@@ -67,10 +68,10 @@ class ScheduleResponse(_Body):
     last_status: str | None = Field(description="the status of the last job")
 
     @classmethod
-    def of(cls, row: ScheduleRow, *, owner: str) -> ScheduleResponse:
+    def of(cls, row: ScheduleRecord, *, owner: str) -> ScheduleResponse:
         """The row as a response; not validated again: the column types are the fields'."""
         return cls.model_construct(
-            id=row.id, name=row.name, project_id=row.project_id, project_name=row.project_name,
+            id=row.id, name=row.name, project_id=row.project_id, project_name=row.project,
             schedule_type=row.schedule_type, cron_expression=row.cron_expression,
             interval_seconds=row.interval_seconds, timezone=row.timezone,
             enabled=row.enabled is not False, callback_url=row.callback_url,

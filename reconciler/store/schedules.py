@@ -2,13 +2,15 @@
 
 ``commands.reporting`` (``reconcile status``) reads every schedule or one with
 ``fetch_schedules``; ``commands.exporting`` reads the rows another owner (or none) wrote with
-``fetch_unowned``; ``imports.resolving`` reads the one a run needs with ``fetch_schedule``, and the
-daemon asks ``schedule_ref`` for the identity a job row keeps. One query shape for all of them,
-each row read by column name, never by position.
+``fetch_unowned``; ``imports.resolving`` reads the one a run needs with ``fetch_schedule``, the
+daemon asks ``schedule_ref`` for the identity a job row keeps, and the HTTP API pages through
+them with ``list_schedules`` and finds one by name or id with ``find_schedule``. One query shape
+for all of them, each row read by column name, never by position, every value bound.
 """
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -21,14 +23,27 @@ from reconciler.store.jobs import ScheduleRef
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["ScheduleRecord", "fetch_schedule", "fetch_schedules", "fetch_unowned", "schedule_ref"]
+__all__ = [
+    "ScheduleRecord",
+    "fetch_schedule",
+    "fetch_schedules",
+    "fetch_unowned",
+    "find_schedule",
+    "list_schedules",
+    "schedule_ref",
+]
 
+_FILTER = (
+    "WHERE (%(project)s::text IS NULL OR p.name = %(project)s) "
+    "AND (%(enabled)s::boolean IS NULL OR coalesce(s.enabled, true) = %(enabled)s) "
+)
 _SELECT = """
 SELECT s.id::text AS id, s.name, p.id::text AS project_id, p.name AS project,
        p.spec AS project_spec, s.schedule_type, s.cron_expression, s.interval_seconds,
        s.timezone, s.enabled, s.callback_url, s.sftp_override, s.local_files,
        s.misfire_grace_seconds, s.owner, s.source_file, s.source_line, s.interval_anchor,
-       s.next_run_at, s.last_run_at, j.status AS last_status
+       s.next_run_at, s.last_run_at, s.last_job_id::text AS last_job_id, s.total_runs,
+       s.successful_runs, s.failed_runs, s.created_at, s.updated_at, j.status AS last_status
 FROM cpi_schedules s
 LEFT JOIN cpi_projects p ON p.id = s.project_id
 LEFT JOIN cpi_jobs j ON j.id = s.last_job_id
@@ -64,6 +79,12 @@ class ScheduleRecord:
     interval_anchor: datetime | None
     next_run_at: datetime | None
     last_run_at: datetime | None
+    last_job_id: str | None
+    total_runs: int | None
+    successful_runs: int | None
+    failed_runs: int | None
+    created_at: datetime | None
+    updated_at: datetime | None
     last_status: str | None
 
     @property
@@ -109,3 +130,38 @@ def schedule_ref(conn: psycopg.Connection[Any], name: str) -> ScheduleRef:
     if record is None:
         raise NotFound("schedule", name, "the database; run `reconcile apply` first")
     return record.ref
+
+
+def list_schedules(
+    conn: psycopg.Connection[Any],
+    *,
+    project: str | None = None,
+    enabled: bool | None = None,
+    limit: int,
+    offset: int = 0,
+) -> tuple[list[ScheduleRecord], int]:
+    """One page of schedules by name, and how many match the filters in all."""
+    params = {"project": project, "enabled": enabled, "limit": limit, "offset": offset}
+    rows = _records(conn, _FILTER + "ORDER BY s.name LIMIT %(limit)s OFFSET %(offset)s", params)
+    if offset == 0 and len(rows) < limit:  # the whole set is on this page
+        return rows, len(rows)
+    counted = conn.execute(
+        "SELECT count(*) FROM cpi_schedules s LEFT JOIN cpi_projects p ON p.id = s.project_id "
+        + _FILTER,
+        params,
+    ).fetchone()
+    return rows, int(counted[0]) if counted else 0
+
+
+def find_schedule(conn: psycopg.Connection[Any], key: str) -> ScheduleRecord | None:
+    """The schedule named ``key``, else the one whose id is ``key``; None if neither exists."""
+    try:
+        by_id = uuid.UUID(key)  # the database is never asked to cast user text
+    except ValueError:
+        by_id = None
+    found = _records(
+        conn,
+        "WHERE s.name = %(key)s OR s.id = %(id)s ORDER BY s.name = %(key)s DESC LIMIT 1",
+        {"key": key, "id": by_id},
+    )
+    return found[0] if found else None
