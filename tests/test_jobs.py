@@ -315,8 +315,11 @@ def test_a_shutdown_ends_its_own_running_jobs_and_the_run_counts_once(
     other = _insert_running(database_url, ScheduleRef(None, "other", None, None))
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("UPDATE cpi_jobs SET worker = 'elsewhere:1' WHERE id = %s", (other,))
+        # the heartbeat's running total, of rows whose transaction dies with the process
+        conn.execute("UPDATE cpi_jobs SET rows_imported = 500 WHERE id = %s", (started.id,))
         ended = end_worker_jobs(conn, f"{socket.gethostname()}:{os.getpid()}", "interrupted")
     assert ended == [started.id]
+    assert [j["rows_imported"] for j in jobs(database_url)] == [0]  # what landed
     assert _stats(database_url)[:3] == (1, 0, 1)
     finish_job(session, schedule, started, status="succeeded", files=(), error=None)
     assert _stats(database_url)[:3] == (1, 1, 0)

@@ -300,7 +300,7 @@ PINNED: dict[str, list[str]] = {
         "notify_changed",
         "store_first_runs",
     ],
-    "reconciler.store.statistics": ["count_run"],
+    "reconciler.store.statistics": ["LANDED_ROWS", "count_run"],
 }
 
 

@@ -33,7 +33,7 @@ from reconciler.store.liveness import (
     take_job_lock,
 )
 from reconciler.store.locks import Named, named_key
-from reconciler.store.statistics import count_run
+from reconciler.store.statistics import LANDED_ROWS, count_run
 
 if TYPE_CHECKING:
     import psycopg
@@ -328,14 +328,16 @@ def end_worker_jobs(conn: psycopg.Connection[Any], worker: str, error: str) -> l
     """Record ``failed`` for the jobs ``worker`` (``host:pid``) still runs: it is about to exit.
 
     Called over a session of its own by ``reconcile serve`` when the shutdown grace ran out;
-    each run's own session ends with the process, so its file transaction rolls back. A run
+    each run's own session ends with the process, so its file transaction rolls back, and its
+    rows are those that landed (``LANDED_ROWS``). A run
     that ends meanwhile keeps its own record: ``finish_job`` counts it once.
     """
     with conn.transaction():
         rows = conn.execute(
-            "UPDATE cpi_jobs SET status = 'failed', finished_at = now(), heartbeat_at = now(), "
-            "error = %s WHERE worker = %s AND status = 'running' "
-            "RETURNING id::text, schedule_id, started_at",
+            "UPDATE cpi_jobs j SET status = 'failed', finished_at = now(), heartbeat_at = now(), "
+            "rows_imported = " + LANDED_ROWS + ", error = %s "
+            "WHERE j.worker = %s AND j.status = 'running' "
+            "RETURNING j.id::text, j.schedule_id, j.started_at",
             (error, worker),
         ).fetchall()
         for job_id, schedule_id, started_at in rows:

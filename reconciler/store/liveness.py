@@ -23,7 +23,7 @@ from psycopg import errors as pg_errors
 
 from reconciler.logs import get_logger
 from reconciler.store.locks import Named, named_key
-from reconciler.store.statistics import count_run
+from reconciler.store.statistics import LANDED_ROWS, count_run
 
 if TYPE_CHECKING:
     import psycopg
@@ -69,16 +69,14 @@ def _try_lock(conn: psycopg.Connection[Any], key: int) -> bool:
 def abandon(conn: psycopg.Connection[Any], schedule_name: str, reason: str) -> list[str]:
     """Mark the schedule's running rows abandoned and count them as failed runs, atomically.
 
-    The job ends at its last heartbeat (the last sign of life), and its rows are those the
-    import ledger records for it: the running totals the heartbeat kept include rows of files
-    whose transaction died with the process.
+    The job ends at its last heartbeat (the last sign of life), with the rows that landed
+    (``LANDED_ROWS``).
     """
     with conn.transaction():
         rows = conn.execute(
             "UPDATE cpi_jobs j SET status = 'abandoned', error = %s, "
             "finished_at = coalesce(j.heartbeat_at, j.started_at, now()), "
-            "rows_imported = (SELECT coalesce(sum(f.rows_imported), 0) FROM cpi_imported_files f "
-            "  WHERE f.job_id = j.id) "
+            "rows_imported = " + LANDED_ROWS + " "
             "WHERE j.schedule_name = %s AND j.status = 'running' "
             "RETURNING j.id::text, j.schedule_id, j.started_at",
             (reason, schedule_name),

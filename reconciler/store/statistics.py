@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["count_run"]
+__all__ = ["LANDED_ROWS", "count_run"]
+
+# A job's rows when it ended without its runner (abandoned, or cut off by a shutdown): those the
+# import ledger records for it, not the running totals its heartbeat kept, which include rows of
+# files whose transaction died with the process. Used in ``UPDATE cpi_jobs j SET rows_imported``.
+LANDED_ROWS = (
+    "(SELECT coalesce(sum(f.rows_imported), 0) FROM cpi_imported_files f WHERE f.job_id = j.id)"
+)
 
 
 def count_run(
