@@ -9,10 +9,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY reconciler ./reconciler
 # Without the [embedded] extra: a container always names its database.
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir -c constraints.txt . \
     && rm -rf /src \
     && mkdir -p /etc/reconciler/schedules.d /var/lib/reconcile \
     && chown 10001:10001 /var/lib/reconcile

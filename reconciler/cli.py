@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import itertools
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
@@ -202,7 +203,7 @@ def _resolve(command: str) -> Callable[[argparse.Namespace, Settings], int]:
 def _wants_json(argv: Sequence[str]) -> bool:
     """Whether ``--output json`` was asked for (the last one wins), read before argparse runs."""
     chosen = None
-    for flag, value in zip(argv, [*argv[1:], ""], strict=True):
+    for flag, value in itertools.pairwise([*argv, ""]):
         if flag in ("-o", "--output"):
             chosen = value
         elif flag.startswith(("--output=", "-o")) and flag != "-o":

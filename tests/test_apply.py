@@ -71,6 +71,16 @@ def test_apply_then_plan_shows_no_changes(cli: Cli, database_url: str) -> None:
     assert cli("apply").stdout.strip() == "No changes."
 
 
+def test_the_bare_command_applies(cli: Cli, database_url: str) -> None:
+    """``reconcile`` with no arguments at all is apply, as documented."""
+    seed(cli, schedules=1)
+    bare = cli()
+    assert bare.returncode == 0, bare.stderr
+    assert "Plan: 2 to create, 0 to update, 0 to delete." in bare.stdout
+    assert rows(database_url, "SELECT name FROM cpi_schedules") == [("s0",)]
+    assert cli().stdout.strip() == "No changes."
+
+
 def test_dry_run_changes_nothing_and_detailed_exitcode(cli: Cli, database_url: str) -> None:
     """--dry-run writes nothing; --detailed-exitcode says 2 with changes, 0 without."""
     seed(cli)
