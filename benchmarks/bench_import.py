@@ -33,7 +33,7 @@ from pathlib import Path
 import psycopg
 from embedded import database
 
-from reconciler.imports.copying import BLOCK_SIZE
+from reconciler.imports.engine.copying import BLOCK_SIZE
 
 TABLE = "bench_import"
 DDL = (
@@ -164,8 +164,8 @@ def child(url: str, data: str, workers: str, block_size: str) -> None:
 
     # Before the engine's modules are imported: they bind their loggers at import time.
     logs.configure(log_format="json", level="warning")
-    from reconciler.imports import copying, importing
-    from reconciler.imports.running import run_schedule
+    from reconciler.imports.engine import copying, importing
+    from reconciler.imports.runs.running import run_schedule
     from reconciler.settings import load_settings
 
     importing.load = partial(copying.load, block_size=int(block_size))  # type: ignore[assignment]

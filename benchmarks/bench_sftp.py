@@ -9,7 +9,7 @@ One run generates the CSV, starts OpenSSH's sshd on a loopback port (``tests/sft
 and measures, in interleaved rounds so that load on the machine hits every method alike:
 
   openssh sftp get   ``sftp -b`` downloading the file to disk (the baseline; its own process)
-  reconcile source   ``sftp_source(...).open(f).read(128 KiB)`` to nowhere, as COPY reads it
+  reconcile source   ``SftpSource(...).open(f).read(128 KiB)`` to nowhere, as COPY reads it
   paramiko prefetch  ``SFTPFile.prefetch()`` then ``read``, paramiko's defaults otherwise
   paramiko default   ``SFTPFile.read`` with paramiko's defaults, over the first --default-mb MB
 
@@ -79,7 +79,7 @@ def _child(kind: str, spec: dict[str, Any]) -> None:
     total = 0
     if kind.startswith("reconcile source"):
         from reconciler import logs
-        from reconciler.imports.sources import sftp_source
+        from reconciler.imports.sources.sftp import SftpSource
         from reconciler.model.specs import Sftp
 
         logs.configure(level="warning")  # structlog's default would print to our stdout
@@ -89,7 +89,7 @@ def _child(kind: str, spec: dict[str, Any]) -> None:
             remote_dir=spec["folder"], pattern=spec["name"],
         )  # fmt: skip
         began, cpu = time.perf_counter(), time.process_time()
-        with sftp_source(config, environ={}) as source:
+        with SftpSource(config, environ={}) as source:
             (f,) = source.list_files()
             with source.open(f) as stream:
                 while block := stream.read(_BLOCK):

@@ -164,7 +164,7 @@ def _child(url: str) -> None:
 
     # Before the engine's modules are imported: they bind their loggers at import time.
     logs.configure(log_format="json", level="warning")
-    from reconciler.imports.running import run_schedule
+    from reconciler.imports.runs.running import run_schedule
     from reconciler.settings import load_settings
 
     settings = load_settings(database_url=url, environ={})

@@ -18,7 +18,7 @@ from reconciler.daemon.api import Backend, attach
 from reconciler.daemon.http import HttpServer, build_app
 from reconciler.daemon.metrics import Metrics
 from reconciler.daemon.working import Runner
-from reconciler.imports.running import claim_run
+from reconciler.imports.runs.running import claim_run
 from reconciler.settings import Settings, load_settings
 from reconciler.store.pooling import ReadPool
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from reconciler.imports.callbacks import deliver, sign
+from reconciler.imports.runs.callbacks import deliver, sign
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 

@@ -1,4 +1,4 @@
-"""What CI installs is pinned: every package reconcile[dev] pulls in has its version in constraints.txt."""
+"""What CI installs is pinned: each package of reconcile[dev] has its version in constraints.txt."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ CONSTRAINTS = Path(__file__).resolve().parent.parent / "constraints.txt"
 
 def _pins() -> dict[str, str]:
     pins = {}
-    for line in CONSTRAINTS.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
+    for text in CONSTRAINTS.read_text().splitlines():
+        line = text.split("#", 1)[0].strip()
         if line:
             name, _, version = line.partition("==")
             assert version, f"constraints.txt: {line!r} is not pinned with =="

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from reconciler.errors import TargetError
-from reconciler.imports.copying import copy_failure, copy_statement, inspect_target, load
+from reconciler.imports.engine.copying import copy_failure, copy_statement, inspect_target, load
 from reconciler.model.specs import CsvDialect, Target
 
 SALES = "CREATE TABLE public.sales (sale_id int PRIMARY KEY, sold_at date, amount numeric)"

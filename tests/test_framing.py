@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reconciler.errors import DataError
-from reconciler.imports.copying import inspect_target, load
-from reconciler.imports.framing import Framed, locate_open_quote, record_line
+from reconciler.imports.engine.copying import inspect_target, load
+from reconciler.imports.engine.framing import Framed, locate_open_quote, record_line
 from reconciler.model.specs import CsvDialect, Target
 
 DIALECTS = [CsvDialect(header=False), CsvDialect(header=False, escape="\\")]

@@ -13,9 +13,8 @@ from sftp_servers import SftpServer, known_hosts_line, write_key_pair
 from structlog.testing import capture_logs
 
 from reconciler.errors import HostKeyError
-from reconciler.imports.known_hosts import host_matches, parse_known_hosts
-from reconciler.imports.sftp import SftpSource
-from reconciler.imports.sources import sftp_source
+from reconciler.imports.sources.known_hosts import host_matches, parse_known_hosts
+from reconciler.imports.sources.sftp import SftpSource
 from reconciler.model.specs import Sftp
 
 _ED25519 = "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
@@ -81,7 +80,7 @@ def _connect(server: SftpServer, known_hosts: str, tmp_path: Path) -> SftpSource
     path = tmp_path / "known_hosts"
     path.write_text(known_hosts)
     fields: dict[str, Any] = server.sftp_fields(server.folder(), known_hosts_file=str(path))
-    source = sftp_source(Sftp.model_validate(fields), environ={})
+    source = SftpSource(Sftp.model_validate(fields), environ={})
     assert isinstance(source, SftpSource)
     return source
 

@@ -28,8 +28,8 @@ import pytest
 from conftest import Cli, database_url_for
 from import_rows import SALES, add_project, add_schedule, count, jobs, write_sales
 
-from reconciler.imports.running import run_schedule
-from reconciler.imports.sources import local_source
+from reconciler.imports.runs.running import run_schedule
+from reconciler.imports.sources.local import local_source
 from reconciler.settings import Settings, load_settings
 from reconciler.store.ledger import Ledger
 from reconciler.store.migrating import migrate
@@ -208,7 +208,7 @@ def _one_error_line(stderr: str) -> str:
 def _runner(window: float) -> list[str]:
     """``reconcile run NAME`` in a real process, waiting ``window`` seconds for PostgreSQL."""
     code = (
-        "import sys, reconciler.imports.running as r; "
+        "import sys, reconciler.imports.runs.running as r; "
         f"r.RECONNECT_WITHIN = {window}; "
         "from reconciler.cli import main; sys.exit(main(sys.argv[1:]))"
     )

@@ -101,8 +101,8 @@ PINNED: dict[str, list[str]] = {
         "UsageError",
     ],
     "reconciler.imports": [],
-    "reconciler.imports.callbacks": ["ATTEMPTS", "TIMEOUT", "deliver", "sign"],
-    "reconciler.imports.copying": [
+    "reconciler.imports.runs.callbacks": ["ATTEMPTS", "TIMEOUT", "deliver", "sign"],
+    "reconciler.imports.engine.copying": [
         "BLOCK_SIZE",
         "CopyFailure",
         "TargetTable",
@@ -112,15 +112,15 @@ PINNED: dict[str, list[str]] = {
         "load",
         "match_header",
     ],
-    "reconciler.imports.framing": [
+    "reconciler.imports.engine.framing": [
         "HEADER_LIMIT",
         "Framed",
         "locate_open_quote",
         "python_codec",
         "record_line",
     ],
-    "reconciler.imports.importing": ["Connections", "Meter", "Progress", "import_files"],
-    "reconciler.imports.known_hosts": [
+    "reconciler.imports.engine.importing": ["Connections", "Meter", "Progress", "import_files"],
+    "reconciler.imports.sources.known_hosts": [
         "KnownHost",
         "KnownHostsPolicy",
         "host_matches",
@@ -128,10 +128,10 @@ PINNED: dict[str, list[str]] = {
         "load_policy",
         "parse_known_hosts",
     ],
-    "reconciler.imports.pipelining": ["REQUESTS", "REQUEST_SIZE", "PipelinedReader"],
-    "reconciler.imports.resolving": ["ImportSpec", "load_import", "open_source", "target_url"],
-    "reconciler.imports.transferring": ["Outage", "transfer"],
-    "reconciler.imports.running": [
+    "reconciler.imports.sources.pipelining": ["REQUESTS", "REQUEST_SIZE", "PipelinedReader"],
+    "reconciler.imports.runs.resolving": ["ImportSpec", "load_import", "open_source", "target_url"],
+    "reconciler.imports.runs.transferring": ["Outage", "transfer"],
+    "reconciler.imports.runs.running": [
         "RECONNECT_WITHIN",
         "Claim",
         "Progress",
@@ -139,8 +139,11 @@ PINNED: dict[str, list[str]] = {
         "run_schedule",
     ],
     "reconciler.imports.secrets": ["reference_name", "resolve"],
-    "reconciler.imports.sftp": ["SftpSource"],
-    "reconciler.imports.sources": ["LocalSource", "local_source", "merge_sftp", "sftp_source"],
+    "reconciler.imports.sources.sftp": ["SftpSource"],
+    "reconciler.imports.sources": ["implementation_for", "open_source"],
+    "reconciler.imports.sources.local": ["LocalSource", "local_source"],
+    "reconciler.imports.engine": [],
+    "reconciler.imports.runs": [],
     "reconciler.logs": [
         "MASK",
         "configure",
@@ -152,7 +155,7 @@ PINNED: dict[str, list[str]] = {
     ],
     "reconciler.model": [],
     "reconciler.model.explaining": ["Explanation", "dotted", "explain"],
-    "reconciler.model.files": ["Readable", "Source", "SourceFile"],
+    "reconciler.model.files": ["LocalFiles", "Readable", "Source", "SourceFile", "merge_sftp"],
     "reconciler.model.guards": ["check"],
     "reconciler.model.loading": ["MAX_FILE_BYTES", "Loaded", "LoadedDocument", "load_files"],
     "reconciler.model.occurrences": [

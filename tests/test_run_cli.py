@@ -14,7 +14,7 @@ from conftest import Cli
 from import_rows import SALES, add_project, add_schedule, count, jobs, write_sales
 
 from reconciler.commands.running import _Bar
-from reconciler.imports.importing import Progress
+from reconciler.imports.engine.importing import Progress
 from reconciler.store.jobs import job_lock_key
 
 NAME = "daily-sales-import"

@@ -18,8 +18,8 @@ from conftest import database_url_for
 from import_rows import SALES, add_project, add_schedule, count, jobs, write_sales
 from sftp_servers import PASSWORD, SftpServer
 
-from reconciler.imports.importing import Progress
-from reconciler.imports.running import run_schedule
+from reconciler.imports.engine.importing import Progress
+from reconciler.imports.runs.running import run_schedule
 from reconciler.settings import Settings, load_settings
 
 NAME = "daily-sales-import"

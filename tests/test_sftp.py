@@ -21,17 +21,16 @@ from structlog.testing import capture_logs
 from reconciler import logs
 from reconciler.errors import HostKeyError, SecretError, SourceError
 from reconciler.imports import secrets
-from reconciler.imports.pipelining import REQUESTS, PipelinedReader
-from reconciler.imports.sftp import SftpSource
-from reconciler.imports.sources import merge_sftp, sftp_source
-from reconciler.model.files import SourceFile
+from reconciler.imports.sources.pipelining import REQUESTS, PipelinedReader
+from reconciler.imports.sources.sftp import SftpSource
+from reconciler.model.files import SourceFile, merge_sftp
 from reconciler.model.specs import Sftp, SftpOverride
 
 _ENV = {"SFTP_PASSWORD": "s3cret-Pa55word"}
 
 
 def _connect(server: SftpServer, folder: Path, **fields: Any) -> SftpSource:
-    source = sftp_source(Sftp.model_validate(server.sftp_fields(folder, **fields)), environ=_ENV)
+    source = SftpSource(Sftp.model_validate(server.sftp_fields(folder, **fields)), environ=_ENV)
     assert isinstance(source, SftpSource)
     return source
 
@@ -219,7 +218,7 @@ def test_a_wrong_password_fails_in_one_line_without_the_password(
     )
     wrong = "wrong-Password-42"
     with pytest.raises(SourceError) as caught:
-        sftp_source(config, environ={"SFTP_PASSWORD": wrong})
+        SftpSource(config, environ={"SFTP_PASSWORD": wrong})
     message = _one_line_error(caught.value)
     assert message == (
         f"authentication failed for user importer on 127.0.0.1:{asyncssh_server.port}: "

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from reconciler.errors import SourceError
-from reconciler.imports.sources import LocalSource, local_source
+from reconciler.imports.sources.local import LocalSource, local_source
 from reconciler.model.files import SourceFile
 
 

@@ -1,6 +1,6 @@
 """``reconcile run NAME`` and ``reconcile history NAME``: run an import now, list past runs.
 
-``run`` runs in the calling process through ``imports.running.run_schedule`` (the same code the
+``run`` runs in the calling process through ``imports.runs.running.run_schedule`` (the same code the
 daemon uses), shows progress on stderr when it is a terminal, prints a summary and exits 0 when
 the job succeeded, 1 when it failed or was skipped.
 """
@@ -20,7 +20,7 @@ from reconciler.errors import EXIT_ERROR, EXIT_OK
 from reconciler.settings import Settings
 
 if TYPE_CHECKING:
-    from reconciler.imports.importing import Progress
+    from reconciler.imports.engine.importing import Progress
     from reconciler.model.results import FileResult, JobResult
 
 __all__ = ["history", "run"]
@@ -102,7 +102,7 @@ def _summary(result: JobResult, color: bool) -> str:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Run one import of schedule NAME now, in this process."""
-    from reconciler.imports.running import run_schedule
+    from reconciler.imports.runs.running import run_schedule
 
     bar = _Bar(sys.stderr) if settings.output == "text" and sys.stderr.isatty() else None
     try:

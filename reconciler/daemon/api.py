@@ -10,7 +10,7 @@ calls ``detach`` on shutdown.
   /schedules/{name}/history`` and ``GET /jobs/{id}`` read through ``store.schedules`` and
   ``store.listing``.
 - ``POST /schedules/{name}/run`` claims the run as ``reconcile run`` does
-  (``imports.running.claim_run``), answers 202 with the job id and leaves the import to the
+  (``imports.runs.running.claim_run``), answers 202 with the job id and leaves the import to the
   runner's pool; a run overlapping a live one is recorded ``skipped`` and answered 409.
 - The original writes (create, update, delete, enable, disable) answer 405, naming the file and
   line that declare the schedule.
@@ -245,7 +245,7 @@ def _runs(router: APIRouter) -> None:
         },
     )  # fmt: skip
     def run(name: str, backend: Annotated[Backend, Depends(_backend)]) -> JSONResponse:
-        from reconciler.imports.running import claim_run
+        from reconciler.imports.runs.running import claim_run
 
         runner = backend.runner
         if runner.stopping:

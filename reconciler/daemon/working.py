@@ -2,7 +2,7 @@
 
 ``daemon.timing`` calls ``Runner.submit`` for every occurrence it fires or catches up on; a slow
 import holds one worker, never the timer. Each worker claims the occurrence in ``cpi_jobs``
-(``imports.running.claim_run``: exactly once across replicas, a ``skipped`` run on overlap), then
+(``imports.runs.running.claim_run``: exactly once across replicas, a ``skipped`` run on overlap), then
 records it as handled (``next_run_at`` moves on) and runs it. An occurrence that cannot be claimed
 (no database session) is handed back to the timer, so a resync runs it within its grace. An
 occurrence that waited longer than its schedule's grace (downtime, or a queue behind slow
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     import psycopg
 
     from reconciler.daemon.metrics import Metrics
-    from reconciler.imports.running import Claim
+    from reconciler.imports.runs.running import Claim
     from reconciler.model.results import JobResult
     from reconciler.settings import Settings
 
@@ -158,7 +158,7 @@ class Runner:
             _log.exception("cannot run the occurrence", schedule=name, error=str(exc))
 
     def _run(self, occurrence: Occurrence) -> None:
-        from reconciler.imports.running import claim_run
+        from reconciler.imports.runs.running import claim_run
 
         name, at = occurrence.schedule, occurrence.at
         late = datetime.now(UTC) - at

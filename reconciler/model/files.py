@@ -1,8 +1,9 @@
 """What a source offers an import: ``SourceFile`` values, the ``Source`` and ``Readable`` protocols.
 
-The local and SFTP sources (``imports.sources``, ``imports.sftp``) implement ``Source``; the
-import engine reads files through it and ``store.ledger`` records them by ``SourceFile``. Plain
-values and protocols, no I/O, so that every layer can name a file without importing a source.
+The source kinds (``imports.sources``) implement ``Source`` and open for ``LocalFiles`` or an
+``Sftp`` (``merge_sftp``); the import engine reads files through it and ``store.ledger`` records
+them. Plain values and protocols, no I/O, so that every layer can name a file without importing a
+source.
 """
 
 from __future__ import annotations
@@ -12,7 +13,42 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-__all__ = ["Readable", "Source", "SourceFile"]
+from pydantic import ValidationError
+
+from reconciler.errors import SourceError
+from reconciler.model.specs import Sftp, SftpOverride
+
+__all__ = ["LocalFiles", "Readable", "Source", "SourceFile", "merge_sftp"]
+
+
+@dataclass(frozen=True, slots=True)
+class LocalFiles:
+    """A schedule's ``local_files``: globs relative to the schedules folder (and, for log
+    lines, the schedule and the file that declares it)."""
+
+    patterns: tuple[str, ...]
+    schedule: str = ""
+    declared_in: str | None = None
+
+
+def merge_sftp(project: Sftp | None, override: SftpOverride | None) -> Sftp:
+    """The schedule's SFTP settings: the override's given fields over the project's."""
+    fields = project.model_dump(exclude_unset=True) if project else {}
+    if override is not None:
+        fields.update(override.model_dump(exclude_none=True))
+    if not fields.get("host"):
+        raise SourceError(
+            "no source: the project declares no sftp host and the schedule has no "
+            "sftp_override.host or local_files"
+        )
+    try:
+        return Sftp.model_validate(fields)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'sftp'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise SourceError(f"the project's sftp with the schedule's override: {problems}") from exc
 
 
 @dataclass(frozen=True, slots=True)

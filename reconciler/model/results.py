@@ -1,6 +1,6 @@
 """What a run produced: one ``FileResult`` per file and one ``JobResult`` per run.
 
-``imports.running`` builds them, ``store.jobs`` stores them in ``cpi_jobs``, the callback and
+``imports.runs.running`` builds them, ``store.jobs`` stores them in ``cpi_jobs``, the callback and
 ``reconcile run --output json`` send ``JobResult.to_json()``. Plain frozen values, no I/O.
 """
 

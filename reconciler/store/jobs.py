@@ -1,6 +1,6 @@
 """Job rows in ``cpi_jobs`` (always the management database): start, skip, miss, finish.
 
-``imports.running`` calls ``start_job`` before a run, keeps a ``Heartbeat`` going during it and
+``imports.runs.running`` calls ``start_job`` before a run, keeps a ``Heartbeat`` going during it and
 calls ``finish_job`` at the end, or ``fail_lost_job`` over a new session when PostgreSQL went away
 mid-run and came back; the daemon calls ``record_missed`` for occurrences past their grace and may
 call ``reap_abandoned`` on its own. Whether a runner is alive (the run's advisory lock, the

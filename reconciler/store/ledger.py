@@ -1,6 +1,6 @@
 """Exactly once per file: the record of which files were loaded, written with the data itself.
 
-``imports.running`` asks ``Ledger.imported`` which listed files to skip, and inside each file's
+``imports.runs.running`` asks ``Ledger.imported`` which listed files to skip, and inside each file's
 transaction calls ``claim`` (before the COPY) and ``settle`` (after it). A file is identified by
 project, source, path, size and mtime. The claim is an ``INSERT ... ON CONFLICT DO NOTHING`` on
 that unique key: a second run racing for the same file waits for the first one's transaction and

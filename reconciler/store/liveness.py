@@ -1,7 +1,7 @@
 """Whether a job's runner is still alive: its advisory lock, its heartbeat, and reaping dead runs.
 
 ``store.jobs`` takes the run's lock in ``start_job`` (reaping first) and releases it when the
-run ends; ``imports.running`` keeps a ``Heartbeat`` going during the run; the daemon may call
+run ends; ``imports.runs.running`` keeps a ``Heartbeat`` going during the run; the daemon may call
 ``reap_abandoned`` on its own. Liveness has two signals. The runner holds a session advisory
 lock keyed on the schedule name on the connection that wrote the row: when its process dies,
 PostgreSQL closes that session and the lock is free, so a ``running`` row whose lock is free is

@@ -2,7 +2,7 @@
 
 ``commands.reporting`` (``reconcile status``) reads every schedule or one with
 ``fetch_schedules``; ``commands.exporting`` reads the rows another owner (or none) wrote with
-``fetch_unowned``; ``imports.resolving`` reads the one a run needs with ``fetch_schedule``, the
+``fetch_unowned``; ``imports.runs.resolving`` reads the one a run needs with ``fetch_schedule``, the
 daemon asks ``schedule_ref`` for the identity a job row keeps, and the HTTP API pages through
 them with ``list_schedules`` and finds one by name or id with ``find_schedule``. One query shape
 for all of them, each row read by column name, never by position, every value bound.

@@ -1,6 +1,6 @@
 """From a schedule's name to what one run needs: its rows, its source and its target database.
 
-``imports.running`` calls ``load_import`` (the ``cpi_schedules`` and ``cpi_projects`` rows as the
+``imports.runs.running`` calls ``load_import`` (the ``cpi_schedules`` and ``cpi_projects`` rows as the
 apply left them, read by ``store.schedules``), then ``open_source`` and ``target_url`` once the
 job row exists, so that an unreachable SFTP server or an unset ``${VAR}`` is recorded on the job
 rather than lost. A row edited by hand into something the documents cannot say is a
@@ -9,15 +9,15 @@ rather than lost. A row edited by hand into something the documents cannot say i
 
 from __future__ import annotations
 
-import glob
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from reconciler.errors import NotFound, SourceError, TargetError
+from reconciler.errors import NotFound, TargetError
+from reconciler.imports import sources
 from reconciler.logs import get_logger
+from reconciler.model.files import LocalFiles, merge_sftp
 from reconciler.model.specs import ProjectSpec, SftpOverride, Target
 from reconciler.store.jobs import ScheduleRef
 from reconciler.store.schedules import fetch_schedule
@@ -25,7 +25,6 @@ from reconciler.store.schedules import fetch_schedule
 if TYPE_CHECKING:
     import psycopg
 
-    from reconciler.imports.sources import LocalSource
     from reconciler.model.files import Source
     from reconciler.settings import Settings
 
@@ -113,41 +112,13 @@ def _invalid(row: str, problems: str) -> TargetError:
 
 def open_source(spec: ImportSpec, settings: Settings) -> Source:
     """The schedule's source: its ``local_files``, else the project's SFTP with the override."""
-    from reconciler.imports import sources
-
     if spec.local_files:
-        local = sources.LocalSource(
-            spec.local_files, base_dir=settings.schedules_dir, roots=settings.local_roots
+        local = LocalFiles(
+            spec.local_files, schedule=spec.schedule.name, declared_in=spec.source_file
         )
-        _warn_unmatched(spec, local, base=os.path.abspath(settings.schedules_dir))
-        return local
+        return sources.open_source(local, settings)
     project_sftp = spec.project_spec.sftp if spec.project_spec else None
-    config = sources.merge_sftp(project_sftp, spec.sftp_override)
-    return sources.sftp_source(config, environ=settings.environ)
-
-
-def _warn_unmatched(spec: ImportSpec, local: LocalSource, *, base: str) -> None:
-    """Log each glob that matches nothing, resolved: a run that reads no file is never silent.
-
-    Matching goes through the source, which never looks outside the roots; a refused pattern is
-    reported by the source's listing instead.
-    """
-    for pattern in spec.local_files or ():
-        full = os.path.normpath(os.path.join(base, pattern))
-        if glob.escape(full) == full:
-            continue  # a plain path: the source reports a missing one as an error
-        try:
-            found = local.matches(pattern)
-        except SourceError:
-            continue
-        if not found:
-            _log.warning(
-                "local_files pattern matches no file",
-                schedule=spec.schedule.name,
-                pattern=full,
-                stored=pattern,
-                declared_in=spec.source_file,
-            )
+    return sources.open_source(merge_sftp(project_sftp, spec.sftp_override), settings)
 
 
 def target_url(spec: ImportSpec, settings: Settings, management_url: str) -> tuple[str, bool]:

@@ -1,6 +1,6 @@
 """The files of one run: list them, load the new ones, confirm the doubtful, finish them all.
 
-``imports.running`` calls ``transfer`` once a run's job is recorded, and uses ``Outage`` (the
+``imports.runs.running`` calls ``transfer`` once a run's job is recorded, and uses ``Outage`` (the
 bounded wait for PostgreSQL to answer again) for its own session as well. ``transfer`` fills its
 ``results`` as soon as each file's data is committed, so a later failure (an after-import action,
 closing the source) keeps the record of what landed.
@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from reconciler.errors import ReconcileError, StoreError
-from reconciler.imports.copying import inspect_target
-from reconciler.imports.importing import Connections, Meter, import_files
-from reconciler.imports.resolving import ImportSpec, open_source, target_url
+from reconciler.imports.engine.copying import inspect_target
+from reconciler.imports.engine.importing import Connections, Meter, import_files
+from reconciler.imports.runs.resolving import ImportSpec, open_source, target_url
 from reconciler.logs import get_logger, one_line
 from reconciler.model.results import FileResult
 from reconciler.store.connecting import connect

@@ -1,6 +1,6 @@
 """known_hosts, read as OpenSSH reads it: the policy that verifies an SFTP server's host key.
 
-``imports.sftp`` calls ``load_policy`` before it connects and hands the policy to paramiko, which
+``imports.sources.sftp`` calls ``load_policy`` before it connects and hands the policy to paramiko, which
 passes it every key a server offers. Hashed names, wildcards and negations, several keys per
 server and ``@revoked`` keys are understood, unlike paramiko's ``HostKeys``, which fails on the
 first ``@cert-authority`` or ``@revoked`` line and keeps one key per type. Lines that cannot be
@@ -34,7 +34,7 @@ __all__ = [
     "parse_known_hosts",
 ]
 
-_log = logs.get_logger("reconciler.imports.sftp")  # the log names the SFTP source, as before
+_log = logs.get_logger("reconciler.imports.sources.sftp")  # the log names the SFTP source
 
 _U32 = struct.Struct(">I")
 _RSA_SIGNATURES = ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")  # what an ssh-rsa key may sign with

@@ -1,36 +1,37 @@
-"""Where import data comes from: local files, and the SFTP configuration merged for a run.
+"""The local source: files on this machine matched by a schedule's ``local_files`` globs.
 
-``imports.resolving`` builds a source for a run (``local_source`` or ``sftp_source`` over
-``merge_sftp``); the import engine lists the files, opens each as a byte stream for ``COPY ... FROM
-STDIN`` (never loading a whole file), and calls ``finish`` once a file's data is committed. Local
-paths are confined to ``RECONCILER_LOCAL_ROOTS``: the check is on the real path, so neither ``..``
-nor a symlink leads out, and it is repeated when a file is opened. A glob is refused from its text
-when its fixed part lies outside the roots, and is otherwise walked only inside them. The SFTP
-source itself lives in ``imports.sftp`` (imported lazily, so paramiko stays off the CLI's start-up
-path); the ``Source`` protocol both implement is ``model.files``.
+Registered for ``LocalFiles`` with ``imports.sources``; the import engine lists the files, opens
+each as a byte stream for ``COPY ... FROM STDIN`` (never loading a whole file). Local paths are
+confined to ``RECONCILER_LOCAL_ROOTS``: the check is on the real path, so neither ``..`` nor a
+symlink leads out, and it is repeated when a file is opened. A glob is refused from its text
+when its fixed part lies outside the roots, and is otherwise walked only inside them.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import stat
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import BinaryIO
-
-from pydantic import ValidationError
+from typing import TYPE_CHECKING, BinaryIO
 
 from reconciler.errors import SourceError
-from reconciler.model.files import Readable, Source, SourceFile
-from reconciler.model.specs import Sftp, SftpOverride
+from reconciler.imports.sources import implementation_for
+from reconciler.logs import get_logger
+from reconciler.model.files import LocalFiles, Readable, Source, SourceFile
 
-__all__ = ["LocalSource", "local_source", "merge_sftp", "sftp_source"]
+if TYPE_CHECKING:
+    from reconciler.settings import Settings
+
+__all__ = ["LocalSource", "local_source"]
 
 _ROOTS_SETTING = "RECONCILER_LOCAL_ROOTS"
+_log = get_logger("reconciler.imports")
 
 
 _MAGIC = re.compile(r"[*?[]")  # what makes a path component a glob, as for the glob module
@@ -64,7 +65,7 @@ class LocalSource:
     key = "local"
 
     def __init__(self, patterns: Sequence[str], *, base_dir: Path, roots: Sequence[Path]) -> None:
-        self._base = os.path.abspath(base_dir)
+        self.base = os.path.abspath(base_dir)
         self._patterns = tuple(patterns)
         self._roots = tuple(os.path.realpath(root) for root in roots)
         # The roots as written too: a root given through a symlink is inside itself.
@@ -134,7 +135,7 @@ class LocalSource:
         """The paths ``pattern`` matches, never looking outside the roots: ``SourceError`` if
         its fixed part lies outside them (saying nothing of what exists there), or if it is a
         plain path to nothing."""
-        full = os.path.normpath(os.path.join(self._base, pattern))
+        full = os.path.normpath(os.path.join(self.base, pattern))
         parts = full.split(os.sep)
         fixed = next((i for i, part in enumerate(parts) if _MAGIC.search(part)), len(parts))
         prefix = os.sep.join(parts[:fixed]) or os.sep
@@ -158,7 +159,7 @@ class LocalSource:
                 except OSError as exc:
                     raise SourceError(f"{path}: {exc.strerror or exc}") from exc
                 if not stat.S_ISREG(st.st_mode):
-                    if path == os.path.normpath(os.path.join(self._base, pattern)):
+                    if path == os.path.normpath(os.path.join(self.base, pattern)):
                         raise SourceError(f"{path} is not a regular file")
                     continue  # a glob that also matches folders: take the files only
                 files.setdefault(
@@ -198,36 +199,31 @@ def local_source(patterns: Sequence[str], *, base_dir: Path, roots: Sequence[Pat
     return LocalSource(patterns, base_dir=base_dir, roots=roots)
 
 
-def sftp_source(
-    config: Sftp,
-    *,
-    environ: Mapping[str, str],
-    connect_timeout: float = 10,
-    read_timeout: float = 60,
-) -> Source:
-    """A connected SFTP source; ``SourceError`` or ``HostKeyError`` if it cannot be reached."""
-    from reconciler.imports.sftp import SftpSource
-
-    return SftpSource(
-        config, environ=environ, connect_timeout=connect_timeout, read_timeout=read_timeout
-    )
+@implementation_for(LocalFiles)
+def _open_local(spec: LocalFiles, settings: Settings) -> Source:
+    local = LocalSource(spec.patterns, base_dir=settings.schedules_dir, roots=settings.local_roots)
+    _warn_unmatched(spec, local)
+    return local
 
 
-def merge_sftp(project: Sftp | None, override: SftpOverride | None) -> Sftp:
-    """The schedule's SFTP settings: the override's given fields over the project's."""
-    fields = project.model_dump(exclude_unset=True) if project else {}
-    if override is not None:
-        fields.update(override.model_dump(exclude_none=True))
-    if not fields.get("host"):
-        raise SourceError(
-            "no source: the project declares no sftp host and the schedule has no "
-            "sftp_override.host or local_files"
-        )
-    try:
-        return Sftp.model_validate(fields)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'sftp'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise SourceError(f"the project's sftp with the schedule's override: {problems}") from exc
+def _warn_unmatched(spec: LocalFiles, local: LocalSource) -> None:
+    """Log each glob that matches nothing, resolved: a run that reads no file is never silent.
+
+    Matching never looks outside the roots; a refused pattern is reported by the listing instead.
+    """
+    for pattern in spec.patterns:
+        full = os.path.normpath(os.path.join(local.base, pattern))
+        if glob.escape(full) == full:
+            continue  # a plain path: the listing reports a missing one as an error
+        try:
+            found = local.matches(pattern)
+        except SourceError:
+            continue
+        if not found:
+            _log.warning(
+                "local_files pattern matches no file",
+                schedule=spec.schedule,
+                pattern=full,
+                stored=pattern,
+                declared_in=spec.declared_in,
+            )

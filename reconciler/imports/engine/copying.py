@@ -1,9 +1,9 @@
 """COPY streaming: a CSV byte stream goes straight into ``COPY ... FROM STDIN``, block by block.
 
-``imports.running`` calls ``inspect_target`` once per run (the table, its columns, the upsert key
+``imports.runs.running`` calls ``inspect_target`` once per run (the table, its columns, the upsert key
 and the privileges, checked before any byte is read) and ``load`` once per file, inside the file's
 transaction. No CSV is parsed in Python and nothing is written to disk: the server parses, the
-client only moves blocks (framed by ``imports.framing``), so memory stays flat whatever the file
+client only moves blocks (framed by ``imports.engine.framing``), so memory stays flat whatever the file
 size. With ``header: true`` the file's header names its columns: COPY gets them in the file's
 order. Identifiers are always composed with ``psycopg.sql.Identifier`` and option values with
 ``sql.Literal``, never pasted.
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from psycopg import sql
 
 from reconciler.errors import DataError, TargetError
-from reconciler.imports.framing import Framed
+from reconciler.imports.engine.framing import Framed
 from reconciler.model.specs import TOOL_TABLES
 
 if TYPE_CHECKING:

@@ -1,17 +1,17 @@
 """The SFTP source (paramiko): verified host keys, fast bounded streaming, after-import actions.
 
-``sources.sftp_source`` builds an ``SftpSource`` for one run; the import engine lists, opens (from
-several threads at once) and finishes files through it. Every paramiko, socket and OS error is
-translated here into a one-line ``SourceError`` or ``HostKeyError`` that names the server and never
-the password.
+Registered for ``Sftp`` with ``imports.sources``: an ``SftpSource`` for one run; the import
+engine lists, opens (from several threads at once) and finishes files through it. Every paramiko,
+socket and OS error is translated here into a one-line ``SourceError`` or ``HostKeyError`` that
+names the server and never the password.
 
-Host keys are always verified, against known_hosts as OpenSSH reads it (``imports.known_hosts``).
+Host keys are always verified, against known_hosts as OpenSSH reads it (``imports.sources.known_hosts``).
 
 Speed with flat memory: paramiko's plain ``read`` waits for each 32 KiB reply (about 5 MB/s), and
 its ``prefetch`` queues a READ for every 32 KiB of the file up front from a helper thread. So the
 connection uses our own socket with TCP_NODELAY, a larger SSH window and packet size, AES-GCM
 first (paramiko's cheapest cipher by far: no separate MAC), and each open file streams through
-``PipelinedReader`` (``imports.pipelining``): a fixed window of outstanding READ requests.
+``PipelinedReader`` (``imports.sources.pipelining``): a fixed window of outstanding READ requests.
 ``benchmarks/bench_sftp.py`` measures it against OpenSSH's ``sftp``.
 """
 
@@ -28,7 +28,7 @@ from contextlib import AbstractContextManager, contextmanager, suppress
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import paramiko
 from paramiko.sftp import CMD_CLOSE, CMD_HANDLE, CMD_NAME, CMD_OPENDIR, CMD_READDIR
@@ -36,10 +36,14 @@ from paramiko.sftp import CMD_CLOSE, CMD_HANDLE, CMD_NAME, CMD_OPENDIR, CMD_READ
 from reconciler import logs
 from reconciler.errors import HostKeyError, ReconcileError, SourceError
 from reconciler.imports import secrets
-from reconciler.imports.known_hosts import keyscan, load_policy
-from reconciler.imports.pipelining import PipelinedReader
+from reconciler.imports.sources import implementation_for
+from reconciler.imports.sources.known_hosts import keyscan, load_policy
+from reconciler.imports.sources.pipelining import PipelinedReader
 from reconciler.model.files import Readable, SourceFile
 from reconciler.model.specs import Sftp
+
+if TYPE_CHECKING:
+    from reconciler.settings import Settings
 
 __all__ = ["SftpSource"]
 
@@ -376,3 +380,8 @@ class SftpSource:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@implementation_for(Sftp)
+def _open_sftp(spec: Sftp, settings: Settings) -> SftpSource:
+    return SftpSource(spec, environ=settings.environ)

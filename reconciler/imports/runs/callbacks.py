@@ -1,6 +1,6 @@
 """The completion callback: a JSON POST to a schedule's ``callback_url``, signed when configured.
 
-``imports.running`` calls ``deliver`` once a job has its final status and stores the outcome in
+``imports.runs.running`` calls ``deliver`` once a job has its final status and stores the outcome in
 ``cpi_jobs.callback``; the outcome never changes the job's status. Each attempt has a timeout; a
 network error, a timeout, 408, 429 or 5xx is retried with exponential backoff up to ``attempts``
 times, any other answer is final. Redirects are not followed (a POST must not turn into a GET).

@@ -1,6 +1,6 @@
 """Loading one run's files: each file in its own transaction, several files over parallel sessions.
 
-``imports.running`` calls ``import_files`` with an open source and the checked target. Append and
+``imports.runs.running`` calls ``import_files`` with an open source and the checked target. Append and
 upsert files load over up to ``workers`` connections at once (a thread each; the threads mostly
 wait on the network while PostgreSQL parses). Replace loads sequentially in one transaction: it
 deletes the old rows and copies the new files, so readers see the old content until the commit and
@@ -25,8 +25,8 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 
 from reconciler.errors import DataError, ReconcileError
-from reconciler.imports.copying import CopyFailure, TargetTable, copy_failure, load
-from reconciler.imports.framing import locate_open_quote, record_line
+from reconciler.imports.engine.copying import CopyFailure, TargetTable, copy_failure, load
+from reconciler.imports.engine.framing import locate_open_quote, record_line
 from reconciler.logs import get_logger
 from reconciler.model.results import FileResult
 from reconciler.store.connecting import connect

@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from reconciler.errors import ReconcileError, StoreError
-from reconciler.imports import callbacks
-from reconciler.imports.importing import Meter, Progress
-from reconciler.imports.resolving import ImportSpec, load_import
-from reconciler.imports.transferring import Outage, transfer
+from reconciler.imports.engine.importing import Meter, Progress
+from reconciler.imports.runs import callbacks
+from reconciler.imports.runs.resolving import ImportSpec, load_import
+from reconciler.imports.runs.transferring import Outage, transfer
 from reconciler.logs import get_logger, one_line
 from reconciler.model.results import FileResult, JobResult, JobStatus
 from reconciler.store.connecting import database_url, open_store

@@ -1,0 +1,52 @@
+"""Where import data comes from: a registry of source kinds, one module each.
+
+A kind is one class plus one function registered for the spec type it reads, in the manner of
+alembic's ``Operations.implementation_for``: ``local`` registers for ``LocalFiles`` (a schedule's
+``local_files``), ``sftp`` for ``Sftp`` (the project's ``sftp`` with the schedule's override).
+``imports.runs`` calls ``open_source(spec, settings)``, which dispatches on the spec's type; a new
+kind is a new module listed in ``_KINDS``, not a branch anywhere else. The kinds' modules are
+imported on the first ``open_source``, so paramiko stays off the CLI's start-up path.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from reconciler.errors import SourceError
+
+if TYPE_CHECKING:
+    from reconciler.model.files import Source
+    from reconciler.settings import Settings
+
+__all__ = ["implementation_for", "open_source"]
+
+_KINDS = ("reconciler.imports.sources.local", "reconciler.imports.sources.sftp")
+_Spec = TypeVar("_Spec")
+Opener = Callable[[Any, "Settings"], "Source"]
+_OPENERS: dict[type, Opener] = {}
+
+
+def implementation_for(
+    spec_type: type[_Spec],
+) -> Callable[[Callable[[_Spec, Settings], Source]], Callable[[_Spec, Settings], Source]]:
+    """Register the decorated function as the opener of sources described by ``spec_type``."""
+
+    def register(
+        opener: Callable[[_Spec, Settings], Source],
+    ) -> Callable[[_Spec, Settings], Source]:
+        _OPENERS[spec_type] = opener
+        return opener
+
+    return register
+
+
+def open_source(spec: object, settings: Settings) -> Source:
+    """An open source for ``spec``; ``SourceError`` (or ``HostKeyError``) if it cannot be had."""
+    for module in _KINDS:
+        importlib.import_module(module)
+    opener = _OPENERS.get(type(spec))
+    if opener is None:
+        raise SourceError(f"no source kind reads {type(spec).__name__}")
+    return opener(spec, settings)
