@@ -2,11 +2,11 @@
 
 ``daemon.timing`` calls ``Runner.submit`` for every occurrence it fires or catches up on; a slow
 import holds one worker, never the timer. Each worker claims the occurrence in ``cpi_jobs``
-(``imports.runs.running.claim_run``: exactly once across replicas, a ``skipped`` run on overlap), then
-records it as handled (``next_run_at`` moves on) and runs it. An occurrence that cannot be claimed
-(no database session) is handed back to the timer, so a resync runs it within its grace. An
-occurrence that waited longer than its schedule's grace (downtime, or a queue behind slow
-imports) is recorded ``missed`` instead.
+(``imports.runs.running.claim_run``: exactly once across replicas, a ``skipped`` run on overlap),
+then records it as handled (``next_run_at`` moves on) and runs it. An occurrence that cannot be
+claimed (no database session) is handed back to the timer, so a resync runs it within its grace. An
+occurrence that waited longer than its schedule's grace (downtime, or a queue behind slow imports)
+is recorded ``missed`` instead.
 
 The HTTP API's manual runs arrive claimed (the job id is already answered): ``run_claimed``
 runs the rest of them in the same pool, counted in the same metrics.

@@ -1,9 +1,10 @@
 """Resolving ``${VAR}`` secret references at the moment an import needs them.
 
 Documents store references, never values (``model.specs`` refuses literals). The import engine calls
-``resolve`` when a run starts (the SFTP password in ``imports.sources.sftp``, a target's ``database_url`` in
-``imports.runs.resolving``); the value is registered with ``logs.register_secret`` so that it is masked
-in every log line, and it is never stored, planned or sent anywhere else.
+``resolve`` when a run starts (the SFTP password in ``imports.sources.sftp``, a target's
+``database_url`` in ``imports.runs.resolving``); the value is registered with
+``logs.register_secret`` so that it is masked in every log line, and it is never stored, planned or
+sent anywhere else.
 """
 
 from __future__ import annotations

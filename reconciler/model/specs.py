@@ -56,8 +56,8 @@ __all__ = [
 API_VERSION = "reconciler/v1"
 MIN_INTERVAL_SECONDS = 3600  # the seed's CHECK (interval_seconds >= 3600)
 INT4_MAX = 2_147_483_647  # PostgreSQL integer: interval_seconds, misfire_grace_seconds
-# Tables reconcile itself writes (reconciler/store/schema.sql, store.ledger, imports.engine.copying's
-# stage): an import into one would corrupt schedules, jobs or the exactly-once record.
+# Tables reconcile itself writes (store/schema.sql, store.ledger, the COPY engine's stage): an
+# import into one would corrupt schedules, jobs or the exactly-once record.
 TOOL_TABLES = frozenset(
     {
         "cpi_projects",

@@ -1,6 +1,7 @@
 r"""Framing a CSV byte stream for COPY: the few things the server must not see, fixed in flight.
 
-``imports.engine.copying.load`` wraps each file's stream in ``Framed`` before ``COPY ... FROM STDIN``:
+``imports.engine.copying.load`` wraps each file's stream in ``Framed`` before ``COPY ... FROM
+STDIN``:
 
 - a UTF-8 byte-order mark at the start is dropped: it is never data. A UTF-8 mark under another
   ``csv.encoding``, or a UTF-16 one, fails the file saying what to set or convert instead;

@@ -1,7 +1,7 @@
 """Loading one run's files: each file in its own transaction, several files over parallel sessions.
 
-``imports.runs.running`` calls ``import_files`` with an open source and the checked target. Append and
-upsert files load over up to ``workers`` connections at once (a thread each; the threads mostly
+``imports.runs.running`` calls ``import_files`` with an open source and the checked target. Append
+and upsert files load over up to ``workers`` connections at once (a thread each; the threads mostly
 wait on the network while PostgreSQL parses). Replace loads sequentially in one transaction: it
 deletes the old rows and copies the new files, so readers see the old content until the commit and
 the new content after it, never an empty table. TRUNCATE would be faster but takes an ACCESS

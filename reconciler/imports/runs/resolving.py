@@ -1,10 +1,10 @@
 """From a schedule's name to what one run needs: its rows, its source and its target database.
 
-``imports.runs.running`` calls ``load_import`` (the ``cpi_schedules`` and ``cpi_projects`` rows as the
-apply left them, read by ``store.schedules``), then ``open_source`` and ``target_url`` once the
+``imports.runs.running`` calls ``load_import`` (the ``cpi_schedules`` and ``cpi_projects`` rows as
+the apply left them, read by ``store.schedules``), then ``open_source`` and ``target_url`` once the
 job row exists, so that an unreachable SFTP server or an unset ``${VAR}`` is recorded on the job
-rather than lost. A row edited by hand into something the documents cannot say is a
-``TargetError`` naming the row.
+rather than lost. A row edited by hand into something the documents cannot say is a ``TargetError``
+naming the row.
 """
 
 from __future__ import annotations

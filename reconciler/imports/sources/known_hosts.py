@@ -1,10 +1,10 @@
 """known_hosts, read as OpenSSH reads it: the policy that verifies an SFTP server's host key.
 
-``imports.sources.sftp`` calls ``load_policy`` before it connects and hands the policy to paramiko, which
-passes it every key a server offers. Hashed names, wildcards and negations, several keys per
+``imports.sources.sftp`` calls ``load_policy`` before it connects and hands the policy to paramiko,
+which passes it every key a server offers. Hashed names, wildcards and negations, several keys per
 server and ``@revoked`` keys are understood, unlike paramiko's ``HostKeys``, which fails on the
-first ``@cert-authority`` or ``@revoked`` line and keeps one key per type. Lines that cannot be
-used (``@cert-authority``: host certificates are not supported) are logged and skipped. An unknown,
+first ``@cert-authority`` or ``@revoked`` line and keeps one key per type. Lines that cannot be used
+(``@cert-authority``: host certificates are not supported) are logged and skipped. An unknown,
 changed or revoked key is a ``HostKeyError`` that says what to check and which command fixes it.
 """
 

@@ -1,19 +1,19 @@
 """Reading one remote file over SFTP fast, with a fixed amount of memory: ``PipelinedReader``.
 
-``imports.sources.sftp`` wraps each opened file in one. SFTP answers each READ request separately, so a
-reader that waits for every reply is bound by the round trip (paramiko's ``read``: about 5 MB/s),
-while paramiko's ``prefetch`` sends a request for every block of the whole file at once, from a
-helper thread. This reader keeps a fixed window of READ requests outstanding (``requests`` of
+``imports.sources.sftp`` wraps each opened file in one. SFTP answers each READ request separately,
+so a reader that waits for every reply is bound by the round trip (paramiko's ``read``: about 5
+MB/s), while paramiko's ``prefetch`` sends a request for every block of the whole file at once, from
+a helper thread. This reader keeps a fixed window of READ requests outstanding (``requests`` of
 ``request_size`` bytes) and sends a new one each time the oldest reply is consumed: the server is
 never idle, and at most the window is buffered, whatever the size of the file and the pace of the
 consumer.
 
-It writes READ requests and parses the replies itself on the SFTP session's channel, taking what
-the channel holds in one ``recv``: paramiko's own reply parsing reads each reply in several small
-pieces, which cost a fifth more client CPU per byte when measured (``benchmarks/bench_sftp.py``).
-So the session must serve only this reader between opening and closing the file: ``imports.sources.sftp``
-opens one session per stream, lets this reader drain its replies (``at_end``) before closing the
-file through paramiko, and otherwise closes the whole session.
+It writes READ requests and parses the replies itself on the SFTP session's channel, taking what the
+channel holds in one ``recv``: paramiko's own reply parsing reads each reply in several small
+pieces, which cost a fifth more client CPU per byte when measured (``benchmarks/bench_sftp.py``). So
+the session must serve only this reader between opening and closing the file:
+``imports.sources.sftp`` opens one session per stream, lets this reader drain its replies
+(``at_end``) before closing the file through paramiko, and otherwise closes the whole session.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ engine lists, opens (from several threads at once) and finishes files through it
 socket and OS error is translated here into a one-line ``SourceError`` or ``HostKeyError`` that
 names the server and never the password.
 
-Host keys are always verified, against known_hosts as OpenSSH reads it (``imports.sources.known_hosts``).
+Host keys are always verified, against known_hosts as OpenSSH reads it
+(``imports.sources.known_hosts``).
 
 Speed with flat memory: paramiko's plain ``read`` waits for each 32 KiB reply (about 5 MB/s), and
 its ``prefetch`` queues a READ for every 32 KiB of the file up front from a helper thread. So the
