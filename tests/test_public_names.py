@@ -155,7 +155,14 @@ PINNED: dict[str, list[str]] = {
     ],
     "reconciler.model": [],
     "reconciler.model.explaining": ["Explanation", "dotted", "explain"],
-    "reconciler.model.files": ["LocalFiles", "Readable", "Source", "SourceFile", "merge_sftp"],
+    "reconciler.model.files": [
+        "LocalFiles",
+        "Opened",
+        "Readable",
+        "Source",
+        "SourceFile",
+        "merge_sftp",
+    ],
     "reconciler.model.guards": ["check"],
     "reconciler.model.loading": ["MAX_FILE_BYTES", "Loaded", "LoadedDocument", "load_files"],
     "reconciler.model.occurrences": [

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from reconciler.errors import SourceError
 from reconciler.model.specs import Sftp, SftpOverride
 
-__all__ = ["LocalFiles", "Readable", "Source", "SourceFile", "merge_sftp"]
+__all__ = ["LocalFiles", "Opened", "Readable", "Source", "SourceFile", "merge_sftp"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,12 +53,14 @@ def merge_sftp(project: Sftp | None, override: SftpOverride | None) -> Sftp:
 
 @dataclass(frozen=True, slots=True)
 class SourceFile:
-    """One file offered by a source; ``(source key, path, size, mtime)`` identifies an import."""
+    """One file offered by a source, as listed. What identifies an import is its content
+    (``store.ledger``); ``(path, size, mtime)`` only lets an unchanged file be skipped unread."""
 
     path: str  # absolute: a local path, or a remote path on the SFTP server
     name: str  # the base name, for display
     size: int
     mtime: datetime  # aware, UTC
+    marker: str | None = None  # the path of its ready marker, when the project asks for one
 
 
 class Readable(Protocol):
@@ -67,21 +69,36 @@ class Readable(Protocol):
     def read(self, n: int = -1, /) -> bytes: ...
 
 
+class Opened(Readable, Protocol):
+    """An open file: its bytes, and what its handle says of it now."""
+
+    def stat(self) -> tuple[int, datetime]:
+        """``(size, mtime)`` of the open file now (fstat of the handle, not of the path): one
+        that differs from the listing after the last read means it changed while it was read."""
+        ...
+
+
 class Source(Protocol):
     """A place files are imported from; also a context manager that closes it."""
 
-    key: str  # "local" or "sftp://user@host:port": the source part of an import's identity
+    key: str  # "local" or "sftp://user@host:port": how the files were reached, for display
 
     def list_files(self) -> list[SourceFile]:
-        """The matching files, sorted by name."""
+        """The matching regular files, sorted by name."""
         ...
 
-    def open(self, f: SourceFile) -> AbstractContextManager[Readable]:
-        """``f`` as a stream read in blocks; safe to call from several threads at once."""
+    def exists(self, path: str) -> bool:
+        """Whether ``path`` (a ready marker beside a listed file) exists now."""
+        ...
+
+    def open(self, f: SourceFile) -> AbstractContextManager[Opened]:
+        """``f`` as a stream read in blocks; safe to call from several threads at once. Refuses
+        at once (``SourceError``) what is not a regular file when opened, never waits on it."""
         ...
 
     def finish(self, f: SourceFile) -> None:
-        """Apply ``after_import`` to ``f``; called only once its data is committed."""
+        """Apply ``after_import`` to ``f`` (and its marker); called once its data is committed.
+        Never overwrites anything: a name taken in the archive gets a unique one instead."""
         ...
 
     def close(self) -> None: ...

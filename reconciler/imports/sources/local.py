@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from reconciler.errors import SourceError
 from reconciler.imports.sources import implementation_for
 from reconciler.logs import get_logger
-from reconciler.model.files import LocalFiles, Readable, Source, SourceFile
+from reconciler.model.files import LocalFiles, Opened, Source, SourceFile
 
 if TYPE_CHECKING:
     from reconciler.settings import Settings
@@ -53,6 +53,18 @@ def _mtime(st: os.stat_result) -> datetime:
     return datetime.fromtimestamp(ns // 1_000_000_000, UTC).replace(
         microsecond=ns // 1000 % 1_000_000
     )
+
+
+class _LocalFile:
+    """An open local file: its bytes, and ``stat`` from the handle."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self.read = stream.read
+
+    def stat(self) -> tuple[int, datetime]:
+        st = os.fstat(self._stream.fileno())
+        return st.st_size, _mtime(st)
 
 
 class LocalSource:
@@ -168,18 +180,38 @@ class LocalSource:
         return sorted(files.values(), key=lambda f: (f.name, f.path))
 
     @contextmanager
-    def _open(self, f: SourceFile) -> Iterator[BinaryIO]:
+    def _open(self, f: SourceFile) -> Iterator[Opened]:
         real = self._confined(f.path)  # again: a symlink may have changed since the listing
         try:
-            stream = open(real, "rb")  # noqa: SIM115 - closed below, after the caller's block
+            # Non-blocking: a FIFO swapped in since the listing would block a plain open forever.
+            fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         except OSError as exc:
             raise SourceError(f"cannot open {f.path}: {exc.strerror or exc}") from exc
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise SourceError(
+                    f"{f.path} is no longer a regular file (a FIFO, device or folder was put "
+                    "there after it was listed); it is not read"
+                )
+            os.set_blocking(fd, True)
+            stream = os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
         with stream:
-            yield stream
+            yield _LocalFile(stream)
 
-    def open(self, f: SourceFile) -> AbstractContextManager[Readable]:
+    def open(self, f: SourceFile) -> AbstractContextManager[Opened]:
         """``f`` opened for reading in binary mode, after checking its real path again."""
         return self._open(f)
+
+    def exists(self, path: str) -> bool:
+        """Whether ``path`` exists, inside the roots."""
+        try:
+            return os.path.exists(self._confined(path))
+        except SourceError:
+            return False
 
     def finish(self, f: SourceFile) -> None:
         """Nothing: reconcile never deletes or moves local files."""

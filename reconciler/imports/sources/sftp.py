@@ -39,8 +39,8 @@ from reconciler.errors import HostKeyError, ReconcileError, SourceError
 from reconciler.imports import secrets
 from reconciler.imports.sources import implementation_for
 from reconciler.imports.sources.known_hosts import keyscan, load_policy
-from reconciler.imports.sources.pipelining import PipelinedReader
-from reconciler.model.files import Readable, SourceFile
+from reconciler.imports.sources.pipelining import REQUEST_SIZE, PipelinedReader
+from reconciler.model.files import Opened, SourceFile
 from reconciler.model.specs import Sftp
 
 if TYPE_CHECKING:
@@ -90,6 +90,30 @@ def _transport(
     # keys shows the one we can verify (OpenSSH orders its HostKeyAlgorithms the same way).
     options.key_types = _first(host_key_types, options.key_types)
     return transport
+
+
+def _mtime(attrs: paramiko.SFTPAttributes) -> datetime:
+    return datetime.fromtimestamp(attrs.st_mtime or 0, UTC)
+
+
+class _RemoteFile:
+    """An open remote file: its bytes through the pipelined reader, ``stat`` through FSTAT on
+    its handle (once every READ reply is in: the session serves one request at a time)."""
+
+    def __init__(
+        self, source: SftpSource, reader: PipelinedReader, handle: paramiko.SFTPFile, path: str
+    ) -> None:
+        self._source, self._reader, self._handle, self._path = source, reader, handle, path
+        self.read = reader.read
+
+    def stat(self) -> tuple[int, datetime]:
+        while not self._reader.at_end and self._reader.read(REQUEST_SIZE):
+            pass  # the file grew past what was read: drain, so the session is free for FSTAT
+        try:
+            attrs = self._handle.stat()
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise self._source._error(exc, "file", self._path) from exc
+        return attrs.st_size or 0, _mtime(attrs)
 
 
 class SftpSource:
@@ -313,12 +337,11 @@ class SftpSource:
                     attrs = self._call(self._sftp.stat, path, what="file")
                 if not stat.S_ISREG(attrs.st_mode or 0):
                     continue
-                mtime = datetime.fromtimestamp(attrs.st_mtime or 0, UTC)
-                files.append(SourceFile(path, name, attrs.st_size or 0, mtime))
+                files.append(SourceFile(path, name, attrs.st_size or 0, _mtime(attrs)))
         return sorted(files, key=lambda f: f.name)
 
     @contextmanager
-    def _open(self, f: SourceFile) -> Iterator[Readable]:
+    def _open(self, f: SourceFile) -> Iterator[Opened]:
         sftp = self._session()  # one session per stream: streams run in parallel threads
         try:
             handle = self._call(sftp.open, f.path, "rb", what="file")
@@ -326,7 +349,7 @@ class SftpSource:
                 sftp, handle, size_hint=f.size, fail=lambda e: self._error(e, "file", f.path)
             )
             try:
-                yield reader
+                yield _RemoteFile(self, reader, handle, f.path)
             finally:
                 if not reader.at_end:
                     # Left early: replies to READs may still come; only closing the session
@@ -337,7 +360,18 @@ class SftpSource:
         finally:
             sftp.close()
 
-    def open(self, f: SourceFile) -> AbstractContextManager[Readable]:
+    def exists(self, path: str) -> bool:
+        """Whether ``path`` exists on the server now."""
+        with self._lock:
+            try:
+                self._sftp.stat(path)
+            except FileNotFoundError:
+                return False
+            except (OSError, EOFError, paramiko.SSHException) as exc:
+                raise self._error(exc, "file", path) from exc
+            return True
+
+    def open(self, f: SourceFile) -> AbstractContextManager[Opened]:
         """``f`` as a stream of its bytes, read ahead through a bounded window of requests."""
         return self._open(f)
 
