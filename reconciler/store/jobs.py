@@ -12,6 +12,7 @@ writes its end, whichever session writes it first.
 from __future__ import annotations
 
 import os
+import re
 import socket
 from dataclasses import dataclass
 from datetime import datetime
@@ -57,6 +58,42 @@ __all__ = [
 ]
 
 _log = get_logger("reconciler.jobs")
+
+# What PostgreSQL's text and jsonb cannot hold: NUL, and the lone surrogates that stand for bytes
+# that were not UTF-8 (``surrogateescape``, as file names and raw bytes are decoded) or for
+# nothing at all.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _escape(char: re.Match[str]) -> str:
+    code = ord(char.group())
+    if 0xDC80 <= code <= 0xDCFF:
+        return f"\\x{code - 0xDC00:02x}"  # the byte it stands for
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def _storable(text: str | None) -> str | None:
+    r"""``text`` as a job row can hold it: NUL as ``\x00``, bytes that were not UTF-8 as ``\xNN``.
+
+    Every text written to ``cpi_jobs`` (the error, and each string of the files and callback
+    JSON) passes here: a file name, a header or a library's message may carry either, and
+    PostgreSQL refusing them must never leave a job ``running``. Nothing is dropped; a
+    backslash already in the text stays as it is, as the text is read, never decoded back.
+    """
+    if text is None or (text.isascii() and "\x00" not in text):
+        return text
+    return _UNSTORABLE.sub(_escape, text)
+
+
+def _storable_json(value: Any) -> Any:
+    """``value`` (JSON: dicts, lists, scalars) with every string, keys too, made storable."""
+    if isinstance(value, str):
+        return _storable(value)
+    if isinstance(value, dict):
+        return {_storable(k): _storable_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_storable_json(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +148,7 @@ def _insert(
             "CASE WHEN %s = 'running' THEN NULL ELSE now() END, %s, %s) "
             "RETURNING id::text, started_at",
             (schedule.id, schedule.name, schedule.project_id, schedule.project, trigger, status,
-             scheduled_for, status, f"{socket.gethostname()}:{os.getpid()}", error),
+             scheduled_for, status, f"{socket.gethostname()}:{os.getpid()}", _storable(error)),
         ).fetchone()  # fmt: skip
     assert row is not None
     return row[0], row[1]
@@ -230,9 +267,10 @@ def _end(
     started: Started, status: JobStatus, files: tuple[FileResult, ...], error: str | None
 ) -> dict[str, Any]:
     return {
-        "id": started.id, "status": status, "error": error,
+        "id": started.id, "status": status, "error": _storable(error),
         "rows": sum(f.rows for f in files if f.status == "imported"),
-        "bytes": sum(f.bytes for f in files), "files": Jsonb([f.to_json() for f in files]),
+        "bytes": sum(f.bytes for f in files),
+        "files": Jsonb(_storable_json([f.to_json() for f in files])),
     }  # fmt: skip
 
 
@@ -306,7 +344,7 @@ def fail_lost_job(
                 conn, schedule.id, started.id, started.started_at,
                 new_run=1, succeeded=0, failed=1,
             )  # fmt: skip
-            return Ended("failed", error, row[0], ours=True)
+            return Ended("failed", _storable(error), row[0], ours=True)
         row = conn.execute(
             "SELECT status, error, finished_at FROM cpi_jobs WHERE id = %s", (started.id,)
         ).fetchone()
@@ -338,7 +376,7 @@ def end_worker_jobs(conn: psycopg.Connection[Any], worker: str, error: str) -> l
             "rows_imported = " + LANDED_ROWS + ", error = %s "
             "WHERE j.worker = %s AND j.status = 'running' "
             "RETURNING j.id::text, j.schedule_id, j.started_at",
-            (error, worker),
+            (_storable(error), worker),
         ).fetchall()
         for job_id, schedule_id, started_at in rows:
             count_run(conn, schedule_id, job_id, started_at, new_run=1, succeeded=0, failed=1)
@@ -348,4 +386,7 @@ def end_worker_jobs(conn: psycopg.Connection[Any], worker: str, error: str) -> l
 def record_callback(conn: psycopg.Connection[Any], job_id: str, outcome: dict[str, Any]) -> None:
     """Store the callback's delivery outcome on the job; it never changes the job's status."""
     with conn.transaction():
-        conn.execute("UPDATE cpi_jobs SET callback = %s WHERE id = %s", (Jsonb(outcome), job_id))
+        conn.execute(
+            "UPDATE cpi_jobs SET callback = %s WHERE id = %s",
+            (Jsonb(_storable_json(outcome)), job_id),
+        )
