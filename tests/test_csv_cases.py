@@ -196,3 +196,78 @@ spec:
         database_url, f"SELECT count(*) FROM contacts WHERE xmin::text <> '{seeded[0]}'"
     )
     assert job["rows_imported"] == landed[0][0] == {"append": 6, "replace": 6, "upsert": 5}[mode]
+
+
+def _big_twins(cli: Cli) -> None:
+    """The case's big files: its small ones with the 1,000-character value made 200,000 long."""
+    for kind in ("docs", "keyed"):
+        small = (cli.cwd / "data" / f"{kind}_small.csv").read_text()
+        big = small.replace("x" * 1000, "x" * 200_000).replace("y" * 1000, "y" * 200_000)
+        (cli.cwd / "data" / f"{kind}_big.csv").write_text(big)
+
+
+def _history(cli: Cli, schedule: str) -> list[dict[str, Any]]:
+    done = cli("history", schedule, "--output", "json")
+    assert done.returncode == 0, done.stderr
+    jobs: list[dict[str, Any]] = json.loads(done.stdout)["jobs"]
+    return jobs
+
+
+@pytest.mark.parametrize(
+    ("schedule", "message"),
+    [
+        ("docs", "unterminated CSV quoted field"),
+        ("keyed-docs", "the upsert key (doc_id) is empty (NULL)"),
+    ],
+)
+def test_a_long_value_never_moves_the_reported_line(
+    cli: Cli, database_url: str, schedule: str, message: str
+) -> None:
+    """A valid 200,000-character value on line 3 leaves the error on line 5, as a short one."""
+    _setup(cli, "field-over-128k")
+    _big_twins(cli)
+    job = _run(cli, schedule)
+    assert job["status"] == "failed"
+    assert [(f["status"], f["line"]) for f in job["files"]] == [("failed", 5), ("failed", 5)]
+    for failed in job["files"]:
+        assert failed["error"].startswith(message), failed
+        assert "line 5" in failed["error"] or message.startswith("the upsert"), failed
+    (stored,) = _history(cli, schedule)
+    assert stored["status"] == "failed"
+    assert " line 5: " in stored["error"]
+    assert [f["line"] for f in stored["files"]] == [5, 5]
+
+
+@pytest.mark.parametrize(
+    ("schedule", "line", "message"),
+    [
+        ("members-data-nul", 3, "invalid byte sequence"),
+        (
+            "members-header-nul",
+            1,
+            "the header does not match the target (unknown: na\\x00me)",
+        ),
+        ("members-utf16-no-bom", 1, "looks like UTF-16LE without a byte-order mark"),
+    ],
+)
+def test_a_nul_byte_fails_the_file_and_the_job_is_recorded(
+    cli: Cli, database_url: str, schedule: str, line: int, message: str
+) -> None:
+    """A NUL in a value or a header, or UTF-16 without a mark, fails the job: never left running.
+
+    ``run --output json`` shows the reason as it is (JSON holds a NUL); the job row, escaped.
+    """
+    _setup(cli, "nul-byte")
+    for _ in range(2):
+        job = _run(cli, schedule)
+        assert job["status"] == "failed", job
+        (failed,) = job["files"]
+        assert failed["line"] == line
+        assert message.replace("\\x00", "\x00") in failed["error"]
+    history = _history(cli, schedule)
+    assert [j["status"] for j in history] == ["failed", "failed"]
+    assert all(f" line {line}: " in j["error"] and message in j["error"] for j in history)
+    shown = cli("history", schedule)
+    assert shown.returncode == 0, shown.stderr
+    assert "running" not in shown.stdout
+    assert "abandoned" not in shown.stdout

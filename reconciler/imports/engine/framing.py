@@ -18,15 +18,16 @@ Whether a ``\.`` line lies inside a quoted value is told by the parity of the qu
 before it (the quote doubles as its own escape by default); with a distinct escape character the
 quote and escape bytes are walked one by one instead.
 
-When COPY has failed, ``locate_open_quote`` and ``record_line`` read the file again with Python's
-csv module to say where the problem lies: only on that error path.
+When COPY has failed, ``locate_open_quote`` and ``record_line`` read the file again to say where
+the problem lies: only on that error path, and without holding any value, so that no value's
+length moves the line they name.
 """
 
 from __future__ import annotations
 
 import codecs
 import csv
-import io
+import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +48,7 @@ __all__ = [
 HEADER_LIMIT = 1 << 20  # a header record longer than this is not a header
 _BOM = b"\xef\xbb\xbf"
 _UTF16 = {b"\xff\xfe": "UTF-16LE", b"\xfe\xff": "UTF-16BE"}
+_SNIFF = 64  # the first bytes, read before any is passed on: enough to tell UTF-16
 _EOL = frozenset(b"\r\n")
 _MARKER = b"\\."
 _DIAGNOSE_BLOCK = 64 * 1024
@@ -69,6 +71,24 @@ def python_codec(encoding: str) -> str:
         return codecs.lookup(name).name
     except LookupError:
         return "latin-1"
+
+
+def _utf16_without_mark(head: bytes) -> str | None:
+    """``UTF-16LE`` or ``UTF-16BE`` when most two-byte units of ``head`` have one zero byte.
+
+    Text in the encodings PostgreSQL reads has no NUL bytes; ASCII (or Latin-1) text in UTF-16
+    has one in every unit, as the high byte: second (LE) or first (BE). A NUL or two in a value
+    does not look like that.
+    """
+    units = len(head) // 2
+    if units < 2:
+        return None
+    even, odd = head[0 : units * 2 : 2].count(0), head[1 : units * 2 : 2].count(0)
+    if odd * 2 > units and even * 4 < units:
+        return "UTF-16LE"
+    if even * 2 > units and odd * 4 < units:
+        return "UTF-16BE"
+    return None
 
 
 class _Quotes:
@@ -136,10 +156,10 @@ class Framed:
         return block
 
     def _first(self) -> None:
-        """Read the first bytes and deal with a byte-order mark."""
+        """Read the first bytes and deal with a byte-order mark, or UTF-16 without one."""
         self._started = True
         head = b""
-        while len(head) < len(_BOM):
+        while len(head) < _SNIFF:
             block = self._read()
             if not block:
                 break
@@ -156,6 +176,12 @@ class Framed:
             raise DataError(
                 f"the file is {_UTF16[head[:2]]} (it starts with that byte-order mark), which "
                 "PostgreSQL cannot read; have it exported as UTF-8",
+                line=1,
+            )
+        elif utf16 := _utf16_without_mark(head[:_SNIFF]):
+            raise DataError(
+                f"the file looks like {utf16} without a byte-order mark (every other byte is 0), "
+                "which PostgreSQL cannot read; have it exported as UTF-8",
                 line=1,
             )
         self._head = head
@@ -176,7 +202,9 @@ class Framed:
                 end = len(self._head)
                 break
             self._head += block
-        text = self._head[:end].decode(python_codec(self._dialect.encoding), errors="replace")
+        # A byte the encoding cannot read shows escaped in an error, never dropped.
+        codec = python_codec(self._dialect.encoding)
+        text = self._head[:end].decode(codec, errors="backslashreplace")
         if not text.strip("\r\n"):
             return None
         try:
@@ -303,52 +331,116 @@ def _csv_options(dialect: CsvDialect) -> dict[str, Any]:
     }
 
 
-class _RawReader(io.RawIOBase):
-    """A ``Readable`` as a raw stream, so that ``io.TextIOWrapper`` can decode it."""
+class _Records:
+    """Where the records of decoded CSV text start, and where a stray quote breaks one.
 
-    def __init__(self, blocks: Iterator[bytes]) -> None:
-        self._blocks = blocks
-        self._rest = b""
+    Records are split as PostgreSQL splits them: a line end outside quotes ends one; a quote
+    character opens a quoted section wherever it stands; inside, a distinct escape character
+    makes a following quote or escape literal, and a doubled quote is literal when the quote is
+    its own escape. Read strictly on top, a closing quote must be followed by the delimiter, a
+    line end or the end of the data: the first record where it is not holds the stray quote.
 
-    def readable(self) -> bool:
-        return True
+    No value is kept, so no value is too long: the text is searched for the next quote (and,
+    inside quotes, escape) character with ``str`` methods and the line ends in between are
+    counted, so memory stays one chunk and time stays linear, whatever a field's length.
+    ``\\r\\n``, ``\\n`` and a lone ``\\r`` each end one line, as an editor counts them.
+    """
 
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        while not self._rest:
-            self._rest = next(self._blocks, b"")
-            if not self._rest:
-                return 0
-        n = min(len(buffer), len(self._rest))
-        buffer[:n] = self._rest[:n]
-        self._rest = self._rest[n:]
-        return n
+    def __init__(self, dialect: CsvDialect, *, want: int | None = None) -> None:
+        self._quote, self._delimiter = dialect.quote, dialect.delimiter
+        self._escape = dialect.escape or dialect.quote
+        self._special = re.compile(f"[{re.escape(self._quote + self._escape)}]")
+        self._want = want  # the record (0-based, the header included) whose first line is sought
+        self.found = 1 if want == 0 else None
+        self.line = 1  # the line of the next character
+        self.first = 1  # the first line of the record being read
+        self.records = 0  # records ended so far
+        self.inside = False
+        self.open = False  # a character was read since the last record ended
+        self.broken: int | None = None  # the first line of the first record whose quoting breaks
+        self._carry = ""
 
+    def feed(self, text: str, *, final: bool) -> None:
+        """Move over ``text``; with ``final`` it is the end of the data."""
+        s, pos = self._carry + text, 0
+        self._carry = ""
+        n = len(s)
+        while pos < n:
+            at = -1
+            if self.inside:
+                hit = self._special.search(s, pos)
+                at = hit.start() if hit else -1
+            else:
+                at = s.find(self._quote, pos)
+            end = n if at < 0 else at
+            if at < 0 and not final and s.endswith("\r", pos, end):
+                end -= 1  # a '\n' may follow in the next chunk: one line end, not two
+            self._ends(s, pos, end)
+            if at < 0:
+                self._carry = s[end:]
+                return
+            if at + 1 == n and not final:
+                self._carry = s[at:]  # what the character means depends on the next one
+                return
+            pos = self._step(s[at], s[at + 1 : at + 2]) + at
 
-def _records(reader: Readable, dialect: CsvDialect) -> Iterator[tuple[int, list[str]]]:
-    """``(first line, fields)`` of each record as COPY saw the file; raises ``csv.Error``."""
-    framed = Framed(reader, dialect, block_size=_DIAGNOSE_BLOCK)
-    text = io.TextIOWrapper(
-        io.BufferedReader(_RawReader(framed.blocks())),
-        encoding=python_codec(dialect.encoding),
-        errors="replace",
-        newline="",
-    )
-    rows = csv.reader(text, **_csv_options(dialect))
-    while True:
-        first = rows.line_num + 1
-        try:
-            fields = next(rows)
-        except StopIteration:
+    def _step(self, char: str, after: str) -> int:
+        """Take a quote or escape character followed by ``after``; how many characters it used."""
+        self.open = True
+        if not self.inside:
+            self.inside = True
+            return 1
+        if char == self._escape and after and after in (self._quote, self._escape):
+            return 2
+        if char != self._quote:
+            return 1  # an escape before anything else is itself
+        self.inside = False
+        if after not in ("", "\r", "\n", self._delimiter) and self.broken is None:
+            self.broken = self.first
+        return 1
+
+    def _ends(self, s: str, start: int, end: int) -> None:
+        """Count the line ends of ``s[start:end]``; outside quotes each one ends a record."""
+        if start == end:
             return
-        except csv.Error as exc:
-            raise _Broken(first) from exc
-        yield first, fields
+        ends = s.count("\n", start, end) + s.count("\r", start, end) - s.count("\r\n", start, end)
+        if self.inside:
+            self.line += ends
+            return
+        if ends:
+            want = self._want
+            if want is not None and self.records < want <= self.records + ends:
+                self.found = self.line + want - self.records
+            self.records += ends
+            self.line += ends
+            self.first = self.line
+            self.open = max(s.rfind("\n", start, end), s.rfind("\r", start, end)) + 1 < end
+        else:
+            self.open = True
+
+    @property
+    def answered(self) -> bool:
+        """Whether the rest of the data can change the answer no more."""
+        if self._want is None:
+            return self.broken is not None
+        return self.found is not None and self.records > self._want
+
+    def end(self) -> None:
+        """The data ended: a quote still open breaks the record it began in."""
+        if self.inside and self.broken is None:
+            self.broken = self.first
 
 
-class _Broken(Exception):
-    def __init__(self, line: int) -> None:
-        super().__init__(line)
-        self.line = line
+def _walk(reader: Readable, dialect: CsvDialect, records: _Records) -> None:
+    """Feed ``records`` the file as COPY saw it, decoded; stop early once it has its answer."""
+    framed = Framed(reader, dialect, block_size=_DIAGNOSE_BLOCK)
+    decoder = codecs.getincrementaldecoder(python_codec(dialect.encoding))(errors="replace")
+    for block in framed.blocks():
+        records.feed(decoder.decode(block), final=False)
+        if records.answered:
+            return
+    records.feed(decoder.decode(b"", final=True), final=True)
+    records.end()
 
 
 def locate_open_quote(reader: Readable, dialect: CsvDialect) -> int | None:
@@ -358,21 +450,15 @@ def locate_open_quote(reader: Readable, dialect: CsvDialect) -> int | None:
     it. Read strictly (a closing quote must be followed by a delimiter or a line end), the first
     record that breaks is where the stray quote is.
     """
-    try:
-        for _ in _records(reader, dialect):
-            pass
-    except _Broken as broken:
-        return broken.line
-    return None
+    records = _Records(dialect)
+    _walk(reader, dialect, records)
+    return records.broken
 
 
 def record_line(reader: Readable, dialect: CsvDialect, record: int) -> int | None:
     """The first line of data record ``record`` (1-based, after the header if any)."""
-    skip = 1 if dialect.header else 0
-    try:
-        for index, (line, _fields) in enumerate(_records(reader, dialect)):
-            if index - skip + 1 == record:
-                return line
-    except _Broken:
-        return None
-    return None
+    want = record - 1 + (1 if dialect.header else 0)
+    records = _Records(dialect, want=want)
+    _walk(reader, dialect, records)
+    exists = want < records.records + records.open
+    return records.found if exists else None

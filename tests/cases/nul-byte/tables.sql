@@ -1,0 +1,1 @@
+CREATE TABLE public.members (member_id int, name text);
