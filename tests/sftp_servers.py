@@ -9,6 +9,13 @@ known_hosts file lists, and another (``other_host_key``: RSA for sshd, ECDSA for
 plugin for the fixtures ``sftp_server`` (parametrized over both), ``asyncssh_server`` and
 ``openssh_server``. Both serve the real file system: a remote path is the absolute local path, and
 each test works in its own folder (``SftpServer.folder``).
+
+asyncssh also plays the servers met in the field that misbehave on purpose: one that closes a
+connection idle for ``IDLE_SECONDS`` (``idle_sftp_server``: keepalives do not count, only SFTP
+requests), one without posix-rename whose RENAME refuses an existing target as SFTP v3 says
+(``plain_rename_server``), and one that changes a file under a client once, right as it answers
+the folder's listing, a STAT or the first READ (``hooked_sftp_server`` and ``SftpServer.arm``:
+``rewrite_in_place`` rewrites it with the same size, ``fifo_in_place`` puts a FIFO there).
 """
 
 from __future__ import annotations
@@ -23,20 +30,27 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import asyncssh
 import pytest
 
 __all__ = [
+    "IDLE_SECONDS",
     "SSHD",
+    "Hook",
     "SftpServer",
     "asyncssh_server",
+    "fifo_in_place",
+    "hooked_sftp_server",
+    "idle_sftp_server",
     "known_hosts_line",
     "openssh_server",
+    "plain_rename_server",
+    "rewrite_in_place",
     "sftp_server",
     "start_asyncssh",
     "start_openssh",
@@ -45,7 +59,34 @@ __all__ = [
 
 SSHD = "/usr/sbin/sshd"
 PASSWORD = "s3cret-Pa55word"
+IDLE_SECONDS = 3.0
 _USER = "importer"
+Request = Literal["readdir", "stat", "read"]
+
+
+def rewrite_in_place(path: Path) -> None:
+    """Rewrite ``path`` in place (the same file, as an open handle sees it): the same size, every
+    digit 1 a 7, its mtime 5 s later."""
+    before = path.stat()
+    with path.open("r+b") as f:
+        f.write(path.read_bytes().replace(b"1", b"7"))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 5_000_000_000))
+
+
+def fifo_in_place(path: Path) -> None:
+    """Put a FIFO that nobody writes to where ``path`` was."""
+    path.unlink()
+    os.mkfifo(path)
+
+
+@dataclass(frozen=True)
+class Hook:
+    """``action(path)`` once, as the server answers ``request`` for ``path`` (for ``readdir``:
+    the listing of its folder), before the answer leaves: the client holds what was before."""
+
+    request: Request
+    path: Path
+    action: Callable[[Path], None]
 
 
 @dataclass(frozen=True)
@@ -62,6 +103,15 @@ class SftpServer:
     known_hosts: Path  # a known_hosts file listing host_public_key for host:port
     workdir: Path
     other_host_key: str  # the server's second host key, which known_hosts does not list
+    hooks: list[Hook] | None = None  # armed and not yet run; None: this server runs none
+
+    def arm(
+        self, request: Request, path: Path, action: Callable[[Path], None] = rewrite_in_place
+    ) -> None:
+        """Run ``action(path)`` once, as this server answers ``request`` for ``path``."""
+        if self.hooks is None:
+            raise RuntimeError(f"the {self.kind} server runs no hooks: use hooked_sftp_server")
+        self.hooks.append(Hook(request, path, action))
 
     def folder(self) -> Path:
         """A fresh, empty folder on the server for one test."""
@@ -170,13 +220,29 @@ def start_openssh(workdir: Path) -> Iterator[SftpServer]:
 
 class _PasswordServer(asyncssh.SSHServer):
     connections: set[asyncssh.SSHServerConnection]  # set per server, to close them on stop
+    idle_seconds: float | None = None  # close a connection without SFTP requests this long
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
         self.connections.add(conn)
+        self.touch()
+        if self.idle_seconds is not None:
+            self._watch = asyncio.get_running_loop().create_task(self._close_when_idle())
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.connections.discard(self._conn)
+        if self.idle_seconds is not None:
+            self._watch.cancel()
+
+    def touch(self) -> None:
+        """An SFTP request came: the connection is not idle (keepalives never get here)."""
+        self._active_at = time.monotonic()
+
+    async def _close_when_idle(self) -> None:
+        assert self.idle_seconds is not None
+        while time.monotonic() - self._active_at < self.idle_seconds:
+            await asyncio.sleep(0.05)
+        self._conn.close()
 
     def password_auth_supported(self) -> bool:
         return True
@@ -185,9 +251,107 @@ class _PasswordServer(asyncssh.SSHServer):
         return username == _USER and password == PASSWORD
 
 
+class _SftpFiles(asyncssh.SFTPServer):
+    """asyncssh's SFTP server on the real file system, as each server variant asks (class
+    attributes set per server): every request marks its connection active; posix-rename may be
+    refused; armed hooks run as their request is answered."""
+
+    posix_rename_supported = True
+    hooks: list[Hook] | None = None
+
+    def __init__(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
+        super().__init__(chan)
+        owner = self.connection.get_owner()
+        assert isinstance(owner, _PasswordServer)
+        self._owner = owner
+        owner.touch()
+        self._unread: dict[int, Path] = {}  # open files not read yet, for hooks on READ
+
+    def _done(self, request: Request, path: bytes | Path, *, folder: bool = False) -> None:
+        if not self.hooks:
+            return
+        path = Path(os.fsdecode(path))
+        for hook in list(self.hooks):
+            if hook.request == request and (hook.path.parent if folder else hook.path) == path:
+                self.hooks.remove(hook)
+                hook.action(hook.path)
+
+    async def scandir(self, path: bytes) -> AsyncIterator[asyncssh.SFTPName]:
+        async for name in super().scandir(path):
+            self._owner.touch()
+            yield name
+        self._done("readdir", path, folder=True)
+
+    def realpath(self, path: bytes) -> Any:
+        self._owner.touch()
+        return super().realpath(path)
+
+    def stat(self, path: bytes) -> Any:
+        self._owner.touch()
+        attrs = super().stat(path)
+        self._done("stat", path)
+        return attrs
+
+    def lstat(self, path: bytes) -> Any:
+        self._owner.touch()
+        return super().lstat(path)
+
+    def open(self, path: bytes, pflags: int, attrs: asyncssh.SFTPAttrs) -> Any:
+        self._owner.touch()
+        file_obj = super().open(path, pflags, attrs)
+        if self.hooks is not None:
+            self._unread[id(file_obj)] = Path(os.fsdecode(path))
+        return file_obj
+
+    def read(self, file_obj: object, offset: int, size: int) -> Any:
+        self._owner.touch()
+        data = super().read(file_obj, offset, size)
+        path = self._unread.pop(id(file_obj), None)
+        if path is not None:
+            self._done("read", path)
+        return data
+
+    def fstat(self, file_obj: object) -> Any:
+        self._owner.touch()
+        return super().fstat(file_obj)
+
+    def close(self, file_obj: object) -> Any:
+        self._owner.touch()
+        self._unread.pop(id(file_obj), None)
+        return super().close(file_obj)
+
+    def remove(self, path: bytes) -> Any:
+        self._owner.touch()
+        return super().remove(path)
+
+    def mkdir(self, path: bytes, attrs: asyncssh.SFTPAttrs) -> Any:
+        self._owner.touch()
+        return super().mkdir(path, attrs)
+
+    def rename(self, oldpath: bytes, newpath: bytes) -> Any:
+        self._owner.touch()
+        return super().rename(oldpath, newpath)  # refuses an existing target, as SFTP v3 says
+
+    def posix_rename(self, oldpath: bytes, newpath: bytes) -> Any:
+        self._owner.touch()
+        if not self.posix_rename_supported:
+            # asyncssh announces the extension to every client: refusing it is what a client
+            # that sends it anyway meets on a server without it.
+            raise asyncssh.SFTPOpUnsupported("posix-rename@openssh.com is not supported")
+        return super().posix_rename(oldpath, newpath)
+
+
 @contextlib.contextmanager
-def start_asyncssh(workdir: Path) -> Iterator[SftpServer]:
-    """Run asyncssh's SFTP server in a background event loop; password and key auth."""
+def start_asyncssh(
+    workdir: Path,
+    *,
+    idle_seconds: float | None = None,
+    posix_rename: bool = True,
+    hooks: bool = False,
+) -> Iterator[SftpServer]:
+    """Run asyncssh's SFTP server in a background event loop; password and key auth. It closes a
+    connection idle for ``idle_seconds``, refuses posix-rename unless ``posix_rename``, and with
+    ``hooks`` runs those that ``SftpServer.arm`` sets."""
     workdir.mkdir(parents=True, exist_ok=True)
     host_key = workdir / "asyncssh_host_key"
     host_public = write_key_pair(host_key)
@@ -197,7 +361,13 @@ def start_asyncssh(workdir: Path) -> Iterator[SftpServer]:
     authorized = workdir / "authorized_keys"
     authorized.write_text(write_key_pair(client_key) + "\n")
     connections: set[asyncssh.SSHServerConnection] = set()
-    server_class = type("_Server", (_PasswordServer,), {"connections": connections})
+    server_class = type(
+        "_Server", (_PasswordServer,), {"connections": connections, "idle_seconds": idle_seconds}
+    )
+    armed: list[Hook] | None = [] if hooks else None
+    files_class = type(
+        "_Files", (_SftpFiles,), {"posix_rename_supported": posix_rename, "hooks": armed}
+    )
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="asyncssh-server", daemon=True)
     thread.start()
@@ -209,7 +379,7 @@ def start_asyncssh(workdir: Path) -> Iterator[SftpServer]:
             server_factory=server_class,
             server_host_keys=[str(host_key), str(ecdsa_key)],
             authorized_client_keys=str(authorized),
-            sftp_factory=True,
+            sftp_factory=files_class,
         )
 
     acceptor = asyncio.run_coroutine_threadsafe(_listen(), loop).result(10)
@@ -228,6 +398,7 @@ def start_asyncssh(workdir: Path) -> Iterator[SftpServer]:
             known_hosts=known_hosts,
             workdir=workdir,
             other_host_key=ecdsa_public,
+            hooks=armed,
         )
     finally:
 
@@ -251,6 +422,27 @@ def start_asyncssh(workdir: Path) -> Iterator[SftpServer]:
 def asyncssh_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SftpServer]:
     """asyncssh's SFTP server for the whole session (password ``PASSWORD`` or the client key)."""
     with start_asyncssh(tmp_path_factory.mktemp("asyncssh")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def idle_sftp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SftpServer]:
+    """asyncssh closing any connection without an SFTP request for ``IDLE_SECONDS``."""
+    with start_asyncssh(tmp_path_factory.mktemp("idle"), idle_seconds=IDLE_SECONDS) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def plain_rename_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SftpServer]:
+    """asyncssh without posix-rename: only the plain RENAME, which refuses an existing target."""
+    with start_asyncssh(tmp_path_factory.mktemp("plain_rename"), posix_rename=False) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def hooked_sftp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SftpServer]:
+    """asyncssh running the hooks a test arms (``SftpServer.arm``) on files of its own folder."""
+    with start_asyncssh(tmp_path_factory.mktemp("hooked"), hooks=True) as server:
         yield server
 
 

@@ -14,6 +14,10 @@ pieces, which cost a fifth more client CPU per byte when measured (``benchmarks/
 the session must serve only this reader between opening and closing the file:
 ``imports.sources.sftp`` opens one session per stream, lets this reader drain its replies
 (``at_end``) before closing the file through paramiko, and otherwise closes the whole session.
+
+The reader is the open file for the import engine (``Opened``): ``stat`` is an FSTAT of the handle
+through paramiko, sent once every reply is in. It is taken as the last read ends, because the
+engine asks after its COPY, when the connection may have been dropped for idling.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import struct
 import sys
 from collections import deque
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import paramiko
@@ -51,7 +56,7 @@ _EOF = object()
 
 
 class PipelinedReader:
-    """The bytes of one open remote file, in order; ``read(n)`` as on a binary file."""
+    """The bytes of one open remote file, in order; ``read(n)`` as on a binary file; ``stat``."""
 
     def __init__(
         self,
@@ -66,6 +71,7 @@ class PipelinedReader:
         channel = sftp.get_channel()
         assert channel is not None
         self._channel = channel
+        self._file = remote_file
         # The stubs call this an SFTPHandle; at run time it is the server's opaque handle bytes.
         handle: Any = remote_file.handle
         self._handle_field = _U32.pack(len(handle)) + handle
@@ -83,6 +89,7 @@ class PipelinedReader:
         self._block = b""
         self._pos = 0
         self.at_end = False  # every reply received: the session is free for paramiko again
+        self._final: tuple[int, datetime] | None = None  # FSTAT as the last read ended
 
     @property
     def outstanding(self) -> int:
@@ -154,9 +161,28 @@ class PipelinedReader:
     def read(self, n: int = -1, /) -> bytes:
         """Up to ``n`` bytes (all that remain if ``n`` < 0); fewer only at the end."""
         try:
-            return self._read(sys.maxsize if n < 0 else n)
+            data = self._read(sys.maxsize if n < 0 else n)
+            if not data and n and self.at_end and self._final is None:
+                self._final = self._fstat()
         except (OSError, EOFError, paramiko.SSHException) as exc:
             raise self._fail(exc) from exc
+        return data
+
+    def stat(self) -> tuple[int, datetime]:
+        """``(size, mtime)`` of the open file: by FSTAT as the last read ended, or now (after
+        draining what remains, so that the session is free) if it was not read to its end."""
+        if self._final is not None:
+            return self._final
+        try:
+            while not self.at_end and self._read(REQUEST_SIZE):
+                pass  # the file grew past what was read
+            return self._fstat()
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise self._fail(exc) from exc
+
+    def _fstat(self) -> tuple[int, datetime]:
+        attrs = self._file.stat()
+        return attrs.st_size or 0, datetime.fromtimestamp(attrs.st_mtime or 0, UTC)
 
     def _read(self, n: int) -> bytes:
         parts: list[bytes] = []

@@ -6,7 +6,13 @@ socket and OS error is translated here into a one-line ``SourceError`` or ``Host
 names the server and never the password.
 
 Host keys are always verified, against known_hosts as OpenSSH reads it
-(``imports.sources.known_hosts``).
+(``imports.sources.known_hosts``). Servers drop idle connections (one may sit idle while a file
+commits): an operation that finds its connection lost reconnects once, with the same checks, and
+is retried; every request, and the start of every session, is bounded by ``read_timeout``.
+
+Nothing is read that is not a regular file when opened (a FIFO put in place of a listed file
+would block the server's reader), and an archive move never overwrites: the plain SFTP RENAME,
+which refuses an existing target, under a unique name when the plain one is taken.
 
 Speed with flat memory: paramiko's plain ``read`` waits for each 32 KiB reply (about 5 MB/s), and
 its ``prefetch`` queues a READ for every 32 KiB of the file up front from a helper thread. So the
@@ -20,18 +26,21 @@ from __future__ import annotations
 
 import errno
 import functools
+import itertools
 import posixpath
 import socket
 import stat
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import paramiko
+from paramiko.common import cMSG_CHANNEL_REQUEST
 from paramiko.sftp import CMD_CLOSE, CMD_HANDLE, CMD_NAME, CMD_OPENDIR, CMD_READDIR
 
 from reconciler import logs
@@ -39,7 +48,7 @@ from reconciler.errors import HostKeyError, ReconcileError, SourceError
 from reconciler.imports import secrets
 from reconciler.imports.sources import implementation_for
 from reconciler.imports.sources.known_hosts import keyscan, load_policy
-from reconciler.imports.sources.pipelining import REQUEST_SIZE, PipelinedReader
+from reconciler.imports.sources.pipelining import PipelinedReader
 from reconciler.model.files import Opened, SourceFile
 from reconciler.model.specs import Sftp
 
@@ -55,6 +64,11 @@ MAX_PACKET_SIZE = 256 * 1024
 _FAST_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 _KEEPALIVE_SECONDS = 30
 _ATTRIBUTES: Any = paramiko.SFTPAttributes
+# An archive name taken meanwhile by someone else is skipped for the next; this many in a row
+# means something renames into the archive as fast as we do: the move fails visibly instead.
+_MOVE_ATTEMPTS = 10
+_FAILURES = (OSError, EOFError, paramiko.SSHException)  # what paramiko and sockets raise
+_T = TypeVar("_T")
 _log = logs.get_logger(__name__)
 
 
@@ -96,28 +110,63 @@ def _mtime(attrs: paramiko.SFTPAttributes) -> datetime:
     return datetime.fromtimestamp(attrs.st_mtime or 0, UTC)
 
 
-class _RemoteFile:
-    """An open remote file: its bytes through the pipelined reader, ``stat`` through FSTAT on
-    its handle (once every READ reply is in: the session serves one request at a time)."""
+def _start_sftp(channel: paramiko.Channel, timeout: float) -> None:
+    """``channel.invoke_subsystem("sftp")`` with the wait for its answer bounded: paramiko's
+    waits for ever on a server that accepts the channel and then never answers."""
+    chan: Any = channel  # the event and the message sending are paramiko internals
+    message = paramiko.Message()
+    message.add_byte(cMSG_CHANNEL_REQUEST)
+    message.add_int(chan.remote_chanid)
+    message.add_string("subsystem")
+    message.add_boolean(True)
+    message.add_string("sftp")
+    chan._event_pending()
+    chan.transport._send_user_message(message)
+    if not chan.event.wait(timeout):
+        raise TimeoutError("no answer to the SFTP subsystem request")
+    if not chan.event_ready:
+        raise chan.transport.get_exception() or paramiko.SSHException("the channel was closed")
 
-    def __init__(
-        self, source: SftpSource, reader: PipelinedReader, handle: paramiko.SFTPFile, path: str
-    ) -> None:
-        self._source, self._reader, self._handle, self._path = source, reader, handle, path
-        self.read = reader.read
 
-    def stat(self) -> tuple[int, datetime]:
-        while not self._reader.at_end and self._reader.read(REQUEST_SIZE):
-            pass  # the file grew past what was read: drain, so the session is free for FSTAT
-        try:
-            attrs = self._handle.stat()
-        except (OSError, EOFError, paramiko.SSHException) as exc:
-            raise self._source._error(exc, "file", self._path) from exc
-        return attrs.st_size or 0, _mtime(attrs)
+def _archive_names(name: str, now: datetime) -> Iterator[str]:
+    """``name``, then names unique by the UTC time ``now``: ``export.2026-12-03T06-00-00Z.csv``,
+    ``export.2026-12-03T06-00-00Z-2.csv``, ``-3``..."""
+    yield name
+    stem, ext = posixpath.splitext(name)
+    stamp = now.astimezone(UTC).strftime("%Y-%m-%dT%H-%M-%SZ")
+    yield f"{stem}.{stamp}{ext}"
+    for n in itertools.count(2):
+        yield f"{stem}.{stamp}-{n}{ext}"
+
+
+def _kind(mode: int) -> str:
+    kinds = (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISCHR, "a device"),
+        (stat.S_ISBLK, "a device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((kind for test, kind in kinds if test(mode)), "something else")
+
+
+@dataclass(frozen=True, slots=True)
+class _Link:
+    """One SSH connection, and the SFTP session on it that lists and finishes files."""
+
+    client: paramiko.SSHClient
+    transport: paramiko.Transport
+    listing: paramiko.SFTPClient
+
+    def close(self) -> None:
+        with suppress(Exception):
+            self.listing.close()
+        self.client.close()
 
 
 class SftpSource:
-    """One SSH connection: listing and after-import on one SFTP session, one session per stream."""
+    """One SSH connection at a time: listing and after-import on one SFTP session, one session
+    per stream; a lost connection is replaced once per operation."""
 
     def __init__(
         self,
@@ -130,27 +179,31 @@ class SftpSource:
         self.config = config
         self.key = f"sftp://{config.username}@{config.host}:{config.port}"
         self._address = f"{config.host}:{config.port}"
+        self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
         self._password = secrets.resolve(
             config.password, environ=environ, where=f"{self.key} password"
         )
         self._lock = threading.Lock()  # guards the listing session: paramiko's is not thread-safe
-        self._client = self._connect(connect_timeout)
+        self._relinking = threading.Lock()  # one reconnect at a time, for every thread
+        self._link = self._link_up()
         try:
-            transport = self._client.get_transport()
-            assert transport is not None  # connect() succeeded
-            self._transport = transport
-            self._sftp = self._session()
-            self._folder = self._call(self._sftp.normalize, config.remote_dir, what="remote_dir")
+            with self._translating("remote_dir", config.remote_dir, self._link):
+                self._folder = self._link.listing.normalize(config.remote_dir)
         except BaseException:
-            self._client.close()
+            self._link.close()
             raise
         _log.debug(
             "sftp connected",
             source=self.key,
-            cipher=getattr(transport, "remote_cipher", None),
+            cipher=getattr(self._link.transport, "remote_cipher", None),
             folder=self._folder,
         )
+
+    @property
+    def _client(self) -> paramiko.SSHClient:
+        """The current connection's client (tests open sessions of their own on it)."""
+        return self._link.client
 
     # -- connecting ---------------------------------------------------------------------------
 
@@ -241,23 +294,66 @@ class SftpSource:
         text = _one_line(exc)
         return text.replace(self._password, logs.MASK) if self._password else text
 
+    def _link_up(self) -> _Link:
+        client = self._connect(self._connect_timeout)
+        try:
+            transport = client.get_transport()
+            assert transport is not None  # connect() succeeded
+            return _Link(client, transport, self._session(transport))
+        except BaseException:
+            client.close()
+            raise
+
+    def _on_link(self, op: Callable[[_Link], _T]) -> _T:
+        """``op`` on the connection; if the connection is found lost, before ``op`` or by its
+        failure, a new one (same host-key checks, same login) and ``op`` again, once: a second
+        loss is ``op``'s own error."""
+        link = self._link
+        if not link.transport.is_active():
+            return op(self._relink(link))
+        try:
+            return op(link)
+        except SourceError:
+            if link.transport.is_active():
+                raise
+        return op(self._relink(link))
+
+    def _relink(self, lost: _Link) -> _Link:
+        """A live connection in place of ``lost``: made by the first thread that asks, and
+        shared with those that found the same one lost."""
+        with self._relinking:
+            if self._link is lost:
+                self._link = self._link_up()
+                lost.close()
+                _log.warning("sftp connection lost: reconnected", source=self.key)
+            return self._link
+
     # -- sessions and error translation -------------------------------------------------------
 
-    def _session(self) -> paramiko.SFTPClient:
+    def _session(self, transport: paramiko.Transport) -> paramiko.SFTPClient:
+        """A new SFTP session; opening it, and each request on it, waits ``read_timeout`` at
+        most."""
+        timeout = self._read_timeout
         try:
-            sftp = paramiko.SFTPClient.from_transport(
-                self._transport, window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET_SIZE
+            channel = transport.open_session(
+                window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET_SIZE, timeout=timeout
             )
-        except (OSError, EOFError, paramiko.SSHException) as exc:
-            raise SourceError(
-                f"{self.key}: cannot start an SFTP session: {self._clean(exc)}"
-            ) from exc
-        if sftp is None:
-            raise SourceError(f"{self.key}: the server refused an SFTP session")
-        sftp.get_channel().settimeout(self._read_timeout)  # type: ignore[union-attr]
-        return sftp
+            try:
+                channel.settimeout(timeout)
+                _start_sftp(channel, timeout)
+                return paramiko.SFTPClient(channel)
+            except BaseException:
+                channel.close()
+                raise
+        except _FAILURES as exc:
+            reason = (
+                f"no answer from the server for {timeout:g} s"
+                if isinstance(exc, TimeoutError)
+                else self._clean(exc)
+            )
+            raise SourceError(f"{self.key}: cannot start an SFTP session: {reason}") from exc
 
-    def _error(self, exc: BaseException, what: str, path: str) -> SourceError:
+    def _error(self, exc: BaseException, what: str, path: str, link: _Link) -> SourceError:
         code = exc.errno if isinstance(exc, OSError) else None
         if code == errno.ENOENT:
             reason = "does not exist"
@@ -265,28 +361,32 @@ class SftpSource:
             reason = "permission denied"
         elif isinstance(exc, TimeoutError):
             reason = f"no answer from the server for {self._read_timeout:g} s"
-        elif isinstance(exc, EOFError | paramiko.SSHException) and not self._transport.is_active():
+        elif not link.transport.is_active():
             reason = "the connection was lost"
         else:
             reason = self._clean(exc)
         return SourceError(f"{self.key}: {what} {path}: {reason}")
 
-    def _call(self, fn: Any, *args: Any, what: str) -> Any:
+    @contextmanager
+    def _translating(self, what: str, path: str, link: _Link) -> Iterator[None]:
+        """paramiko's, the socket's and the OS's errors inside as one-line ``SourceError``."""
         try:
-            return fn(*args)
-        except (OSError, EOFError, paramiko.SSHException) as exc:
-            raise self._error(exc, what, str(args[0])) from exc
+            yield
+        except _FAILURES as exc:
+            raise self._error(exc, what, path, link) from exc
 
     # -- the Source protocol ------------------------------------------------------------------
 
-    def _read_folder(self, folder: str) -> list[tuple[bytes, paramiko.SFTPAttributes]]:
+    def _read_folder(
+        self, session: paramiko.SFTPClient, folder: str
+    ) -> list[tuple[bytes, paramiko.SFTPAttributes]]:
         """Every entry of ``folder`` but '.' and '..', with its name as the server sent it.
 
         paramiko's ``listdir_attr`` decodes every name as UTF-8 and fails the whole listing on the
         first that is not (leaving the folder's handle open); this is the same OPENDIR, READDIR
         and CLOSE exchange through paramiko's request method, reading names as bytes."""
-        session: Any = self._sftp  # ``_request`` and ``_from_msg`` are paramiko internals
-        kind, reply = session._request(CMD_OPENDIR, folder)
+        internals: Any = session  # ``_request`` and ``_from_msg`` are paramiko internals
+        kind, reply = internals._request(CMD_OPENDIR, folder)
         if kind != CMD_HANDLE:
             raise OSError("the server answered OPENDIR without a handle")
         handle = reply.get_binary()
@@ -294,7 +394,7 @@ class SftpSource:
         try:
             while True:
                 try:
-                    kind, reply = session._request(CMD_READDIR, handle)
+                    kind, reply = internals._request(CMD_READDIR, handle)
                 except EOFError:  # the end of the folder
                     return entries
                 if kind != CMD_NAME:
@@ -306,109 +406,174 @@ class SftpSource:
                     if name not in (b".", b".."):
                         entries.append((name, attrs))
         finally:
-            with suppress(OSError, EOFError, paramiko.SSHException):
-                session._request(CMD_CLOSE, handle)
+            with suppress(*_FAILURES):
+                internals._request(CMD_CLOSE, handle)
 
     def list_files(self) -> list[SourceFile]:
         """Regular files in ``remote_dir`` matching ``pattern`` (as a shell would: hidden files
         only when the pattern starts with '.'), sorted by name. A name that is not UTF-8 cannot
         be matched, recorded or shown faithfully: it is skipped with a warning."""
-        pattern = self.config.pattern
         with self._lock:
-            entries = self._call(self._read_folder, self._folder, what="remote_dir")
-            files = []
-            for raw, entry in entries:
-                try:
-                    name = raw.decode()
-                except UnicodeDecodeError:
-                    _log.warning(
-                        "file skipped: its name is not UTF-8 (rename it to import it)",
-                        source=self.key,
-                        folder=self._folder,
-                        name=raw.decode(errors="backslashreplace"),
-                    )
-                    continue
-                hidden = name.startswith(".") and not pattern.startswith(".")
-                if hidden or not fnmatchcase(name, pattern):
-                    continue
-                path = posixpath.join(self._folder, name)
-                attrs = entry
-                if stat.S_ISLNK(entry.st_mode or 0):  # a link to a file is imported as the file
-                    attrs = self._call(self._sftp.stat, path, what="file")
-                if not stat.S_ISREG(attrs.st_mode or 0):
-                    continue
-                files.append(SourceFile(path, name, attrs.st_size or 0, _mtime(attrs)))
+            return self._on_link(self._list)
+
+    def _list(self, link: _Link) -> list[SourceFile]:
+        pattern = self.config.pattern
+        with self._translating("remote_dir", self._folder, link):
+            entries = self._read_folder(link.listing, self._folder)
+        files = []
+        for raw, entry in entries:
+            try:
+                name = raw.decode()
+            except UnicodeDecodeError:
+                _log.warning(
+                    "file skipped: its name is not UTF-8 (rename it to import it)",
+                    source=self.key,
+                    folder=self._folder,
+                    name=raw.decode(errors="backslashreplace"),
+                )
+                continue
+            hidden = name.startswith(".") and not pattern.startswith(".")
+            if hidden or not fnmatchcase(name, pattern):
+                continue
+            path = posixpath.join(self._folder, name)
+            attrs = entry
+            if stat.S_ISLNK(entry.st_mode or 0):  # a link to a file is imported as the file
+                with self._translating("file", path, link):
+                    attrs = link.listing.stat(path)
+            if not stat.S_ISREG(attrs.st_mode or 0):
+                continue
+            files.append(SourceFile(path, name, attrs.st_size or 0, _mtime(attrs)))
         return sorted(files, key=lambda f: f.name)
+
+    def _refuse_unless_regular(self, attrs: paramiko.SFTPAttributes, path: str) -> None:
+        mode = attrs.st_mode or 0
+        if not stat.S_ISREG(mode):
+            raise SourceError(
+                f"{self.key}: {path} is no longer a regular file ({_kind(mode)} was put there "
+                "after it was listed); it is not read"
+            )
+
+    def _opened(
+        self, link: _Link, f: SourceFile
+    ) -> tuple[_Link, paramiko.SFTPClient, paramiko.SFTPFile]:
+        """``link`` with a new session on it and ``f`` open on that. The path is checked before
+        opening and the handle after: a FIFO is never opened (it would wait for a writer)."""
+        sftp = self._session(link.transport)
+        try:
+            with self._translating("file", f.path, link):
+                self._refuse_unless_regular(sftp.stat(f.path), f.path)
+                handle = sftp.open(f.path, "rb")
+            try:
+                with self._translating("file", f.path, link):
+                    self._refuse_unless_regular(handle.stat(), f.path)
+            except BaseException:
+                with suppress(*_FAILURES):
+                    handle.close()
+                raise
+        except BaseException:
+            sftp.close()
+            raise
+        return link, sftp, handle
 
     @contextmanager
     def _open(self, f: SourceFile) -> Iterator[Opened]:
-        sftp = self._session()  # one session per stream: streams run in parallel threads
+        link, sftp, handle = self._on_link(lambda fresh: self._opened(fresh, f))
         try:
-            handle = self._call(sftp.open, f.path, "rb", what="file")
             reader = PipelinedReader(
-                sftp, handle, size_hint=f.size, fail=lambda e: self._error(e, "file", f.path)
+                sftp, handle, size_hint=f.size, fail=lambda e: self._error(e, "file", f.path, link)
             )
             try:
-                yield _RemoteFile(self, reader, handle, f.path)
+                yield reader
             finally:
                 if not reader.at_end:
                     # Left early: replies to READs may still come; only closing the session
                     # discards them (the server then closes the file too).
                     sftp.close()
-                with suppress(OSError, EOFError, paramiko.SSHException):
+                with suppress(*_FAILURES):
                     handle.close()  # after sftp.close() it only marks the handle closed
         finally:
             sftp.close()
 
+    def open(self, f: SourceFile) -> AbstractContextManager[Opened]:
+        """``f`` as a stream of its bytes, read ahead through a bounded window of requests;
+        ``SourceError`` at once if it is no longer a regular file."""
+        return self._open(f)
+
     def exists(self, path: str) -> bool:
         """Whether ``path`` exists on the server now."""
         with self._lock:
-            try:
-                self._sftp.stat(path)
-            except FileNotFoundError:
-                return False
-            except (OSError, EOFError, paramiko.SSHException) as exc:
-                raise self._error(exc, "file", path) from exc
-            return True
+            return self._on_link(lambda link: self._exists(link, path))
 
-    def open(self, f: SourceFile) -> AbstractContextManager[Opened]:
-        """``f`` as a stream of its bytes, read ahead through a bounded window of requests."""
-        return self._open(f)
+    def _exists(self, link: _Link, path: str) -> bool:
+        try:
+            link.listing.stat(path)
+        except FileNotFoundError:
+            return False
+        except _FAILURES as exc:
+            raise self._error(exc, "file", path, link) from exc
+        return True
 
     def finish(self, f: SourceFile) -> None:
         """Apply ``after_import``: keep, delete, or move into ``archive_dir`` (made if missing;
-        relative to ``remote_dir``)."""
-        action = self.config.after_import
-        if action == "keep":
+        relative to ``remote_dir``), never over a file there; then remove ``f``'s ready marker."""
+        if self.config.after_import == "keep":
             return
         with self._lock:
-            if action == "delete":
-                self._call(self._sftp.remove, f.path, what="cannot delete")
-                return
-            assert self.config.archive_dir is not None  # the model requires it with move
-            archive = posixpath.join(self._folder, self.config.archive_dir)
+            self._on_link(lambda link: self._finish(link, f))
+
+    def _finish(self, link: _Link, f: SourceFile) -> None:
+        if self.config.after_import == "delete":
+            with self._translating("cannot delete", f.path, link):
+                link.listing.remove(f.path)
+        else:
+            self._archive(link, f)
+        if f.marker is not None:
             try:
-                self._sftp.stat(archive)
+                link.listing.remove(f.marker)
             except FileNotFoundError:
-                self._call(self._sftp.mkdir, archive, what="cannot create archive_dir")
-            except (OSError, EOFError, paramiko.SSHException) as exc:
-                raise self._error(exc, "archive_dir", archive) from exc
-            target = posixpath.join(archive, f.name)
+                pass  # gone already: what removing it was for
+            except _FAILURES as exc:
+                raise self._error(exc, "cannot remove the ready marker", f.marker, link) from exc
+
+    def _archive(self, link: _Link, f: SourceFile) -> None:
+        """Move ``f`` into ``archive_dir`` by the plain SFTP RENAME, which refuses an existing
+        target (SFTP v3; OpenSSH links then unlinks), never by posix-rename, which replaces it.
+        A name taken, before or during the rename, gives way to the next unique one."""
+        assert self.config.archive_dir is not None  # the model requires it with move
+        archive = posixpath.join(self._folder, self.config.archive_dir)
+        if not self._exists(link, archive):
             try:
-                self._sftp.posix_rename(f.path, target)
-            except OSError as exc:
-                if exc.errno in (errno.ENOENT, errno.EACCES):
-                    raise self._error(exc, "cannot move", f.path) from exc
-                # No posix-rename extension: a plain rename, which refuses to overwrite.
-                self._call(self._sftp.rename, f.path, target, what="cannot move")
-            except (EOFError, paramiko.SSHException) as exc:
-                raise self._error(exc, "cannot move", f.path) from exc
+                link.listing.mkdir(archive)
+            except _FAILURES as exc:
+                if not self._exists(link, archive):  # made by a concurrent run is as good
+                    raise self._error(exc, "cannot create archive_dir", archive, link) from exc
+        for name in itertools.islice(_archive_names(f.name, datetime.now(UTC)), _MOVE_ATTEMPTS):
+            target = posixpath.join(archive, name)
+            if self._exists(link, target):
+                continue
+            try:
+                link.listing.rename(f.path, target)
+            except _FAILURES as exc:
+                if self._exists(link, target):
+                    continue  # the name was taken meanwhile: the rename refused it
+                error = self._error(exc, "cannot move", f"{f.path} to {target}", link)
+                raise SourceError(f"{error.message}; the file stays where it is") from exc
+            if name != f.name:
+                _log.warning(
+                    "file archived under a unique name: the plain one is taken",
+                    source=self.key,
+                    path=f.path,
+                    archived=target,
+                )
+            return
+        raise SourceError(
+            f"{self.key}: cannot move {f.path} into {archive}: {_MOVE_ATTEMPTS} names tried "
+            "were all taken; the file stays where it is"
+        )
 
     def close(self) -> None:
         """Close the SFTP session and the SSH connection."""
-        with suppress(Exception):
-            self._sftp.close()
-        self._client.close()
+        self._link.close()
 
     def __enter__(self) -> SftpSource:
         return self
