@@ -173,7 +173,7 @@ def child(url: str, data: str, workers: str, block_size: str) -> None:
         database_url=url,
         schedules_dir=data,
         import_workers=int(workers),
-        environ={"RECONCILER_LOCAL_ROOTS": data},
+        environ={"RECONCILER_LOCAL_ROOTS": data, "RECONCILER_SETTLE_SECONDS": "0"},
     )
     start = time.perf_counter()
     result = run_schedule(NAME, settings=settings)

@@ -167,7 +167,7 @@ def _child(url: str) -> None:
     from reconciler.imports.runs.running import run_schedule
     from reconciler.settings import load_settings
 
-    settings = load_settings(database_url=url, environ={})
+    settings = load_settings(database_url=url, environ={"RECONCILER_SETTLE_SECONDS": "0"})
     start = time.perf_counter()
     result = run_schedule(NAME, settings=settings)
     seconds = time.perf_counter() - start

@@ -32,6 +32,9 @@ _DAEMON_NUMBERS = (
     ("concurrent_runs", "RECONCILER_CONCURRENT_RUNS", 8, 1, 256),
     ("resync_seconds", "RECONCILER_RESYNC_SECONDS", 60, 1, 86400),
     ("shutdown_grace", "RECONCILER_SHUTDOWN_GRACE", 25, 0, 3600),
+    # How long a file must be unchanged before a run takes it, for projects with no
+    # delivery.settle of their own.
+    ("settle_seconds", "RECONCILER_SETTLE_SECONDS", 10, 0, 86400),
 )
 # Patterns, compiled on first use (re caches them): `reconcile validate` starts faster.
 _HOSTNAME = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?"
@@ -60,6 +63,8 @@ class Settings:
     concurrent_runs: int = 8
     resync_seconds: int = 60
     shutdown_grace: int = 25
+    settle_seconds: int = 10
+    delete_settle_seconds: int = 10
     environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
 
@@ -207,6 +212,7 @@ def load_settings(
     debug: bool = False,
     max_deletes: int | None = None,
     import_workers: int | None = None,
+    delete_settle_seconds: int | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
     """Resolve every setting from flags (``None`` = not given), the environment and defaults.
@@ -244,6 +250,17 @@ def load_settings(
         for name, variable, default, low, high in _DAEMON_NUMBERS
     }
     deletes = _whole_number(_given(max_deletes, "--max-deletes", {}), 10, 0, 2**31 - 1)
+    delete_settle = _whole_number(
+        _given(
+            delete_settle_seconds,
+            "--delete-settle-seconds",
+            env,
+            "RECONCILER_DELETE_SETTLE_SECONDS",
+        ),
+        10,
+        0,
+        86400,
+    )
     state = _pick(state_dir, env, "RECONCILER_STATE_DIR")
     return Settings(
         schedules_dir=sched,
@@ -264,5 +281,6 @@ def load_settings(
         max_deletes=deletes,
         import_workers=workers,
         **daemon,
+        delete_settle_seconds=delete_settle,
         environ=env,
     )

@@ -130,6 +130,8 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(ours)}
     env["RECONCILER_STATE_DIR"] = str(tmp_path / "state")
     env["RECONCILER_LOG_FORMAT"] = "json"
+    # Files written by a test are complete at once; the delivery tests set their own settle.
+    env["RECONCILER_SETTLE_SECONDS"] = "0"
     env["NO_COLOR"] = "1"
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     return env

@@ -28,6 +28,7 @@ import pytest
 from conftest import Cli, database_url_for
 from import_rows import SALES, add_project, add_schedule, count, jobs, write_sales
 
+from reconciler.imports.engine.digesting import digest_of
 from reconciler.imports.runs.running import run_schedule
 from reconciler.imports.sources.local import local_source
 from reconciler.settings import Settings, load_settings
@@ -182,17 +183,18 @@ def _table_locked(url: str) -> Iterator[None]:
 
 @contextmanager
 def _file_claimed(url: str, folder: Path, *, project: str, external: bool) -> Iterator[None]:
-    """Hold the import ledger's claim on data/sales_1.csv in an open transaction.
+    """Hold the import ledger's record of data/sales_1.csv's bytes in an open transaction.
 
-    A run's own claim of the file then waits inside the file's transaction (after a replace's
-    DELETE) until the body stops the server.
+    A run's own record of the file then waits inside the file's transaction (after its COPY,
+    and a replace's DELETE) until the body stops the server.
     """
     source = local_source(["../data/sales_*.csv"], base_dir=folder / "schedules.d", roots=[folder])
     (f,) = source.list_files()
     blocker = psycopg.connect(url)
     if external:
         Ledger("-", "sales_project", "local", "public", external=True).prepare(blocker)
-    Ledger(project, "sales_project", "local", "public", external).claim(blocker, f, None)  # type: ignore[arg-type]
+    ledger = Ledger(project, "sales_project", "local", "public", external)
+    ledger.record(blocker, f, digest_of(Path(f.path).read_bytes()), 0, None)  # type: ignore[arg-type]
     try:
         yield
     finally:
@@ -242,7 +244,11 @@ class Scene:
             schedules_dir=str(self.folder / "schedules.d"),
             database_url=management_url,
             state_dir=str(self.folder / "state"),
-            environ={"RECONCILER_LOG_FORMAT": "json", "SALES_DATABASE_URL": self.url},
+            environ={
+                "RECONCILER_LOG_FORMAT": "json",
+                "RECONCILER_SETTLE_SECONDS": "0",
+                "SALES_DATABASE_URL": self.url,
+            },
         )
 
 

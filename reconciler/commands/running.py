@@ -27,7 +27,8 @@ __all__ = ["history", "run"]
 
 _STATUS_COLOR = {
     "succeeded": "green", "imported": "green", "failed": "red", "abandoned": "red",
-    "skipped": "yellow", "missed": "yellow", "rolled_back": "yellow", "running": "bold",
+    "skipped": "yellow", "missed": "yellow", "rolled_back": "yellow", "unchanged": "yellow",
+    "waiting": "yellow", "running": "bold",
 }  # fmt: skip
 
 
@@ -73,7 +74,7 @@ def _file_line(f: FileResult, color: bool) -> str:
     status = paint(f"{f.status:<11}", _STATUS_COLOR.get(f.status, "bold"), enabled=color)
     name = PurePosixPath(f.path).name
     if f.status == "imported":
-        detail = f"{f.rows:,} rows  {_size(f.bytes)}"
+        detail = f"{f.rows:,} rows  {_size(f.bytes)}" + (f"  ({f.note})" if f.note else "")
     elif f.status == "failed":
         detail = (f"line {f.line}: " if f.line else "") + (f.error or "")
     else:

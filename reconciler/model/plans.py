@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from reconciler.model.specs import ProjectDocument, ScheduleDocument
+from reconciler.model.specs import Delivery, ProjectDocument, ScheduleDocument
 
 if TYPE_CHECKING:
     from reconciler.model.loading import LoadedDocument
@@ -177,7 +177,10 @@ def schedule_fields(
 def _desired(loaded: LoadedDocument, owner: str) -> Row:
     doc = loaded.document
     if isinstance(doc, ProjectDocument):
-        spec = doc.spec.model_dump(mode="json")
+        # Stored without the default delivery block, so rows written before it existed show
+        # no change.
+        plain = doc.spec.delivery == Delivery()
+        spec = doc.spec.model_dump(mode="json", exclude={"delivery"} if plain else None)
         return Row(
             Kind.PROJECT,
             doc.metadata.name,

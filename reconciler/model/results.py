@@ -13,9 +13,11 @@ from typing import Any, Literal
 __all__ = ["FileResult", "FileStatus", "JobResult", "JobStatus"]
 
 JobStatus = Literal["running", "succeeded", "failed", "skipped", "missed", "abandoned"]
-# imported: committed; skipped: loaded by an earlier run (nothing done); failed: the file's own
-# transaction rolled back; rolled_back: loaded fine but undone because a replace run failed.
-FileStatus = Literal["imported", "skipped", "failed", "rolled_back"]
+# imported: committed; skipped: listed as an earlier run saw it (not read); unchanged: read, but
+# its bytes were loaded into the project before (rolled back); waiting: not complete yet (not
+# settled, no ready marker), a later run takes it; failed: the file's own transaction rolled back;
+# rolled_back: loaded fine but undone because a replace run failed.
+FileStatus = Literal["imported", "skipped", "unchanged", "waiting", "failed", "rolled_back"]
 
 
 def _iso(value: datetime | None) -> str | None:

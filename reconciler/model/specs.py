@@ -39,6 +39,7 @@ __all__ = [
     "MIN_INTERVAL_SECONDS",
     "TOOL_TABLES",
     "CsvDialect",
+    "Delivery",
     "Document",
     "Metadata",
     "ProjectDocument",
@@ -357,6 +358,38 @@ class SftpOverride(_Frozen):
     archive_dir: NonEmpty | None = None
 
 
+def _marker(value: str) -> str:
+    if "/" in value or value in (".", "..") or not value.replace("{name}", "x").strip():
+        raise ValueError(
+            f"{excerpt(value)} must be a file name beside the data file, such as '{{name}}.done' "
+            "(one marker per file) or '_SUCCESS' (one for the folder)"
+        )
+    return value
+
+
+class Delivery(_Frozen):
+    """When a delivered file is complete, in which order a run commits files, and whether an
+    empty file may empty a replaced table."""
+
+    settle: Seconds | None = Field(
+        default=None,
+        description="A file is taken once its modification time is this old (default: "
+        "RECONCILER_SETTLE_SECONDS, 10 s); not used with ready_marker.",
+    )
+    ready_marker: Annotated[StrictStr, AfterValidator(_marker)] | None = Field(
+        default=None,
+        description="Take a file only once this file exists beside it: '{name}.done' (one per "
+        "file, {name} is the file's name) or '_SUCCESS' (one for the folder).",
+    )
+    order: Literal["name", "mtime"] = Field(
+        default="name", description="The order a run commits its files in (mtime: oldest first)."
+    )
+    allow_empty: StrictBool = Field(
+        default=False,
+        description="Let an empty file (no rows) replace a table's content (mode replace).",
+    )
+
+
 class ProjectSpec(_Frozen):
     """A project: the target table, the CSV dialect and the default SFTP source.
 
@@ -368,10 +401,12 @@ class ProjectSpec(_Frozen):
     target: Target | None = None
     csv: CsvDialect = CsvDialect()
     sftp: Sftp | None = None
+    delivery: Delivery = Delivery()
 
     @model_validator(mode="after")
     def _target_unless_external(self) -> ProjectSpec:
-        if self.external and (self.target or self.sftp or self.csv != CsvDialect()):
+        changed = self.csv != CsvDialect() or self.delivery != Delivery()
+        if self.external and (self.target or self.sftp or changed):
             raise ValueError("an external project is managed elsewhere: give it no other fields")
         if not self.external and self.target is None:
             raise ValueError("a project needs 'target' (or 'external: true' if managed elsewhere)")

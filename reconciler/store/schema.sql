@@ -78,19 +78,35 @@ ALTER TABLE cpi_jobs ADD COLUMN IF NOT EXISTS schedule_id UUID
     REFERENCES cpi_schedules(id) ON DELETE SET NULL;
 
 -- One row per file loaded: what makes a file load exactly once, even after a crash mid-run. The
--- row is written in the same transaction as the file's data.
+-- row is written in the same transaction as the file's data. A file's identity is its project, by
+-- name, and a digest of its bytes (reconciler.store.ledger): rows are kept by name so that they
+-- outlive the project's row (no cascade), and a row that is not `loaded` is a sighting: a path,
+-- size and mtime whose bytes were loaded under another key. Rows written before the digest
+-- existed (keyed by project_id, source, path, size, mtime) keep a NULL digest: fast path only.
 CREATE TABLE IF NOT EXISTS cpi_imported_files (
     id BIGSERIAL PRIMARY KEY,
-    project_id UUID REFERENCES cpi_projects(id) ON DELETE CASCADE,
+    project_id UUID,
     source TEXT NOT NULL,
     path TEXT NOT NULL,
     size BIGINT NOT NULL,
     mtime TIMESTAMP WITH TIME ZONE NOT NULL,
     job_id UUID REFERENCES cpi_jobs(id) ON DELETE SET NULL,
     rows_imported BIGINT NOT NULL DEFAULT 0,
-    imported_at TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT NOW(),
-    UNIQUE (project_id, source, path, size, mtime)
+    imported_at TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT NOW()
 );
+ALTER TABLE cpi_imported_files ADD COLUMN IF NOT EXISTS project TEXT;
+ALTER TABLE cpi_imported_files ADD COLUMN IF NOT EXISTS digest BYTEA;
+ALTER TABLE cpi_imported_files ADD COLUMN IF NOT EXISTS loaded BOOLEAN NOT NULL DEFAULT true;
+UPDATE cpi_imported_files f SET project = p.name
+    FROM cpi_projects p WHERE f.project IS NULL AND p.id = f.project_id;
+ALTER TABLE cpi_imported_files DROP CONSTRAINT IF EXISTS cpi_imported_files_project_id_fkey;
+ALTER TABLE cpi_imported_files
+    DROP CONSTRAINT IF EXISTS cpi_imported_files_project_id_source_path_size_mtime_key;
+CREATE UNIQUE INDEX IF NOT EXISTS cpi_imported_files_content
+    ON cpi_imported_files(project, digest) WHERE loaded;
+CREATE UNIQUE INDEX IF NOT EXISTS cpi_imported_files_sighting
+    ON cpi_imported_files(project, path) WHERE NOT loaded;
+CREATE INDEX IF NOT EXISTS cpi_imported_files_path ON cpi_imported_files(project, path);
 
 CREATE INDEX IF NOT EXISTS idx_cpi_schedules_project_id ON cpi_schedules(project_id);
 CREATE INDEX IF NOT EXISTS idx_cpi_schedules_enabled ON cpi_schedules(enabled);

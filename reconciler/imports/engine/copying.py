@@ -31,12 +31,14 @@ if TYPE_CHECKING:
 __all__ = [
     "BLOCK_SIZE",
     "CopyFailure",
+    "Staged",
     "TargetTable",
     "copy_failure",
     "copy_statement",
     "inspect_target",
     "load",
     "match_header",
+    "stage",
 ]
 
 # psycopg hands blocks of up to 128 KiB to libpq as they are and slices bigger ones (a copy), so
@@ -265,6 +267,87 @@ def match_header(names: list[str], target: TargetTable) -> tuple[str, ...]:
     return tuple(chosen)
 
 
+@dataclass(slots=True)
+class Staged:
+    """A file copied inside its transaction, not yet merged: ``finish`` (in the file's turn)
+    makes its rows land. ``rows`` are the records copied, ``header_seen`` whether the file had
+    a header record (with ``header: true``)."""
+
+    rows: int
+    bytes: int
+    header_seen: bool
+    _merge: sql.Composed | None = None
+
+    def finish(self, conn: psycopg.Connection[Any]) -> int:
+        """Land the rows (an upsert merges its stage now) and return how many landed."""
+        if self._merge is None:
+            return self.rows
+        with conn.cursor() as cur:
+            cur.execute(self._merge)
+            rows = cur.rowcount
+        conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(_STAGE)))
+        return rows
+
+
+def stage(
+    conn: psycopg.Connection[Any],
+    target: TargetTable,
+    reader: Readable,
+    *,
+    block_size: int = BLOCK_SIZE,
+    on_block: Callable[[int, int], None] | None = None,
+) -> Staged:
+    """Stream ``reader`` into COPY inside the caller's transaction.
+
+    Append and replace copy into the target itself; an upsert copies into a session-private
+    stage, merged by ``Staged.finish``, so that files staged in parallel take no lock on the
+    target's rows until their turn. ``on_block(bytes, newlines)`` is called per block (newlines
+    approximate rows for progress). ``DataError`` when the file cannot be loaded as declared.
+    """
+    assert target.dialect is not None
+    framed = Framed(reader, target.dialect, block_size=block_size)
+    columns = target.columns
+    names = framed.header() if target.dialect.header else None
+    if names is not None:
+        columns = match_header(names, target)
+    if target.mode != "upsert":
+        rows, nbytes = _stream(
+            conn,
+            target.identifier,
+            columns=columns,
+            dialect=target.dialect,
+            framed=framed,
+            on_block=on_block,
+        )
+        return Staged(rows, nbytes, names is not None)
+    # COPY lands in a session-private stage; the merge is one INSERT ... ON CONFLICT. The stage
+    # is built from the loaded columns only (not LIKE the table) so NOT NULL columns that the
+    # file does not carry cannot reject rows that the target would have filled with defaults.
+    stage_table = sql.Identifier(_STAGE)
+    cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+    conn.execute(
+        sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
+            stage_table, cols, target.identifier
+        )
+    )
+    conn.execute(
+        sql.SQL("ALTER TABLE {} ADD COLUMN {} bigint GENERATED ALWAYS AS IDENTITY").format(
+            stage_table, sql.Identifier(_STAGE_ORDER)
+        )
+    )
+    rows, nbytes = _stream(
+        conn,
+        stage_table,
+        columns=columns,
+        dialect=target.dialect,
+        framed=framed,
+        on_block=on_block,
+    )
+    if target.key_not_null:
+        _refuse_null_keys(conn, target, stage_table)
+    return Staged(rows, nbytes, names is not None, _merge(target, stage_table, columns))
+
+
 def load(
     conn: psycopg.Connection[Any],
     target: TargetTable,
@@ -273,51 +356,9 @@ def load(
     block_size: int = BLOCK_SIZE,
     on_block: Callable[[int, int], None] | None = None,
 ) -> tuple[int, int]:
-    """Stream ``reader`` into the target inside the caller's transaction; ``(rows, bytes)``.
-
-    ``rows`` are the rows that landed (for an upsert, those inserted or updated), ``bytes`` the
-    bytes read from ``reader``. ``on_block(bytes, newlines)`` is called per block (newlines
-    approximate rows for progress). ``DataError`` when the file cannot be loaded as declared.
-    """
-    assert target.dialect is not None
-    framed = Framed(reader, target.dialect, block_size=block_size)
-    columns = target.columns
-    if target.dialect.header and (names := framed.header()) is not None:
-        columns = match_header(names, target)
-    if target.mode != "upsert":
-        return _stream(
-            conn,
-            target.identifier,
-            columns=columns,
-            dialect=target.dialect,
-            framed=framed,
-            on_block=on_block,
-        )
-    # COPY lands in a session-private stage; the merge is one INSERT ... ON CONFLICT. The stage
-    # is built from the loaded columns only (not LIKE the table) so NOT NULL columns that the
-    # file does not carry cannot reject rows that the target would have filled with defaults.
-    stage = sql.Identifier(_STAGE)
-    cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
-    conn.execute(
-        sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
-            stage, cols, target.identifier
-        )
-    )
-    conn.execute(
-        sql.SQL("ALTER TABLE {} ADD COLUMN {} bigint GENERATED ALWAYS AS IDENTITY").format(
-            stage, sql.Identifier(_STAGE_ORDER)
-        )
-    )
-    _, nbytes = _stream(
-        conn, stage, columns=columns, dialect=target.dialect, framed=framed, on_block=on_block
-    )
-    if target.key_not_null:
-        _refuse_null_keys(conn, target, stage)
-    with conn.cursor() as cur:
-        cur.execute(_merge(target, stage, columns))
-        rows = cur.rowcount
-    conn.execute(sql.SQL("DROP TABLE {}").format(stage))
-    return rows, nbytes
+    """``stage`` and ``finish`` in one: ``(rows landed, bytes read)``."""
+    staged = stage(conn, target, reader, block_size=block_size, on_block=on_block)
+    return staged.finish(conn), staged.bytes
 
 
 def _any_null_key(target: TargetTable) -> sql.Composable:

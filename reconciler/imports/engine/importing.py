@@ -17,7 +17,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -25,21 +26,31 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 
 from reconciler.errors import DataError, ReconcileError
-from reconciler.imports.engine.copying import CopyFailure, TargetTable, copy_failure, load
+from reconciler.imports.engine.copying import (
+    CopyFailure,
+    Staged,
+    TargetTable,
+    copy_failure,
+    stage,
+)
+from reconciler.imports.engine.digesting import Digesting
 from reconciler.imports.engine.framing import locate_open_quote, record_line
 from reconciler.logs import get_logger
+from reconciler.model.delivery import empty_refusal, growth_refusal
 from reconciler.model.results import FileResult
 from reconciler.store.connecting import connect
 
 if TYPE_CHECKING:
     from reconciler.model.files import Source, SourceFile
-    from reconciler.store.ledger import Ledger
+    from reconciler.model.specs import Delivery
+    from reconciler.store.ledger import Known, Ledger
 
-__all__ = ["Connections", "Meter", "Progress", "import_files"]
+__all__ = ["Connections", "Imported", "Meter", "Progress", "import_files"]
 
 _log = get_logger("reconciler.imports")
 _PROGRESS_EVERY = 0.1  # seconds between progress callbacks; file starts and ends always report
 _IDLE = psycopg.pq.TransactionStatus.IDLE  # a session back in the pool must hold no transaction
+_TURN_CHECK = 0.2  # seconds between checks that a file waiting for its turn blocks no other
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,10 +163,68 @@ class _Run:
     source: Source
     job_id: str
     meter: Meter
+    delivery: Delivery
+    known: Known
+    digests: dict[str, bytes] = field(default_factory=dict)  # path -> digest, as files load
+    sightings: list[tuple[SourceFile, bytes]] = field(default_factory=list)
 
 
 class _Changed(Exception):
-    """The file's size differs from its listing: it was still being written."""
+    """The file is not the one listed: it changed while it was read."""
+
+
+class _Unchanged(Exception):
+    """The file's bytes were loaded into the project before."""
+
+
+class _Refused(Exception):
+    """The file loaded but must not land (an empty replace, an append of a grown file)."""
+
+
+class _Yield(Exception):
+    """A file waiting for its turn holds a lock an earlier file needs: it rolls back first."""
+
+
+class _Turns:
+    """Commit order: file ``i`` lands only once every file before it has landed or failed.
+
+    Files stage (COPY) in parallel; each waits here before it merges and commits. A staged
+    append holds its rows' index entries, so an earlier file could wait on a later one's lock
+    while the later one waits for its turn: a wait PostgreSQL cannot see. The waiting file checks
+    for that and yields (rolls back, loads again in its turn).
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._next = 0
+        self._done: set[int] = set()
+        self._pids: dict[int, int] = {}  # file index -> the backend loading it
+
+    def start(self, index: int, conn: psycopg.Connection[Any]) -> None:
+        with self._cond:
+            self._pids[index] = conn.info.backend_pid
+
+    def wait(self, index: int, conn: psycopg.Connection[Any] | None) -> None:
+        """Return once it is file ``index``'s turn; ``_Yield`` if it blocks the one in turn."""
+        with self._cond:
+            while self._next != index:
+                self._cond.wait(_TURN_CHECK)
+                if conn is not None and self._next != index and self._blocks(conn):
+                    raise _Yield()
+
+    def _blocks(self, conn: psycopg.Connection[Any]) -> bool:
+        pid = self._pids.get(self._next)
+        if pid is None:
+            return False
+        row = conn.execute("SELECT pg_backend_pid() = ANY(pg_blocking_pids(%s))", (pid,)).fetchone()
+        return bool(row and row[0])
+
+    def done(self, index: int) -> None:
+        with self._cond:
+            self._done.add(index)
+            while self._next in self._done:
+                self._next += 1
+            self._cond.notify_all()
 
 
 def _failed(
@@ -166,8 +235,16 @@ def _failed(
     )
 
 
-def _load_one(conn: psycopg.Connection[Any], run: _Run, f: SourceFile) -> FileResult:
-    """Load ``f`` in one transaction (a savepoint inside a replace); never raises our errors."""
+def _load_one(
+    conn: psycopg.Connection[Any],
+    run: _Run,
+    f: SourceFile,
+    turn: Callable[[], None] = lambda: None,
+) -> FileResult:
+    """Load ``f`` in one transaction (a savepoint inside a replace); never raises our errors.
+
+    ``turn`` returns once the file may land (``_Yield`` if it must roll back first).
+    """
     run.meter.file_started(f)
     read = newlines = 0
 
@@ -178,17 +255,27 @@ def _load_one(conn: psycopg.Connection[Any], run: _Run, f: SourceFile) -> FileRe
         run.meter.block(nbytes, lines)
 
     began = time.monotonic()
+    versions = run.known.versions.get(f.path, ()) if run.target.mode == "append" else ()
     try:
         with conn.transaction():
-            if not run.ledger.claim(conn, f, run.job_id):
-                result = FileResult(f.path, f.size, f.mtime, "skipped", note="already imported")
-            else:
-                with run.source.open(f) as reader:
-                    rows, nbytes = load(conn, run.target, reader, on_block=on_block)
-                if nbytes != f.size:
-                    raise _Changed(f"listed {f.size} bytes but read {nbytes}")
-                run.ledger.settle(conn, f, rows)
-                result = FileResult(f.path, f.size, f.mtime, "imported", rows=rows, bytes=nbytes)
+            with run.source.open(f) as opened:
+                reader = Digesting(opened, (size for size, _ in versions if size < f.size))
+                staged = stage(conn, run.target, reader, on_block=on_block)
+                now = opened.stat()
+            if reader.read_bytes != f.size or now != (f.size, f.mtime):
+                raise _Changed(_change(f, reader.read_bytes, now))
+            digest = reader.digest()
+            run.digests[f.path] = digest
+            _refuse(run, f, staged, reader)
+            turn()
+            rows = staged.finish(conn)
+            if not run.ledger.record(conn, f, digest, rows, run.job_id):
+                raise _Unchanged()
+            result = FileResult(f.path, f.size, f.mtime, "imported", rows=rows, bytes=read)
+    except _Unchanged:
+        run.sightings.append((f, run.digests[f.path]))
+        note = "the same bytes were imported into this project before; nothing loaded"
+        result = FileResult(f.path, f.size, f.mtime, "unchanged", bytes=read, note=note)
     except pg_errors.LockNotAvailable:
         result = _failed(f, read, "another run is loading this file right now")
     except psycopg.Error as exc:
@@ -201,13 +288,46 @@ def _load_one(conn: psycopg.Connection[Any], run: _Run, f: SourceFile) -> FileRe
         result = _failed(f, read, exc.message, line=exc.line or _record_line(run, f, exc.record))
     except _Changed as exc:
         result = _failed(
-            f, read, f"the file changed while it was read ({exc}); it is retried on the next run"
-        )
+            f, read, f"the file changed while it was read ({exc}); it is loaded whole on a "
+            "later run, once it has settled",
+        )  # fmt: skip
+    except _Refused as exc:
+        result = _failed(f, read, str(exc))
     except (ReconcileError, OSError) as exc:
         result = _failed(f, read, exc.message if isinstance(exc, ReconcileError) else str(exc))
     run.meter.file_done(result, newlines)
     _log_file(result, time.monotonic() - began)
     return result
+
+
+def _change(f: SourceFile, read: int, now: tuple[int, datetime]) -> str:
+    size, mtime = now
+    if read != f.size:
+        return f"listed with {f.size} bytes, read {read}, now {size}"
+    return (
+        f"listed with {f.size} bytes modified {f.mtime:%H:%M:%S}, "
+        f"now {size} bytes modified {mtime:%H:%M:%S}"
+    )
+
+
+def _refuse(run: _Run, f: SourceFile, staged: Staged, reader: Digesting) -> None:
+    """``DataError`` or ``_Refused`` when the loaded file must not land."""
+    dialect = run.target.dialect
+    empty = empty_refusal(
+        rows=staged.rows,
+        header_expected=bool(dialect and dialect.header),
+        header_seen=staged.header_seen,
+        replace=run.target.mode == "replace",
+        delivery=run.delivery,
+    )
+    if empty is not None:
+        if not staged.header_seen and dialect is not None and dialect.header:
+            raise DataError(empty, line=1)
+        raise _Refused(empty)
+    if run.target.mode == "append":
+        grown = growth_refusal(f.size, run.known.versions.get(f.path, ()), reader.prefixes)
+        if grown is not None:
+            raise _Refused(grown)
 
 
 _UNTERMINATED = "unterminated CSV quoted field"
@@ -268,6 +388,8 @@ def _replace(pool: Connections, run: _Run, files: Sequence[SourceFile]) -> list[
                 results = [_load_one(conn, run, f) for f in files]
                 if any(r.status == "failed" for r in results):
                     raise psycopg.Rollback()
+                if not any(r.status == "imported" for r in results):
+                    raise psycopg.Rollback()  # nothing new: the table keeps its content
         except psycopg.Rollback:
             # psycopg swallows its own Rollback unless the session broke first: then no COMMIT
             # was sent and the server rolled the whole replace back when the session ended.
@@ -293,19 +415,64 @@ def import_files(
     job_id: str,
     meter: Meter,
     workers: int,
-) -> list[FileResult]:
-    """Load ``files`` (not yet imported) into ``target``; one result per file, in order."""
-    run = _Run(target, ledger, source, job_id, meter)
+    delivery: Delivery,
+    known: Known,
+) -> Imported:
+    """Load ``files`` (not known to the ledger by their listing) into ``target``, committing
+    them in the order given; one result per file, in that order, and the digests read."""
+    run = _Run(target, ledger, source, job_id, meter, delivery, known)
     if not files:
-        return []
+        return Imported([], {})
     if target.mode == "replace":
-        return _replace(pool, run, files)
+        results = _replace(pool, run, files)
+    elif workers == 1 or len(files) == 1:
+        results = [_one(pool, run, f) for f in files]
+    else:
+        turns = _Turns()
+        with ThreadPoolExecutor(
+            max_workers=min(workers, len(files)), thread_name_prefix="copy"
+        ) as ex:
+            loads = [ex.submit(_in_turn, pool, run, turns, i, f) for i, f in enumerate(files)]
+            results = [load.result() for load in loads]
+    _record_sightings(pool, run)
+    return Imported(results, dict(run.digests))
 
-    def one(f: SourceFile) -> FileResult:
+
+@dataclass(frozen=True, slots=True)
+class Imported:
+    """What ``import_files`` did: one result per file, and the digest of each file read."""
+
+    results: list[FileResult]
+    digests: dict[str, bytes]
+
+
+def _one(pool: Connections, run: _Run, f: SourceFile) -> FileResult:
+    with pool.session() as conn:
+        return _load_one(conn, run, f)
+
+
+def _in_turn(pool: Connections, run: _Run, turns: _Turns, index: int, f: SourceFile) -> FileResult:
+    with pool.session() as conn:
+        try:
+            turns.start(index, conn)
+            try:
+                return _load_one(conn, run, f, lambda: turns.wait(index, conn))
+            except _Yield:
+                turns.wait(index, None)
+                return _load_one(conn, run, f)
+        finally:
+            turns.done(index)
+
+
+def _record_sightings(pool: Connections, run: _Run) -> None:
+    """Files whose bytes were loaded before: remember their listing, so the next run skips them
+    unread (best effort: without it, the next run reads them again and finds the same)."""
+    if not run.sightings:
+        return
+    try:
         with pool.session() as conn:
-            return _load_one(conn, run, f)
-
-    if workers == 1 or len(files) == 1:
-        return [one(f) for f in files]
-    with ThreadPoolExecutor(max_workers=min(workers, len(files)), thread_name_prefix="copy") as ex:
-        return list(ex.map(one, files))
+            for f, digest in run.sightings:
+                run.ledger.sight(conn, f, digest, run.job_id)
+    except (ReconcileError, psycopg.Error) as exc:
+        message = exc.message if isinstance(exc, ReconcileError) else str(exc).strip()
+        _log.warning("cannot record files seen unchanged", error=message)

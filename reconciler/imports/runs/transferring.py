@@ -11,21 +11,24 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from reconciler.errors import ReconcileError, StoreError
 from reconciler.imports.engine.copying import inspect_target
-from reconciler.imports.engine.importing import Connections, Meter, import_files
+from reconciler.imports.engine.importing import Connections, Imported, Meter, import_files
 from reconciler.imports.runs.resolving import ImportSpec, open_source, target_url
 from reconciler.logs import get_logger, one_line
+from reconciler.model.delivery import marker_path, ordered, waiting, without_markers
 from reconciler.model.results import FileResult
 from reconciler.store.connecting import connect
-from reconciler.store.ledger import Ledger
+from reconciler.store.ledger import Ledger, file_key
 
 if TYPE_CHECKING:
     from reconciler.model.files import Source, SourceFile
+    from reconciler.model.specs import Delivery
     from reconciler.settings import Settings
 
 __all__ = ["Outage", "transfer"]
@@ -73,49 +76,73 @@ def transfer(
     results: list[FileResult],
     outage: Outage,
 ) -> None:
-    """Load the schedule's new files; ``results`` fills in as soon as data is committed, so a
-    later failure (an after-import action, closing the source) keeps the record of what landed.
-    """
+    """Load the schedule's new, complete files; ``results`` fills in as soon as data is
+    committed, so a later failure (an after-import action, closing the source) keeps the record
+    of what landed. One result per listed file, in the order the files were committed."""
     project = spec.project_spec
     target = spec.target  # TargetError for a project managed elsewhere
     assert project is not None
     assert spec.schedule.project_id
     assert spec.schedule.project
+    delivery = project.delivery
     url, external = target_url(spec, settings, management_url)
     schema = target.table.split(".")[0] if "." in target.table else None
     with open_source(spec, settings) as source, Connections(url) as pool:
-        listed = source.list_files()
+        listed = ordered(without_markers(source.list_files(), delivery), delivery)
         ledger = Ledger(
             spec.schedule.project_id, spec.schedule.project, source.key, schema, external
         )
         with pool.session() as tconn:
             table = inspect_target(tconn, target, project.csv)
             ledger.prepare(tconn)
-            done = ledger.imported(tconn, listed)
-        todo = [f for f in listed if (f.path, f.size, f.mtime) not in done]
+            known = ledger.lookup(tconn, listed)
+        now = datetime.now(UTC)
+        outcome: dict[str, FileResult] = {}
+        todo: list[SourceFile] = []
+        for f in listed:
+            if file_key(f) in known.seen:
+                outcome[f.path] = _already(f)
+            elif (why := _waiting(f, delivery, now, source, settings)) is not None:
+                outcome[f.path] = FileResult(f.path, f.size, f.mtime, "waiting", note=why)
+            elif delivery.ready_marker is None:
+                todo.append(f)
+            else:
+                todo.append(replace(f, marker=marker_path(f, delivery.ready_marker)))
         meter.begin(todo)
-        loaded = import_files(
-            pool, table, ledger, source, todo,
-            job_id=job_id, meter=meter, workers=settings.import_workers,
+        imported = import_files(
+            pool, table, ledger, source, todo, job_id=job_id, meter=meter,
+            workers=settings.import_workers, delivery=delivery, known=known,
         )  # fmt: skip
+        loaded = imported.results
         if any(r.status == "failed" for r in loaded):
             loaded = _confirm(url, ledger, todo, loaded, outage)
-        by_path = {r.path: r for r in loaded}
-        results.extend(by_path.get(f.path) or _already(f) for f in listed)
-        _after_import(source, listed, results)
+        outcome.update((r.path, r) for r in loaded)
+        taken = {f.path: f for f in todo}  # with their markers
+        files = [taken.get(f.path, f) for f in listed]
+        results.extend(outcome[f.path] for f in files)
+        _after_import(source, files, results)
         if external:
-            _mirror(ledger, management_url, listed=listed, results=results, job_id=job_id)
+            _mirror(ledger, management_url, files=files, imported=imported, job_id=job_id)
+
+
+def _waiting(
+    f: SourceFile, delivery: Delivery, now: datetime, source: Source, settings: Settings
+) -> str | None:
+    return waiting(f, delivery, now=now, exists=source.exists, settle=settings.settle_seconds)
 
 
 def _mirror(
     ledger: Ledger,
     management_url: str,
     *,
-    listed: Sequence[SourceFile],
-    results: list[FileResult],
+    files: Sequence[SourceFile],
+    imported: Imported,
     job_id: str,
 ) -> None:
-    loaded = [(f, r.rows) for f, r in zip(listed, results, strict=True) if r.status == "imported"]
+    by_path = {r.path: r for r in imported.results if r.status == "imported"}
+    loaded = [
+        (f, imported.digests[f.path], by_path[f.path].rows) for f in files if f.path in by_path
+    ]
     if not loaded:
         return
     try:
@@ -139,7 +166,7 @@ def _confirm(
     failed = [f for f, r in zip(files, loaded, strict=True) if r.status == "failed"]
     try:
         with outage.connect(url) as conn:
-            landed = ledger.imported(conn, failed)
+            landed = ledger.lookup(conn, failed).seen
     except (ReconcileError, psycopg.Error) as exc:  # they stay failed: nothing says they landed
         message = exc.message if isinstance(exc, ReconcileError) else one_line(exc)
         _log.warning("cannot read the import ledger to confirm failed files", error=message)
@@ -147,7 +174,7 @@ def _confirm(
     note = "already imported: the import ledger records it, though this run saw an error"
     return [
         FileResult(r.path, r.size, r.mtime, "skipped", bytes=r.bytes, note=note)
-        if r.status == "failed" and (f.path, f.size, f.mtime) in landed
+        if r.status == "failed" and file_key(f) in landed
         else r
         for f, r in zip(files, loaded, strict=True)
     ]
@@ -158,13 +185,13 @@ def _already(f: SourceFile) -> FileResult:
 
 
 def _after_import(source: Source, listed: Sequence[SourceFile], results: list[FileResult]) -> None:
-    """Keep, delete or move each file whose data is committed, now or by an earlier run.
+    """Keep, delete or move each file whose bytes are committed, now or by an earlier run.
 
     Files skipped as already imported are finished too: a crash between an earlier run's commit
     and its after-import action is completed by the next run.
     """
     for i, (f, result) in enumerate(zip(listed, results, strict=True)):
-        if result.status not in ("imported", "skipped"):
+        if result.status not in ("imported", "skipped", "unchanged"):
             continue
         try:
             source.finish(f)
