@@ -168,7 +168,6 @@ def child(url: str, data: str, workers: str, block_size: str) -> None:
     from reconciler.imports.runs.running import run_schedule
     from reconciler.settings import load_settings
 
-    importing.load = partial(copying.load, block_size=int(block_size))  # type: ignore[assignment]
     settings = load_settings(
         database_url=url,
         schedules_dir=data,
