@@ -168,6 +168,8 @@ def child(url: str, data: str, workers: str, block_size: str) -> None:
     from reconciler.imports.runs.running import run_schedule
     from reconciler.settings import load_settings
 
+    importing.stage = partial(copying.stage, block_size=int(block_size))  # type: ignore[assignment]
+
     settings = load_settings(
         database_url=url,
         schedules_dir=data,
