@@ -1,0 +1,1 @@
+CREATE TABLE public.exports (day date, amount int);
