@@ -31,6 +31,7 @@ _ON_EVERY_SERVER = frozenset(
         "test_copying",
         "test_framing",
         "test_csv_cases",
+        "test_delivery",
         "test_local_files",
         "test_sftp_run_cli",
         "test_running",

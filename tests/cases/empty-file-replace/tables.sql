@@ -1,0 +1,1 @@
+CREATE TABLE prices (sku text, price numeric);

@@ -1,0 +1,1 @@
+CREATE TABLE rates (currency text, rate numeric);

@@ -1,0 +1,1 @@
+CREATE TABLE orders (order_id int, customer text);

@@ -1,0 +1,1 @@
+CREATE TABLE sales (sale_id int, amount numeric);
