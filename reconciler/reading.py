@@ -1,13 +1,15 @@
 """Reading the schedules folder from disk: the thin shell around ``model.loading``.
 
 ``reconcile validate`` and ``reconcile next`` call ``load_folder``; the plan and apply commands
-and the daemon's leader call ``load_desired`` for the rows the folder asks for. It finds every
-``*.yaml``/``*.yml`` file under the folder, recursively and in a stable order, and hands the bytes
-to the pure loader. Names beginning with ``.`` are skipped, files and folders alike: Kubernetes
-mounts a ConfigMap as visible symlinks into a hidden ``..data`` folder (itself a symlink to a
-``..2024_01_01_...`` folder), so following visible symlinks and skipping hidden names reads each
-file exactly once. A folder reached twice (a symlink loop, or two links to one folder) is read
-only the first time. A file larger than ``MAX_FILE_BYTES`` is read only far enough to know it.
+call ``load_desired`` for the rows the folder asks for; the daemon's leader reads the bytes itself
+(``read_folder``), to see whether they have settled, and takes its rows from them
+(``desired_from``). It finds every ``*.yaml``/``*.yml`` file under the folder, recursively and in a
+stable order, and hands the bytes to the pure loader. Names beginning with ``.`` are skipped, files
+and folders alike: Kubernetes mounts a ConfigMap as visible symlinks into a hidden ``..data``
+folder (itself a symlink to a ``..2024_01_01_...`` folder), so following visible symlinks and
+skipping hidden names reads each file exactly once. A folder reached twice (a symlink loop, or two
+links to one folder) is read only the first time. A file larger than ``MAX_FILE_BYTES`` is read
+only far enough to know it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from reconciler.errors import GuardRefused, UsageError
 from reconciler.model.loading import MAX_FILE_BYTES, Loaded, load_files
 from reconciler.model.plans import Desired, desired_rows
 
-__all__ = ["SUFFIXES", "load_desired", "load_folder", "read_folder"]
+__all__ = ["SUFFIXES", "desired_from", "load_desired", "load_folder", "read_folder"]
 
 SUFFIXES = (".yaml", ".yml")
 
@@ -34,9 +36,16 @@ def load_desired(folder: Path, *, owner: str) -> Desired:
     """The folder's rows, owned by ``owner``; a missing folder or any finding refuses the whole
     apply (``GuardRefused``, exit 3)."""
     try:
-        loaded = load_folder(folder)
+        files = read_folder(folder)
     except UsageError as exc:
         raise GuardRefused(f"{exc.message}; nothing was applied") from exc
+    return desired_from(files, folder, owner=owner)
+
+
+def desired_from(files: list[tuple[str, bytes]], folder: Path, *, owner: str) -> Desired:
+    """The rows of files already read from ``folder`` (``read_folder``), as ``load_desired``
+    returns them: the daemon plans exactly the bytes it has seen settle."""
+    loaded = load_files(files, display_root=folder.as_posix())
     if not loaded.ok:
         findings = "\n".join(str(f) for f in loaded.findings)
         raise GuardRefused(
