@@ -156,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("serve", "run the daemon: apply, watch, schedule and import until stopped")
     p.add_argument("--dir", dest="schedules_dir", help="schedules folder (default schedules.d)")
     p.add_argument("--http-address", help="host:port of /healthz, /readyz and /metrics")
+    p.add_argument(
+        "--delete-settle-seconds",
+        type=int,
+        help="how long the folder must read the same before a delete is applied (default 10)",
+    )
     _database(p)
     p = command("history", "list a schedule's runs, newest first")
     p.add_argument("name")
@@ -178,6 +183,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         debug=bool(get("debug")),
         max_deletes=get("max_deletes"),
         http_address=get("http_address"),
+        delete_settle_seconds=get("delete_settle_seconds"),
     )
 
 

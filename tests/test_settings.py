@@ -13,6 +13,7 @@ from reconciler.settings import MAX_IMPORT_WORKERS, load_settings
 
 W = "RECONCILER_IMPORT_WORKERS"
 A = "RECONCILER_HTTP_ADDRESS"
+S = "RECONCILER_DELETE_SETTLE_SECONDS"
 
 
 @pytest.mark.parametrize(
@@ -36,6 +37,8 @@ A = "RECONCILER_HTTP_ADDRESS"
         ({"RECONCILER_API_KEY": "k3y-from-a-file\n"}, "RECONCILER_API_KEY must be visible ASCII"),
         ({"RECONCILER_WEBHOOK_SECRET": "whsec_not base64!"}, "the rest is not base64"),
         ({"RECONCILER_WEBHOOK_SECRET": "\tsecret"}, "RECONCILER_WEBHOOK_SECRET must be visible"),
+        ({S: "soon"}, f"{S}='soon' is not a whole number"),
+        ({S: "-1"}, f"{S}='-1' is out of range: give 0 to 86400"),
     ],
 )
 def test_a_bad_variable_is_a_usage_error_naming_it(given: dict[str, str], message: str) -> None:
@@ -55,6 +58,7 @@ def test_a_bad_variable_is_a_usage_error_naming_it(given: dict[str, str], messag
         ({"owner": ""}, "--owner '' is not an owner id"),
         ({"import_workers": 0}, "import_workers='0' is out of range: give 1 to"),
         ({"http_address": "localhost"}, "--http-address 'localhost' is not host:port"),
+        ({"delete_settle_seconds": 86401}, "--delete-settle-seconds '86401' is out of range"),
     ],
 )
 def test_a_bad_flag_is_a_usage_error_naming_it(flags: dict[str, Any], message: str) -> None:
@@ -96,6 +100,9 @@ def test_a_bad_secret_is_never_repeated(name: str, secret: str) -> None:
         ({"RECONCILER_API_KEY": ""}, "api_key", None),
         ({}, "import_workers", 2),
         ({}, "http_address", "127.0.0.1:8080"),
+        ({S: "3"}, "delete_settle_seconds", 3),
+        ({S: "0"}, "delete_settle_seconds", 0),
+        ({}, "delete_settle_seconds", 10),
     ],
 )
 def test_good_values_and_defaults(given: dict[str, str], field: str, value: object) -> None:
@@ -107,6 +114,8 @@ def test_the_flag_wins_over_the_variable() -> None:
     """A flag beats its variable, even when the variable's value is bad."""
     settings = load_settings(log_level="debug", environ={"RECONCILER_LOG_LEVEL": "loud"})
     assert settings.log_level == "debug"
+    settings = load_settings(delete_settle_seconds=2, environ={S: "soon"})
+    assert settings.delete_settle_seconds == 2
 
 
 @pytest.mark.parametrize(
@@ -118,6 +127,8 @@ def test_the_flag_wins_over_the_variable() -> None:
         ({"RECONCILER_HTTP_ADDRESS": "8080"}, ["status"], "RECONCILER_HTTP_ADDRESS='8080'"),
         ({}, ["plan", "--max-deletes", "many"], "argument --max-deletes: invalid int value"),
         ({}, ["plan", "--max-deletes", "-5"], "--max-deletes '-5' is out of range"),
+        ({}, ["serve", "--delete-settle-seconds", "-1"], "--delete-settle-seconds '-1' is out"),
+        ({S: "1h"}, ["serve"], "RECONCILER_DELETE_SETTLE_SECONDS='1h' is not a whole number"),
     ],
 )
 def test_the_cli_prints_one_error_line_and_exits_one(

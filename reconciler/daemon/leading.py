@@ -9,15 +9,21 @@ the leader applies, so during a rolling ConfigMap update a replica that still se
 never undoes the leader's apply; every replica keeps scheduling from the rows
 (``daemon.timing``).
 
-The leader applies at once, then on every change the watcher reports, on SIGHUP and on the
-periodic resync (which also sets back rows changed behind its back). A folder that fails to load
-or a plan a guard refuses applies nothing: the last good state keeps running, the error (with
-``file:line:col``) goes to the log, ``cpi_daemon_state`` (``reconcile status``) and
-``/metrics``, and fixing the file recovers on the next event.
+The leader reads the folder at once, then on every change the watcher reports, on SIGHUP and
+on the periodic resync (which also sets back rows changed behind its back). It never acts on a
+half-written folder (``model.settling``): it applies what has read the same for
+``SETTLE_SECONDS`` after the last change, and a plan that deletes (or a folder that is missing or
+empty) only once the folder has read the same for ``delete_settle_seconds``, read and planned
+again then. Until that time the whole plan waits, its creates and updates too: the folder as it
+is may be the middle of a save. A folder that fails to load or a plan a guard refuses applies
+nothing: the last good state keeps running, the error (with ``file:line:col``) goes to the log,
+``cpi_daemon_state`` (``reconcile status``) and ``/metrics``, and fixing the file recovers on
+the next event.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -25,13 +31,16 @@ from typing import TYPE_CHECKING, Any
 
 from reconciler.daemon.watching import Watcher
 from reconciler.daemon.working import worker_name
-from reconciler.errors import ReconcileError, StoreError
+from reconciler.errors import GuardRefused, ReconcileError, StoreError, UsageError
 from reconciler.logs import get_logger
+from reconciler.model.plans import Op
+from reconciler.model.settling import SETTLE_SECONDS, Read, digest, observe, settle
 
 if TYPE_CHECKING:
     import psycopg
 
     from reconciler.daemon.metrics import Metrics
+    from reconciler.model.plans import Desired
     from reconciler.settings import Settings
 
 __all__ = ["ELECT_SECONDS", "Leader"]
@@ -60,6 +69,8 @@ class Leader:
         self._rescan, self._stop, self._resync = rescan, stop, resync_seconds
         self._applied = applied
         self._last_error: str | None = None
+        self._read: Read | None = None  # the folder as last read, and since when
+        self._holding: str | None = None  # the content a delete last waited on
         self._thread = threading.Thread(target=self._loop, name="leader", daemon=True)
 
     def start(self) -> None:
@@ -113,16 +124,23 @@ class Leader:
         watcher = Watcher(self._settings.schedules_dir, self._rescan, retry_seconds=self._resync)
         watcher.start()
         try:
-            applied = seen = float("-inf")
+            looked = seen = float("-inf")
+            again: float | None = None  # when to look again at a folder that is settling
+            self._read = None
             self._rescan.set()
             while not self._stop.is_set():
-                self._rescan.wait(timeout=min(_SEEN_SECONDS, self._resync))
+                timeout = min(_SEEN_SECONDS, self._resync)
+                if again is not None:
+                    timeout = max(0.0, min(timeout, again - time.monotonic()))
+                self._rescan.wait(timeout=timeout)
                 if self._stop.is_set():
                     break
-                if self._rescan.is_set() or time.monotonic() - applied >= self._resync:
+                now = time.monotonic()
+                due = again is not None and now >= again
+                if self._rescan.is_set() or due or now - looked >= self._resync:
                     self._rescan.clear()
-                    self._apply(conn)
-                    applied = time.monotonic()
+                    again = self._look(conn, changed_at=watcher.changed_at)
+                    looked = time.monotonic()
                 if time.monotonic() - seen >= _SEEN_SECONDS:
                     leader_seen(conn, owner, me)
                     seen = time.monotonic()
@@ -131,29 +149,85 @@ class Leader:
             self._metrics.leader.set(0)
             self._metrics.leading = False
 
-    def _apply(self, conn: psycopg.Connection[Any]) -> None:
-        from reconciler.reading import load_desired
+    def _look(self, conn: psycopg.Connection[Any], *, changed_at: float) -> float | None:
+        """Read the folder and act on it once it has settled; else the time to look again."""
+        from reconciler.reading import read_folder
+
+        now = time.monotonic()
+        try:
+            content: list[tuple[str, bytes]] | str = read_folder(self._settings.schedules_dir)
+        except UsageError as exc:  # missing or unreadable: refused, once that has settled
+            content = f"{exc.message}; nothing was applied"
+        self._read = read = observe(self._read, digest(content), now=now, changed_at=changed_at)
+        wait = functools.partial(
+            settle, read, now=now, settle_seconds=SETTLE_SECONDS,
+            delete_seconds=self._settings.delete_settle_seconds,
+        )  # fmt: skip
+        again = wait(deletes=False)
+        if again is not None:
+            _log.debug(
+                "the folder changed; waiting for it to settle", seconds=round(again - now, 3)
+            )
+            return again
+        again = wait(deletes=True)
+        held = self._act(conn, content, settled=again is None)
+        if held is None or again is None:
+            self._holding = None
+            return None
+        if read.digest != self._holding:  # said once each time the folder reads like this
+            _log.info(
+                "not applied yet: the folder must read the same for the delete settle, then it "
+                "is read and planned again", reason=held,
+                delete_settle_seconds=self._settings.delete_settle_seconds,
+                again_in=round(again - now, 3),
+            )  # fmt: skip
+            self._holding = read.digest
+        return again
+
+    def _act(
+        self, conn: psycopg.Connection[Any], content: list[tuple[str, bytes]] | str, *,
+        settled: bool,
+    ) -> str | None:  # fmt: skip
+        """Apply what the folder holds, or refuse it; what a delete waits on, if it must wait.
+
+        ``settled``: the folder has read the same for the delete settle, so a plan that deletes
+        may be applied. Before then, the whole plan waits for it.
+        """
+        from reconciler.reading import desired_from
+        from reconciler.store.applying import plan_against
+
+        settings, owner = self._settings, self._settings.owner
+        if isinstance(content, str):
+            if settled:
+                self._refused(conn, GuardRefused(content))
+            return None if settled else "the schedules folder is missing or unreadable"
+        try:
+            desired = desired_from(content, settings.schedules_dir, owner=owner)
+        except GuardRefused as exc:  # a file that does not parse or validate
+            self._refused(conn, exc)
+            return None
+        if not settled:
+            deletes = plan_against(conn, desired, owner=owner).count(Op.DELETE)
+            if deletes or not desired.rows:
+                return f"the plan deletes {deletes} row(s)" if deletes else "the folder is empty"
+        # Unsettled, a delete that appears between that plan and this apply (another reconcile
+        # of the same owner) is refused rather than applied; a later look applies it.
+        self._apply(conn, desired, max_deletes=settings.max_deletes if settled else 0)
+        return None
+
+    def _apply(self, conn: psycopg.Connection[Any], desired: Desired, *, max_deletes: int) -> None:
         from reconciler.store.applying import apply_plan
         from reconciler.store.daemon_state import record_load
         from reconciler.store.scheduling import notify_changed
 
-        settings, owner = self._settings, self._settings.owner
+        owner = self._settings.owner
         began = time.monotonic()
         try:
-            desired = load_desired(settings.schedules_dir, owner=owner)
-            plan = apply_plan(conn, desired, owner=owner, max_deletes=settings.max_deletes)
+            plan = apply_plan(conn, desired, owner=owner, max_deletes=max_deletes)
         except StoreError:
             raise
-        except ReconcileError as exc:  # invalid folder, a guard, a conflict: nothing applied
-            record_load(conn, owner, error=exc.message)
-            notify_changed(conn, owner)  # every replica's readiness and metrics follow
-            self._metrics.passes.labels("failed").inc()
-            self._metrics.config_ok.set(0)
-            self._metrics.readiness.set(config_known=True)
-            if exc.message != self._last_error:
-                _log.error("configuration not applied; the last applied state keeps running",
-                           error=exc.message)  # fmt: skip
-            self._last_error = exc.message
+        except ReconcileError as exc:  # a guard, a conflict: nothing applied
+            self._refused(conn, exc)
             return
         record_load(conn, owner, error=None)
         if plan.empty:  # an apply with changes has notified the replicas at its commit
@@ -170,3 +244,19 @@ class Leader:
                 seconds=round(time.monotonic() - began, 3),
             )  # fmt: skip
             self._applied()
+
+    def _refused(self, conn: psycopg.Connection[Any], exc: ReconcileError) -> None:
+        """An invalid folder, a guard, a conflict: nothing applied; the last good state runs."""
+        from reconciler.store.daemon_state import record_load
+        from reconciler.store.scheduling import notify_changed
+
+        owner = self._settings.owner
+        record_load(conn, owner, error=exc.message)
+        notify_changed(conn, owner)  # every replica's readiness and metrics follow
+        self._metrics.passes.labels("failed").inc()
+        self._metrics.config_ok.set(0)
+        self._metrics.readiness.set(config_known=True)
+        if exc.message != self._last_error:
+            _log.error("configuration not applied; the last applied state keeps running",
+                       error=exc.message)  # fmt: skip
+        self._last_error = exc.message

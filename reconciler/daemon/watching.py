@@ -3,6 +3,8 @@
 ``daemon.leading`` runs one ``Watcher`` while its replica leads. Changes are debounced (a
 ``git pull`` or a kubelet ConfigMap update arrives as a burst) and never inspected: any change
 reloads the whole folder, so the kubelet's swap of the ``..data`` symlink counts like an edit.
+``changed_at`` says when a change was last reported: the leader lets the folder settle after it
+(``model.settling``).
 A mount where inotify says nothing (some network file systems) is covered by the leader's
 periodic resync. A folder that is deleted or replaced (``mv new schedules.d``) is noticed within a
 second and the new one watched; one that cannot be watched is retried each second until it
@@ -26,10 +28,12 @@ _CHECK_MS = 1000  # how often the folder itself is checked: deleted, or replaced
 
 
 class Watcher:
-    """A thread that sets ``changed`` whenever something under ``folder`` changes."""
+    """A thread that sets ``changed`` whenever something under ``folder`` changes, and notes
+    when in ``changed_at`` (``time.monotonic``)."""
 
     def __init__(self, folder: Path, changed: threading.Event, *, retry_seconds: float) -> None:
         self._folder, self._changed, self._retry = folder, changed, retry_seconds
+        self.changed_at = float("-inf")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="watcher", daemon=True)
 
@@ -53,10 +57,10 @@ class Watcher:
                 ):  # fmt: skip
                     if changes:
                         _log.debug("folder changed", changes=len(changes))
-                        self._changed.set()
+                        self._report()
                     if _identity(self._folder) != identity:  # deleted, or swapped for another
                         _log.info("the schedules folder was replaced; watching the new one")
-                        self._changed.set()
+                        self._report()
                         break
             except (OSError, RuntimeError) as exc:  # missing folder, inotify limits, ...
                 _log.warning(
@@ -70,8 +74,12 @@ class Watcher:
         deadline = time.monotonic() + self._retry
         while not self._stop.wait(_CHECK_MS / 1000) and time.monotonic() < deadline:
             if _identity(self._folder) is not None:
-                self._changed.set()
+                self._report()
                 return
+
+    def _report(self) -> None:
+        self.changed_at = time.monotonic()  # first: the leader woken below must see it
+        self._changed.set()
 
 
 def _identity(folder: Path) -> tuple[int, int] | None:

@@ -1,0 +1,1 @@
+CREATE TABLE shipments (order_id int, item text);
