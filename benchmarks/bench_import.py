@@ -1,7 +1,8 @@
 """Benchmark: the import engine against ``psql \\copy`` on the same server, same file, same table.
 
 Targets: one local file imports at >= 0.95x psql's throughput with a client peak RSS < 100 MB;
-two files with two workers load >= 1.6x faster than with one.
+the digest of each file's bytes (``imports.engine.digesting``, the file's identity) costs at most
+3 % of that throughput; two files with two workers load >= 1.6x faster than with one.
 
     python benchmarks/bench_import.py [--rows 2000000] [--repeat 3] [--database-url URL]
                                       [--block-sizes 65536,131072,262144,1048576]
@@ -14,11 +15,19 @@ it, each run pays for its predecessor's writes and the figures swing by 2x on a 
 Times are medians of ``--repeat`` runs; the engine's is measured inside the child around
 ``run_schedule`` (connect, job row, COPY, commit), psql's around the whole process (its start-up
 is a few milliseconds). "psql, 2 files in parallel" shows what the server itself allows.
+
+"engine, no digest" is the same child with the digest's hasher replaced by one that hashes
+nothing (a flag of the child, not a setting of the product); it runs in the same rotation as the
+other two, so the digest's cost is the difference between two medians taken under the same load.
+The child's CPU seconds (user + system, every thread) are printed too: on a busy machine they
+swing less than wall time. The digest's raw rate on 128 KiB blocks is measured last (and
+``xxhash.xxh3_128``'s, for comparison, when that package happens to be installed).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -29,6 +38,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import psycopg
 from embedded import database
@@ -145,18 +155,42 @@ def setup(url: str, data: Path) -> None:
         )
 
 
-def engine(url: str, data: Path, *, workers: int, block_size: int) -> tuple[float, int, int]:
-    """One engine run in a child: ``(seconds inside run_schedule, peak RSS, rows)``."""
+class EngineRun(NamedTuple):
+    """One engine child's figures."""
+
+    seconds: float  # inside run_schedule
+    cpu: float  # the child's user + system seconds inside run_schedule, every thread
+    peak_rss: int
+    rows: int
+
+
+def engine(
+    url: str, data: Path, *, workers: int, block_size: int, digest: bool = True
+) -> EngineRun:
+    """One engine run in a child (``digest=False``: its hasher hashes nothing)."""
     env = {**os.environ, "RECONCILER_LOG_LEVEL": "warning", "RECONCILER_LOG_FORMAT": "json"}
     argv = [sys.executable, __file__, "--child", url, str(data), str(workers), str(block_size)]
-    _, rss, out = measure(argv, env)
+    _, rss, out = measure([*argv, "digest" if digest else "no-digest"], env)
     result = json.loads(out)
     if result["status"] != "succeeded":
         raise SystemExit(f"engine run failed: {result['error']}")
-    return result["seconds"], max(rss, result["peak_rss"]), result["rows"]
+    return EngineRun(result["seconds"], result["cpu"], max(rss, result["peak_rss"]), result["rows"])
 
 
-def child(url: str, data: str, workers: str, block_size: str) -> None:
+class _NoDigest:
+    """A stand-in for the engine's hasher that hashes nothing: the digest's cost, measured."""
+
+    def update(self, data: object, /) -> None:
+        pass
+
+    def copy(self) -> _NoDigest:
+        return self
+
+    def digest(self) -> bytes:
+        return bytes(32)  # one digest for every file: the ledger is emptied between runs
+
+
+def child(url: str, data: str, workers: str, block_size: str, digest: str) -> None:
     """The measured process: one ``run_schedule`` with the given workers and block size."""
     from functools import partial
 
@@ -164,11 +198,13 @@ def child(url: str, data: str, workers: str, block_size: str) -> None:
 
     # Before the engine's modules are imported: they bind their loggers at import time.
     logs.configure(log_format="json", level="warning")
-    from reconciler.imports.engine import copying, importing
+    from reconciler.imports.engine import copying, digesting, importing
     from reconciler.imports.runs.running import run_schedule
     from reconciler.settings import load_settings
 
     importing.stage = partial(copying.stage, block_size=int(block_size))  # type: ignore[assignment]
+    if digest == "no-digest":
+        digesting._hasher = _NoDigest  # type: ignore[assignment]
 
     settings = load_settings(
         database_url=url,
@@ -176,11 +212,12 @@ def child(url: str, data: str, workers: str, block_size: str) -> None:
         import_workers=int(workers),
         environ={"RECONCILER_LOCAL_ROOTS": data, "RECONCILER_SETTLE_SECONDS": "0"},
     )
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     result = run_schedule(NAME, settings=settings)
-    seconds = time.perf_counter() - start
-    print(json.dumps({"seconds": seconds, "status": result.status, "error": result.error,
-                      "rows": result.rows_imported, "peak_rss": _hwm("self")}))  # fmt: skip
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    print(json.dumps({"seconds": seconds, "cpu": cpu, "status": result.status,
+                      "error": result.error, "rows": result.rows_imported,
+                      "peak_rss": _hwm("self")}))  # fmt: skip
 
 
 def stage(data: Path, *files: Path) -> None:
@@ -204,11 +241,13 @@ def bench(url: str, rows: int, repeat: int, block_sizes: list[int], work: Path) 
     setup(url, data)
     psql = psql_binary()
     copy = f"\\copy {TABLE} FROM '{whole}' WITH (FORMAT csv, HEADER true)"
-    results: dict[str, list[float]] = {"psql": [], "engine": []}
-    rss: dict[str, int] = {"psql": 0, "engine": 0}
+    whos = ("psql", "engine", "no digest")
+    results: dict[str, list[float]] = {who: [] for who in whos}
+    cpu: dict[str, list[float]] = {"engine": [], "no digest": []}
+    rss: dict[str, int] = dict.fromkeys(whos, 0)
     stage(data, whole)
-    for i in range(repeat):  # alternate who goes first: warm-up and checkpoints hit both alike
-        for who in ("psql", "engine") if i % 2 == 0 else ("engine", "psql"):
+    for i in range(repeat):  # rotate who goes first: warm-up and checkpoints hit each alike
+        for who in whos[i % 3 :] + whos[: i % 3]:
             reset(url)
             if who == "psql":
                 wall, peak, _ = measure(
@@ -216,20 +255,22 @@ def bench(url: str, rows: int, repeat: int, block_sizes: list[int], work: Path) 
                 )
                 results["psql"].append(wall)
             else:
-                wall, peak, loaded = engine(url, data, workers=1, block_size=BLOCK_SIZE)
-                assert loaded == rows, loaded
-                results["engine"].append(wall)
+                run = engine(url, data, workers=1, block_size=BLOCK_SIZE, digest=who == "engine")
+                assert run.rows == rows, run.rows
+                wall, peak = run.seconds, run.peak_rss
+                results[who].append(wall)
+                cpu[who].append(run.cpu)
             rss[who] = max(rss[who], peak)
     sweep: dict[int, float] = {}
     for block in block_sizes:
         reset(url)
-        sweep[block] = engine(url, data, workers=1, block_size=block)[0]
+        sweep[block] = engine(url, data, workers=1, block_size=block).seconds
     stage(data, half_a, half_b)
     parallel: dict[str, list[float]] = {"1 worker": [], "2 workers": [], "psql": []}
     for i in range(repeat):
         for workers in (1, 2) if i % 2 == 0 else (2, 1):
             reset(url)
-            seconds = engine(url, data, workers=workers, block_size=BLOCK_SIZE)[0]
+            seconds = engine(url, data, workers=workers, block_size=BLOCK_SIZE).seconds
             parallel[f"{workers} worker{'s' if workers > 1 else ''}"].append(seconds)
         reset(url)
         start = time.perf_counter()
@@ -241,7 +282,31 @@ def bench(url: str, rows: int, repeat: int, block_sizes: list[int], work: Path) 
         if any(h.wait() for h in halves):
             raise SystemExit("psql failed")
         parallel["psql"].append(time.perf_counter() - start)
-    report(size, rows, results=results, rss=rss, sweep=sweep, parallel=parallel)
+    report(size, rows, results=results, cpu=cpu, rss=rss, sweep=sweep, parallel=parallel)
+    hash_rates()
+
+
+def hash_rates(block_size: int = BLOCK_SIZE, total: int = 512 * 1024 * 1024) -> None:
+    """The digest's raw rate over ``total`` bytes in ``block_size`` blocks, one thread."""
+    block = os.urandom(block_size)
+    hashers = {"blake2b-256 (the engine's digest)": lambda: hashlib.blake2b(digest_size=32)}
+    try:
+        import xxhash
+
+        hashers["xxh3_128 (for comparison)"] = xxhash.xxh3_128
+    except ImportError:
+        pass
+    print(f"\ndigest rate, {block_size // 1024} KiB blocks, {total // 2**20} MiB, best of 3:")
+    for label, make in hashers.items():
+        best = float("inf")
+        for _ in range(3):
+            hasher = make()
+            start = time.perf_counter()
+            for _ in range(total // block_size):
+                hasher.update(block)
+            hasher.digest()
+            best = min(best, time.perf_counter() - start)
+        print(f"  {label:<34}{total / best / 1e6:>8.0f} MB/s")
 
 
 def report(
@@ -249,6 +314,7 @@ def report(
     rows: int,
     *,
     results: dict[str, list[float]],
+    cpu: dict[str, list[float]],
     rss: dict[str, int],
     sweep: dict[int, float],
     parallel: dict[str, list[float]],
@@ -260,11 +326,14 @@ def report(
 
     psql = statistics.median(results["psql"])
     ours = statistics.median(results["engine"])
+    bare = statistics.median(results["no digest"])
+    ours_cpu, bare_cpu = statistics.median(cpu["engine"]), statistics.median(cpu["no digest"])
     one, two = statistics.median(parallel["1 worker"]), statistics.median(parallel["2 workers"])
     print(f"\n{rows:,} rows, {size / 1e6:.0f} MB, medians of {len(results['psql'])} runs")
     print(f"{'':<34}{'time':>10}{'throughput':>14}{'':>18}{'peak RSS':>11}")
     print(line("psql \\copy, 1 file", psql, rss["psql"]))
     print(line("engine, 1 file", ours, rss["engine"]))
+    print(line("engine, 1 file, no digest", bare, rss["no digest"]))
     for block, seconds in sweep.items():
         print(line(f"  engine, block {block // 1024} KiB", seconds))
     print(line("engine, 2 files, 1 worker", one))
@@ -272,16 +341,21 @@ def report(
     print(line("psql \\copy, 2 files in parallel", statistics.median(parallel["psql"])))
     print()
     print(f"engine / psql throughput    {psql / ours:>6.2f}x   (target >= 0.95x)")
+    cost = 1 - bare / ours
+    print(f"with / without the digest   {bare / ours:>6.3f}x   (the digest costs {cost:.1%} of "
+          "throughput; target <= 3%)")  # fmt: skip
+    print(f"engine client CPU           {ours_cpu:>6.2f} s  with the digest, {bare_cpu:.2f} s "
+          f"without ({ours_cpu - bare_cpu:+.2f} s)")  # fmt: skip
     print(f"engine client peak RSS      {rss['engine'] / 1e6:>6.1f} MB  (target < 100 MB)")
     print(f"2 workers / 1 worker        {one / two:>6.2f}x   (target >= 1.6x)")
-    for label, runs in (("single file", results), ("two files", parallel)):
+    for label, runs in (("single file", results), ("client CPU", cpu), ("two files", parallel)):
         rounded = {k: [round(s, 2) for s in v] for k, v in runs.items()}
         print(f"  {label} runs (s): {json.dumps(rounded)}")
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        child(*sys.argv[2:6])
+        child(*sys.argv[2:7])
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=2_000_000)
