@@ -1,0 +1,1 @@
+CREATE TABLE sku_prices (sku text PRIMARY KEY, price numeric);

@@ -1,0 +1,1 @@
+CREATE TABLE payments (payment_id int, amount numeric);
