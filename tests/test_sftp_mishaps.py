@@ -74,6 +74,25 @@ def test_exists_and_finish_reconnect_after_an_idle_drop(idle_sftp_server: SftpSe
     assert _reconnects(events) == _reconnects(more) == 1
 
 
+def test_an_operation_that_finds_the_connection_lost_is_retried_once(
+    idle_sftp_server: SftpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A loss seen only when the request fails (the check before it saw a live connection) is
+    a reconnect and one retry too."""
+    folder = idle_sftp_server.folder()
+    (folder / "a.csv").write_text("id\n1\n")
+    with _connect(idle_sftp_server, folder) as source:
+        (f,) = source.list_files()
+        _idle(source)
+        transport = source._link.transport
+        answers = iter([True])  # the first check is fooled; the rest see the truth
+        real = transport.is_active
+        monkeypatch.setattr(transport, "is_active", lambda: next(answers, None) or real())
+        with capture_logs() as events, source.open(f) as stream:
+            assert stream.read() == b"id\n1\n"
+    assert _reconnects(events) == 1
+
+
 def test_threads_that_find_the_connection_lost_share_one_reconnect(
     idle_sftp_server: SftpServer,
 ) -> None:
