@@ -34,6 +34,7 @@ _COMMANDS: dict[str, str] = {
     "export": "reconciler.commands.reconciling:export",
     "run": "reconciler.commands.running:run",
     "history": "reconciler.commands.running:history",
+    "forget": "reconciler.commands.forgetting:forget",
     "sql": "reconciler.commands.querying:sql",
     "serve": "reconciler.daemon.serving:serve",
 }
@@ -165,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("history", "list a schedule's runs, newest first")
     p.add_argument("name")
     p.add_argument("--limit", type=int, default=20)
+    _database(p)
+    p = command("forget", "forget what a project imported: those files load again on its next run")
+    p.add_argument("project")
+    p.add_argument("--path", help="only files whose path matches this glob")
     _database(p)
     return parser
 

@@ -165,6 +165,18 @@ def test_a_project_removed_and_restored_keeps_its_ledger(cli: Cli, database_url:
     assert (job["status"], job["rows_imported"]) == ("succeeded", 0)
     assert {status for _, status in _files(job)} == {"skipped"}
     assert _query(database_url, "SELECT count(*), count(DISTINCT sale_id) FROM sales") == [(3, 3)]
+    # Loading again is a decision: `reconcile forget`, for some files or all of them.
+    forgot = cli("forget", "sales", "--path", "*sales_2026-12-01.csv", "--output", "json")
+    assert forgot.returncode == 0, forgot.stderr
+    assert json.loads(forgot.stdout)["files"] == 1
+    job = _run(cli, "sales")
+    assert sorted(_files(job)) == [
+        ("sales_2026-12-01.csv", "imported"),
+        ("sales_2026-12-02.csv", "skipped"),
+    ]
+    assert _query(database_url, "SELECT count(*) FROM sales") == [(5,)]
+    forgot = cli("forget", "sales")
+    assert "sales: forgot 2 imported file(s)" in forgot.stdout
 
 
 def test_the_same_bytes_under_a_new_mtime_or_revision_load_once(

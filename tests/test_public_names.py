@@ -115,6 +115,7 @@ PINNED: dict[str, list[str]] = {
         "stage",
     ],
     "reconciler.imports.engine.digesting": ["Digesting", "digest_of"],
+    "reconciler.commands.forgetting": ["forget"],
     "reconciler.imports.engine.framing": [
         "HEADER_LIMIT",
         "Framed",
