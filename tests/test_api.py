@@ -49,7 +49,11 @@ def _settings(folder: Path, url: str) -> Settings:
         schedules_dir=str(folder / "schedules.d"),
         database_url=url,
         state_dir=str(folder / "state"),
-        environ={"RECONCILER_LOG_FORMAT": "json", "RECONCILER_API_KEY": KEY},
+        environ={
+            "RECONCILER_LOG_FORMAT": "json",
+            "RECONCILER_API_KEY": KEY,
+            "RECONCILER_SETTLE_SECONDS": "0",
+        },
     )
 
 

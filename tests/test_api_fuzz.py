@@ -49,7 +49,11 @@ def api_schema(tmp_path: Path, database_url: str) -> Iterator[Any]:
         schedules_dir=str(tmp_path / "schedules.d"),
         database_url=database_url,
         state_dir=str(tmp_path / "state"),
-        environ={"RECONCILER_LOG_FORMAT": "json", "RECONCILER_API_KEY": KEY},
+        environ={
+            "RECONCILER_LOG_FORMAT": "json",
+            "RECONCILER_API_KEY": KEY,
+            "RECONCILER_SETTLE_SECONDS": "0",
+        },
     )
     metrics = Metrics()
     metrics.readiness.set(database=True, scheduler=True, config_known=True)  # a running daemon

@@ -4,11 +4,14 @@ files of one run commit in order whatever the workers. A real SFTP server, real 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 from sftp_servers import SftpServer, known_hosts_line
 
 from tests.conftest import Cli
@@ -95,3 +98,29 @@ def test_two_waiting_upsert_files_commit_oldest_first(
     assert _query(database_url, "SELECT price::text FROM sku_prices WHERE sku = 'S1'") == [
         ("12.00",)
     ]
+
+
+@pytest.mark.parametrize(
+    ("rows", "when"), [(2, "readdir"), (100_000, "read")], ids=["after-listing", "mid-read"]
+)
+def test_a_file_rewritten_while_it_is_fetched_fails_then_loads_once(
+    cli: Cli, database_url: str, hooked_sftp_server: SftpServer, rows: int, when: str
+) -> None:
+    """Case 34: the server rewrites the file in place (same size, every 1 a 7, mtime +5 s) right
+    after the listing or after its first READ reply: the run sees the handle's mtime differ,
+    rolls the file back; the next run loads the new version once. Never a mix, never twice."""
+    remote, _ = _setup(cli, "sftp-changed-while-read", hooked_sftp_server)
+    path = remote / "batch_1.csv"
+    if rows > 2:
+        path.write_text("id,note\n" + "".join(f"{i},row {i:06d}\n" for i in range(1, rows + 1)))
+        os.utime(path, (time.time() - 60, time.time() - 60))  # settled: the rewrite's +5 s too
+    hooked_sftp_server.arm(when, path)
+    first = _run(cli, "batches")
+    assert first["status"] == "failed", first
+    assert "changed while it was read" in first["files"][0]["error"]
+    assert _query(database_url, "SELECT count(*) FROM batches") == [(0,)]
+    second = _run(cli, "batches")
+    assert (second["status"], second["rows_imported"]) == ("succeeded", rows), second
+    old = "SELECT count(*) FROM batches WHERE note LIKE '%1%' OR id::text LIKE '%1%'"
+    assert _query(database_url, old) == [(0,)]  # the new version only: every 1 is a 7
+    assert _query(database_url, "SELECT count(*) FROM batches") == [(rows,)]

@@ -1,0 +1,1 @@
+CREATE TABLE batches (id int, note text);
