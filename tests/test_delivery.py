@@ -158,6 +158,7 @@ def test_a_project_removed_and_restored_keeps_its_ledger(cli: Cli, database_url:
     removed = cli("apply")
     assert removed.returncode == 0, removed.stderr
     assert "- Project sales" in removed.stdout
+    assert "its import record stays" in removed.stdout
     assert _query(database_url, "SELECT count(*) FROM cpi_projects WHERE name = 'sales'") == [(0,)]
     sales.write_text(text)
     assert cli("apply").returncode == 0

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from reconciler.model.plans import Change, Op, Plan, flatten_fields
+from reconciler.model.plans import Change, Kind, Op, Plan, flatten_fields
 from reconciler.model.timing import next_fire_times
 
 __all__ = [
@@ -110,6 +110,11 @@ def _render_change(change: Change, color: bool, now: datetime | None = None) -> 
         notes.append("drift: changed outside reconcile, will be set back")
     if change.renamed_from:
         notes.append(f"rename of {change.renamed_from}: a delete and a create")
+    if change.op is Op.DELETE and change.kind == Kind.PROJECT:
+        notes.append(
+            "its import record stays: declared again, it loads no file twice; "
+            f"`reconcile forget {change.name}` loads them again"
+        )
     head = f"  {symbol} {change.kind} {change.name}"
     if where:
         head += _paint(f"  ({where})", "2", color)
