@@ -333,3 +333,98 @@ def test_a_file_rewritten_while_it_is_read_fails_and_loads_whole_later(
     monkeypatch.undo()
     second = run_schedule("p", settings=settings)
     assert (second.status, second.rows_imported) == ("succeeded", 10_001)
+
+
+_OLD_LEDGER = """
+CREATE TABLE cpi_projects (id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+    name VARCHAR(255) UNIQUE NOT NULL, created_at TIMESTAMP WITH TIME ZONE DEFAULT NOW(),
+    updated_at TIMESTAMP WITH TIME ZONE DEFAULT NOW());
+CREATE TABLE cpi_jobs (id UUID PRIMARY KEY DEFAULT gen_random_uuid());
+CREATE TABLE cpi_imported_files (
+    id BIGSERIAL PRIMARY KEY,
+    project_id UUID REFERENCES cpi_projects(id) ON DELETE CASCADE,
+    source TEXT NOT NULL, path TEXT NOT NULL, size BIGINT NOT NULL,
+    mtime TIMESTAMP WITH TIME ZONE NOT NULL,
+    job_id UUID REFERENCES cpi_jobs(id) ON DELETE SET NULL,
+    rows_imported BIGINT NOT NULL DEFAULT 0,
+    imported_at TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT NOW(),
+    UNIQUE (project_id, source, path, size, mtime));
+"""
+
+
+def test_an_older_ledger_migrates_in_place(
+    cli_env: dict[str, str], empty_database_url: str, tmp_path: Path
+) -> None:
+    """A ledger written before content identity (keyed by how a file was reached) keeps its
+    records: the file it lists is still skipped unread, and the project's removal no longer
+    takes the records with it."""
+    cli = Cli({**cli_env, "RECONCILER_DATABASE_URL": empty_database_url}, tmp_path)
+    (tmp_path / "schedules.d").mkdir()
+    data = _folder_files(tmp_path, {"a.csv": "id,note\n1,one\n"})
+    f = data / "a.csv"
+    with psycopg.connect(empty_database_url) as conn:
+        conn.execute(_OLD_LEDGER)
+        conn.execute("CREATE TABLE t (id int, note text)")
+        (project_id,) = conn.execute(
+            "INSERT INTO cpi_projects (name) VALUES ('p') RETURNING id"
+        ).fetchone()  # type: ignore[misc]
+        conn.execute(
+            "INSERT INTO cpi_imported_files (project_id, source, path, size, mtime) "
+            "VALUES (%s, 'local', %s, %s, to_timestamp(%s))",
+            (project_id, str(f), f.stat().st_size, f.stat().st_mtime_ns // 1000 / 1e6),
+        )
+    (tmp_path / "schedules.d" / "p.yaml").write_text(_project("p", "t"))
+    applied = cli("apply", "--adopt")
+    assert applied.returncode == 0, applied.stderr
+    job = _run(cli, "p")
+    assert (job["status"], _files(job)) == ("succeeded", [("a.csv", "skipped")])
+    assert _query(empty_database_url, "SELECT project FROM cpi_imported_files") == [("p",)]
+    assert _query(empty_database_url, "SELECT count(*) FROM t") == [(0,)]
+    (tmp_path / "schedules.d" / "p.yaml").unlink()
+    assert cli("apply", "--allow-empty").returncode == 0
+    assert _query(empty_database_url, "SELECT count(*) FROM cpi_projects") == [(0,)]
+    assert _query(empty_database_url, "SELECT project FROM cpi_imported_files") == [("p",)]
+
+
+def _folder_files(root: Path, files: dict[str, str]) -> Path:
+    data = root / "data"
+    data.mkdir(exist_ok=True)
+    for name, text in files.items():
+        (data / name).write_text(text)
+    return data
+
+
+def test_another_databases_older_ledger_migrates_in_place(database_url: str) -> None:
+    """The ledger beside another target's data, in its older layout (keyed by project, source,
+    path, size, mtime), is brought to the new one: its rows still answer the fast path, and
+    bytes recorded anew are unique per project."""
+    from datetime import UTC, datetime
+
+    from reconciler.model.files import SourceFile
+    from reconciler.store.ledger import Ledger
+
+    with psycopg.connect(database_url) as conn:
+        conn.execute(
+            "CREATE TABLE reconcile_imported_files (project TEXT NOT NULL, source TEXT NOT NULL, "
+            "path TEXT NOT NULL, size BIGINT NOT NULL, mtime TIMESTAMPTZ NOT NULL, job_id UUID, "
+            "rows_imported BIGINT NOT NULL DEFAULT 0, imported_at TIMESTAMPTZ NOT NULL "
+            "DEFAULT now(), PRIMARY KEY (project, source, path, size, mtime))"
+        )
+        at = datetime(2026, 12, 1, tzinfo=UTC)
+        conn.execute(
+            "INSERT INTO reconcile_imported_files (project, source, path, size, mtime) "
+            "VALUES ('p', 'sftp://a@h:22', '/in/a.csv', 10, %s)",
+            (at,),
+        )
+        conn.commit()
+        ledger = Ledger("", "p", "sftp://b@h:22", "public", external=True)
+        ledger.prepare(conn)
+        old = SourceFile("/in/a.csv", "a.csv", 10, at)
+        assert ledger.lookup(conn, [old]).seen == {("/in/a.csv", 10, at)}
+        new = SourceFile("/in/b.csv", "b.csv", 5, at)
+        with conn.transaction():
+            assert ledger.record(conn, new, b"digest", 1, None)  # type: ignore[arg-type]
+        renamed = SourceFile("/in/c.csv", "c.csv", 5, at)
+        with conn.transaction():
+            assert not ledger.record(conn, renamed, b"digest", 1, None)  # type: ignore[arg-type]
+        ledger.prepare(conn)  # again: a no-op
