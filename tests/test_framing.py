@@ -8,7 +8,9 @@ CI as well as the embedded server) loads exactly the values written.
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Iterator
+from unittest.mock import patch
 
 import psycopg
 import pytest
@@ -16,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reconciler.errors import DataError
+from reconciler.imports.engine import framing
 from reconciler.imports.engine.copying import inspect_target, load
 from reconciler.imports.engine.framing import Framed, locate_open_quote, record_line
 from reconciler.model.specs import CsvDialect, Target
@@ -178,3 +181,141 @@ def test_postgres_loads_exactly_the_values_written(
     assert got == expected
     assert rows_loaded == len(expected)
     assert nbytes == len(data.encode())
+
+
+_TEXT = st.lists(
+    st.sampled_from(["a", ",", '"', "\\", "\n", "\r\n", "\r", " ", "é", "x" * 300]), max_size=5
+).map("".join)
+
+
+def _csv_field(value: str, dialect: CsvDialect, *, quoted: bool) -> str:
+    if not quoted and not any(c in value for c in ',"\n\r'):
+        return value
+    if dialect.escape is None:
+        return '"' + value.replace('"', '""') + '"'
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _line_ends(text: str) -> int:
+    return text.count("\n") + text.count("\r") - text.count("\r\n")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.lists(st.lists(st.tuples(_TEXT, st.booleans()), min_size=1, max_size=3), max_size=6),
+    eol=st.sampled_from(["\n", "\r\n", "\r"]),
+    dialect=st.sampled_from(DIALECTS),
+    stray=st.booleans(),
+    block_size=st.sampled_from([1, 2, 3, 7, 64 * 1024]),
+)
+def test_lines_are_named_whatever_the_values_and_blocks(
+    *,
+    rows: list[list[tuple[str, bool]]],
+    eol: str,
+    dialect: CsvDialect,
+    stray: bool,
+    block_size: int,
+) -> None:
+    """Each record is found on its first line, and a quote left open on the first line of its
+    record, whatever the values before (quotes, escapes, line ends of every kind, long runs)
+    and however the re-read's blocks fall."""
+    records = [",".join(_csv_field(v, dialect, quoted=q) for v, q in row) for row in rows]
+    firsts = [1 + sum(_line_ends(r + eol) for r in records[:i]) for i in range(len(records))]
+    text = "".join(r + eol for r in records)
+    opened = 1 + _line_ends(text)
+    if stray:
+        text += f'z,"open{eol}more{eol}'
+    else:
+        while records and not records[-1]:  # empty lines at the end are not records
+            records.pop()
+            firsts.pop()
+    data = text.encode()
+    with patch.object(framing, "_DIAGNOSE_BLOCK", block_size):
+        found = [record_line(io.BytesIO(data), dialect, n + 1) for n in range(len(records))]
+        located = locate_open_quote(io.BytesIO(data), dialect)
+    assert found == firsts
+    assert located == (opened if stray else None)
+
+
+@pytest.mark.parametrize("size", [128 * 1024 + 1, 200_000, 3 * 1024 * 1024])
+@pytest.mark.parametrize("eol", ["\n", "\r\n"])
+def test_no_value_is_too_long_to_name_the_line_after_it(size: int, eol: str) -> None:
+    """A value longer than any block or field limit, alone or over several lines, moves no line."""
+    for long in ("x" * size, f"x{eol}" * (size // 2)):
+        before = f'id,body{eol}1,short{eol}2,"{long}"{eol}'
+        after = _line_ends(before) + 1
+        data = (before + f'3,ok{eol}4,"open{eol}5,x{eol}').encode()
+        assert record_line(io.BytesIO(data), CsvDialect(), 3) == after
+        assert locate_open_quote(io.BytesIO(data), CsvDialect()) == after + 1
+
+
+@pytest.mark.parametrize(
+    ("data", "refused"),
+    [
+        ("id,name\n1,Ada\n".encode("utf-16-le"), "UTF-16LE without a byte-order mark"),
+        ("id,name\n1,Ada\n".encode("utf-16-be"), "UTF-16BE without a byte-order mark"),
+        ("a\n".encode("utf-16-le"), "UTF-16LE without a byte-order mark"),
+        ("\ufeffid\n".encode("utf-16-le"), "UTF-16LE (it starts with that byte-order mark)"),
+        ("\ufeffid\n".encode("utf-16-be"), "UTF-16BE (it starts with that byte-order mark)"),
+        (b"id,name\n1,B\x00e\n2,\x00\x00\n", None),
+        (b"a\x00", None),
+        (b"\x00", None),
+        ("ą,ł\n".encode("utf-16-le"), None),  # no zero bytes to go by: PostgreSQL refuses it
+    ],
+)
+def test_utf16_without_a_mark_is_told_from_its_first_bytes(
+    data: bytes, refused: str | None
+) -> None:
+    """Zero bytes in most units on one side mean UTF-16 and fail on line 1; a NUL in a value
+    does not, and is left to PostgreSQL (which names its line)."""
+    for block_size in (1, 5, 1024):
+        if refused is None:
+            assert _framed(data, CsvDialect(header=False), block_size) == data
+            continue
+        with pytest.raises(DataError, match=re.escape(refused)) as caught:
+            _framed(data, CsvDialect(header=False), block_size)
+        assert caught.value.line == 1
+
+
+@pytest.mark.parametrize(
+    ("data", "encoding", "names"),
+    [
+        (b"id,na\xffme\n1,x\n", "UTF8", ["id", "na\\xffme"]),
+        (b"id,na\x00me\n1,x\n", "UTF8", ["id", "na\x00me"]),
+        (b"id,na\xffme\n1,x\n", "LATIN1", ["id", "na\xffme"]),
+    ],
+)
+def test_header_bytes_the_encoding_cannot_read_are_escaped(
+    data: bytes, encoding: str, names: list[str]
+) -> None:
+    """A header byte that is not valid in csv.encoding is shown as \\xNN, never dropped."""
+    framed = Framed(io.BytesIO(data), CsvDialect(encoding=encoding), block_size=3)
+    assert framed.header() == names
+
+
+@pytest.mark.parametrize(
+    ("data", "escape", "line"),
+    [
+        (b'1,ab"c\n2,x\n', None, 1),  # PostgreSQL opens a quote inside a value too
+        (b'1,"x"y\n2,x\n', None, 1),
+        (b'1,"x"\n2,"y" \n3,z\n', None, 2),
+        (b'1,"a""\n2,x\n', None, 1),
+        (b'1,"a\\"\n2,x\n', "\\", 1),
+        (b'1,"a\\\\"\n2,"b\n', "\\", 2),
+        (b'1,"a\\b"\n2,"c""d"\n', "\\", 2),  # with its own escape, a doubled quote breaks
+        (b'1,"a"\r2,"b\r3,c\r', None, 2),
+        (b'1,"a\r\n"\r\n2,"b\r\n', None, 3),
+        (b'1,"a",2\n', None, None),
+        (b'1,"a""b","",""""\n', None, None),
+        (b'1,"a\\"b"\n', "\\", None),
+    ],
+)
+def test_the_stray_quote_is_found_as_postgresql_splits_records(
+    data: bytes, escape: str | None, line: int | None
+) -> None:
+    """A quote opened anywhere, closed before anything but a delimiter or a line end, or never
+    closed, breaks the record it is in; escapes and line ends of every kind are followed."""
+    dialect = CsvDialect(header=False, escape=escape)
+    for block_size in (1, 2, 5, 64 * 1024):
+        with patch.object(framing, "_DIAGNOSE_BLOCK", block_size):
+            assert locate_open_quote(io.BytesIO(data), dialect) == line

@@ -130,6 +130,7 @@ PINNED: dict[str, list[str]] = {
         "Progress",
         "import_files",
     ],
+    "reconciler.imports.engine.quoting": ["Quotes", "Records"],
     "reconciler.model.delivery": [
         "empty_refusal",
         "growth_refusal",

@@ -18,20 +18,20 @@ Whether a ``\.`` line lies inside a quoted value is told by the parity of the qu
 before it (the quote doubles as its own escape by default); with a distinct escape character the
 quote and escape bytes are walked one by one instead.
 
-When COPY has failed, ``locate_open_quote`` and ``record_line`` read the file again to say where
-the problem lies: only on that error path, and without holding any value, so that no value's
-length moves the line they name.
+When COPY has failed, ``locate_open_quote`` and ``record_line`` read the file again, framed and
+decoded, to say where the problem lies: only on that error path, following the quoting with
+``quoting.Records``, which holds no value, so that no value's length moves the line they name.
 """
 
 from __future__ import annotations
 
 import codecs
 import csv
-import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from reconciler.errors import DataError
+from reconciler.imports.engine.quoting import Quotes, Records
 
 if TYPE_CHECKING:
     from reconciler.model.files import Readable
@@ -91,47 +91,6 @@ def _utf16_without_mark(head: bytes) -> str | None:
     return None
 
 
-class _Quotes:
-    """Whether a position of the stream lies inside a quoted value, carried across blocks."""
-
-    def __init__(self, quote: int, escape: int) -> None:
-        self._quote, self._escape = quote, escape
-        self._parity = quote == escape  # then the quote is a toggle: counting them is enough
-        self._count = 0
-        self.inside = False
-        self._escaped = False  # an escape inside quotes was the last byte: the next is literal
-
-    def advance(self, data: bytes, start: int, end: int) -> None:
-        """Move the state over ``data[start:end]``."""
-        if self._parity:
-            self._count += data.count(self._quote, start, end)
-            self.inside = bool(self._count & 1)
-            return
-        # A distinct escape only matters inside quotes, before a quote or another escape.
-        quote, escape, i = self._quote, self._escape, start
-        while i < end:
-            if self._escaped:
-                self._escaped = False
-                if data[i] in (quote, escape):
-                    i += 1
-                    continue
-            q = data.find(quote, i, end)
-            e = data.find(escape, i, end) if self.inside else -1
-            if q < 0 and e < 0:
-                return
-            if e >= 0 and (q < 0 or e < q):
-                self._escaped = True
-                i = e + 1
-            else:
-                self.inside = not self.inside
-                i = q + 1
-
-    def copy(self) -> _Quotes:
-        twin = _Quotes(self._quote, self._escape)
-        twin._count, twin.inside, twin._escaped = self._count, self.inside, self._escaped
-        return twin
-
-
 class Framed:
     """``reader``'s bytes as COPY must receive them; iterate ``blocks()`` once."""
 
@@ -143,7 +102,7 @@ class Framed:
         escape = (dialect.escape or dialect.quote).encode("utf-8")
         self._quote = quote
         # PostgreSQL refuses multi-byte quote and escape characters itself; nothing to track then.
-        self._quotes = _Quotes(quote[0], escape[0]) if len(quote) == len(escape) == 1 else None
+        self._quotes = Quotes(quote[0], escape[0]) if len(quote) == len(escape) == 1 else None
         self._head = b""
         self._started = False
         self._line_start = True
@@ -306,7 +265,7 @@ def _record_end(data: bytes, dialect: CsvDialect) -> int | None:
     escape = (dialect.escape or dialect.quote).encode("utf-8")
     if len(quote) != 1 or len(escape) != 1:
         quote = escape = b"\x00"
-    state = _Quotes(quote[0], escape[0])
+    state = Quotes(quote[0], escape[0])
     scanned = search = 0
     while True:
         ends = [p for p in (data.find(b"\n", search), data.find(b"\r", search)) if p >= 0]
@@ -331,107 +290,7 @@ def _csv_options(dialect: CsvDialect) -> dict[str, Any]:
     }
 
 
-class _Records:
-    """Where the records of decoded CSV text start, and where a stray quote breaks one.
-
-    Records are split as PostgreSQL splits them: a line end outside quotes ends one; a quote
-    character opens a quoted section wherever it stands; inside, a distinct escape character
-    makes a following quote or escape literal, and a doubled quote is literal when the quote is
-    its own escape. Read strictly on top, a closing quote must be followed by the delimiter, a
-    line end or the end of the data: the first record where it is not holds the stray quote.
-
-    No value is kept, so no value is too long: the text is searched for the next quote (and,
-    inside quotes, escape) character with ``str`` methods and the line ends in between are
-    counted, so memory stays one chunk and time stays linear, whatever a field's length.
-    ``\\r\\n``, ``\\n`` and a lone ``\\r`` each end one line, as an editor counts them.
-    """
-
-    def __init__(self, dialect: CsvDialect, *, want: int | None = None) -> None:
-        self._quote, self._delimiter = dialect.quote, dialect.delimiter
-        self._escape = dialect.escape or dialect.quote
-        self._special = re.compile(f"[{re.escape(self._quote + self._escape)}]")
-        self._want = want  # the record (0-based, the header included) whose first line is sought
-        self.found = 1 if want == 0 else None
-        self.line = 1  # the line of the next character
-        self.first = 1  # the first line of the record being read
-        self.records = 0  # records ended so far
-        self.inside = False
-        self.open = False  # a character was read since the last record ended
-        self.broken: int | None = None  # the first line of the first record whose quoting breaks
-        self._carry = ""
-
-    def feed(self, text: str, *, final: bool) -> None:
-        """Move over ``text``; with ``final`` it is the end of the data."""
-        s, pos = self._carry + text, 0
-        self._carry = ""
-        n = len(s)
-        while pos < n:
-            at = -1
-            if self.inside:
-                hit = self._special.search(s, pos)
-                at = hit.start() if hit else -1
-            else:
-                at = s.find(self._quote, pos)
-            end = n if at < 0 else at
-            if at < 0 and not final and s.endswith("\r", pos, end):
-                end -= 1  # a '\n' may follow in the next chunk: one line end, not two
-            self._ends(s, pos, end)
-            if at < 0:
-                self._carry = s[end:]
-                return
-            if at + 1 == n and not final:
-                self._carry = s[at:]  # what the character means depends on the next one
-                return
-            pos = self._step(s[at], s[at + 1 : at + 2]) + at
-
-    def _step(self, char: str, after: str) -> int:
-        """Take a quote or escape character followed by ``after``; how many characters it used."""
-        self.open = True
-        if not self.inside:
-            self.inside = True
-            return 1
-        if char == self._escape and after and after in (self._quote, self._escape):
-            return 2
-        if char != self._quote:
-            return 1  # an escape before anything else is itself
-        self.inside = False
-        if after not in ("", "\r", "\n", self._delimiter) and self.broken is None:
-            self.broken = self.first
-        return 1
-
-    def _ends(self, s: str, start: int, end: int) -> None:
-        """Count the line ends of ``s[start:end]``; outside quotes each one ends a record."""
-        if start == end:
-            return
-        ends = s.count("\n", start, end) + s.count("\r", start, end) - s.count("\r\n", start, end)
-        if self.inside:
-            self.line += ends
-            return
-        if ends:
-            want = self._want
-            if want is not None and self.records < want <= self.records + ends:
-                self.found = self.line + want - self.records
-            self.records += ends
-            self.line += ends
-            self.first = self.line
-            self.open = max(s.rfind("\n", start, end), s.rfind("\r", start, end)) + 1 < end
-        else:
-            self.open = True
-
-    @property
-    def answered(self) -> bool:
-        """Whether the rest of the data can change the answer no more."""
-        if self._want is None:
-            return self.broken is not None
-        return self.found is not None and self.records > self._want
-
-    def end(self) -> None:
-        """The data ended: a quote still open breaks the record it began in."""
-        if self.inside and self.broken is None:
-            self.broken = self.first
-
-
-def _walk(reader: Readable, dialect: CsvDialect, records: _Records) -> None:
+def _walk(reader: Readable, dialect: CsvDialect, records: Records) -> None:
     """Feed ``records`` the file as COPY saw it, decoded; stop early once it has its answer."""
     framed = Framed(reader, dialect, block_size=_DIAGNOSE_BLOCK)
     decoder = codecs.getincrementaldecoder(python_codec(dialect.encoding))(errors="replace")
@@ -450,7 +309,7 @@ def locate_open_quote(reader: Readable, dialect: CsvDialect) -> int | None:
     it. Read strictly (a closing quote must be followed by a delimiter or a line end), the first
     record that breaks is where the stray quote is.
     """
-    records = _Records(dialect)
+    records = Records(dialect)
     _walk(reader, dialect, records)
     return records.broken
 
@@ -458,7 +317,7 @@ def locate_open_quote(reader: Readable, dialect: CsvDialect) -> int | None:
 def record_line(reader: Readable, dialect: CsvDialect, record: int) -> int | None:
     """The first line of data record ``record`` (1-based, after the header if any)."""
     want = record - 1 + (1 if dialect.header else 0)
-    records = _Records(dialect, want=want)
+    records = Records(dialect, want=want)
     _walk(reader, dialect, records)
     exists = want < records.records + records.open
     return records.found if exists else None
