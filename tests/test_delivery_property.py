@@ -11,6 +11,9 @@ Partial writes are modelled with the project's ``delivery.settle``: every comple
 the file an hour back (settled), while a file whose first part only is written keeps the current
 time, so runs list it as ``waiting`` until its last part is written. ``settle`` is 600 s, far
 longer than an example lasts on a loaded machine; nothing else depends on the clock.
+
+The files are small (one block each), so the prefix digests that tell a grown file from the one
+imported are checked on their own too, with a source that returns blocks of any size.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 from import_rows import add_project, add_schedule
 
+from reconciler.imports.engine.digesting import Digesting, digest_of
 from reconciler.imports.runs.running import run_schedule
 from reconciler.model.results import JobResult
 from reconciler.settings import load_settings
@@ -351,3 +355,40 @@ def test_grown_bytes_imported_elsewhere_are_unchanged(database_url: str, tmp_pat
     statuses = [(Path(f.path).name, f.status) for f in result.files]
     assert statuses == [("a.csv", "unchanged"), ("b.csv", "skipped")], _explain(result)
     assert result.status == "succeeded"
+
+
+class _Chunks:
+    """A reader that returns at most the next of ``sizes`` bytes per read (as sources do)."""
+
+    def __init__(self, data: bytes, sizes: list[int]) -> None:
+        self._data, self._sizes, self._at = data, sizes, 0
+
+    def read(self, n: int = -1, /) -> bytes:
+        size = self._sizes.pop(0) if self._sizes else len(self._data)
+        size = size if n < 0 else min(size, n)
+        block = self._data[self._at : self._at + size]
+        self._at += len(block)
+        return block
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    data=st.binary(max_size=600),
+    checkpoints=st.lists(st.integers(-2, 700), max_size=6),
+    sizes=st.lists(st.integers(1, 200), max_size=12),
+)
+def test_digesting_keeps_the_digest_of_each_prefix_asked_for(
+    data: bytes, checkpoints: list[int], sizes: list[int]
+) -> None:
+    """Whatever the blocks a source returns, the digest of the whole is that of the bytes, and
+    each positive checkpoint within them has the digest of that many first bytes (how a file
+    that grew is told from the one read)."""
+    reader = Digesting(_Chunks(data, sizes), checkpoints)
+    read = b""
+    while block := reader.read(256):
+        read += block
+    assert read == data
+    assert reader.read_bytes == len(data)
+    assert reader.digest() == digest_of(data)
+    wanted = {c for c in checkpoints if 0 < c <= len(data)}
+    assert reader.prefixes == {c: digest_of(data[:c]) for c in wanted}
