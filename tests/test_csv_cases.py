@@ -296,13 +296,6 @@ def _members_file(cli: Cli, name: bytes, data: bytes) -> None:
         f.write(data)
 
 
-# A local file name that is not UTF-8 reaches Python with lone surrogates, which the import
-# ledger cannot store yet: the run fails before any file (an unexpected error), never running.
-_LEDGER_NAMES = pytest.mark.xfail(
-    strict=True, reason="the import ledger cannot store a file name that is not UTF-8"
-)
-
-
 @pytest.mark.parametrize(
     ("name", "data", "line", "stored"),
     [
@@ -314,14 +307,12 @@ _LEDGER_NAMES = pytest.mark.xfail(
             b"member_id,name\n1,Ada\nx,Bo\n",
             3,
             "/bad\\xff.csv line 3: ",
-            marks=_LEDGER_NAMES,
         ),
         pytest.param(
             b"both\xfe.csv",
             b"member_id,\x00\n",
             1,
             "/both\\xfe.csv line 1: ",
-            marks=_LEDGER_NAMES,
         ),
         (
             b"le.csv",

@@ -46,21 +46,26 @@ def waiting(
     delivery: Delivery,
     *,
     now: datetime,
-    exists: Callable[[str], bool],
+    modified: Callable[[str], datetime | None],
     settle: int,
 ) -> str | None:
     """Why ``f`` is not taken yet (a later run takes it), or None when it is complete.
 
-    With a ready marker, the marker decides; otherwise the file must not have changed for the
-    project's ``settle`` seconds (``settle`` when it gives none). A modification time in the
-    future (the server's clock runs ahead) waits.
+    With a ready marker, the marker decides: it must exist and be no older than the file (a
+    marker left from an earlier delivery does not vouch for a file written since). Otherwise
+    the file must not have changed for the project's ``settle`` seconds (``settle`` when it
+    gives none). A modification time in the future (the server's clock runs ahead) waits.
     """
     settle = settle if delivery.settle is None else delivery.settle
     if delivery.ready_marker is not None:
         marker = marker_path(f, delivery.ready_marker)
-        if exists(marker):
-            return None
-        return f"waiting for its ready marker {posixpath.basename(marker)}"
+        name = posixpath.basename(marker)
+        marked = modified(marker)
+        if marked is None:
+            return f"waiting for its ready marker {name}"
+        if marked < f.mtime:
+            return f"waiting for its ready marker {name} to be written again (it is older)"
+        return None
     age = (now - f.mtime).total_seconds()
     if age >= settle:
         return None

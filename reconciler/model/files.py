@@ -87,8 +87,9 @@ class Source(Protocol):
         """The matching regular files, sorted by name."""
         ...
 
-    def exists(self, path: str) -> bool:
-        """Whether ``path`` (a ready marker beside a listed file) exists now."""
+    def modified(self, path: str) -> datetime | None:
+        """When ``path`` (a ready marker beside a listed file) was last modified; None if it
+        does not exist."""
         ...
 
     def open(self, f: SourceFile) -> AbstractContextManager[Opened]:

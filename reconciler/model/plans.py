@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from reconciler.model.specs import Delivery, ProjectDocument, ScheduleDocument
+from reconciler.model.specs import ProjectDocument, ScheduleDocument
 
 if TYPE_CHECKING:
     from reconciler.model.loading import LoadedDocument
@@ -177,10 +177,13 @@ def schedule_fields(
 def _desired(loaded: LoadedDocument, owner: str) -> Row:
     doc = loaded.document
     if isinstance(doc, ProjectDocument):
-        # Stored without the default delivery block, so rows written before it existed show
-        # no change.
-        plain = doc.spec.delivery == Delivery()
-        spec = doc.spec.model_dump(mode="json", exclude={"delivery"} if plain else None)
+        # The delivery block is stored with only what differs from its defaults (and not at all
+        # when nothing does), so rows written before it existed show no change, and a plan
+        # shows only the settings the document gives.
+        spec = doc.spec.model_dump(mode="json", exclude={"delivery"})
+        delivery = doc.spec.delivery.model_dump(mode="json", exclude_defaults=True)
+        if delivery:
+            spec["delivery"] = delivery
         return Row(
             Kind.PROJECT,
             doc.metadata.name,

@@ -359,10 +359,22 @@ class SftpOverride(_Frozen):
 
 
 def _marker(value: str) -> str:
-    if "/" in value or value in (".", "..") or not value.replace("{name}", "x").strip():
+    plain = value.replace("{name}", "")
+    problem = None
+    if "/" in value or "\\" in value or value in (".", ".."):
+        problem = "must be a file name beside the data file, not a path"
+    elif value == "{name}":
+        problem = "would make every file its own marker: add a suffix, as in '{name}.done'"
+    elif "{" in plain or "}" in plain:
+        problem = "may hold no placeholder but {name}"
+    elif any(c in value for c in "*?["):
+        problem = "is a name, not a pattern: no *, ? or ["
+    elif value != value.strip() or not value.strip():
+        problem = "must not begin or end with a space"
+    if problem:
         raise ValueError(
-            f"{excerpt(value)} must be a file name beside the data file, such as '{{name}}.done' "
-            "(one marker per file) or '_SUCCESS' (one for the folder)"
+            f"{excerpt(value)} {problem} (such as '{{name}}.done', one marker per file, or "
+            "'_SUCCESS', one for the folder)"
         )
     return value
 

@@ -68,9 +68,15 @@ _EXTERNAL_MIGRATION = (
 )
 
 
+def _stored(path: str) -> str:
+    """``path`` as the ledger keeps it: a local name that is not UTF-8 (lone surrogates, which
+    no database text can hold) with its bytes as ``\\xNN`` escapes, as SFTP names are shown."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def file_key(f: SourceFile) -> FileKey:
     """The fast-path key of a listed file: unchanged since a run that saw it, it is not read."""
-    return (f.path, f.size, f.mtime)
+    return (_stored(f.path), f.size, f.mtime)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +86,10 @@ class Known:
 
     seen: frozenset[FileKey] = frozenset()
     versions: dict[str, tuple[tuple[int, bytes], ...]] = field(default_factory=dict)
+
+    def versions_of(self, f: SourceFile) -> tuple[tuple[int, bytes], ...]:
+        """The ``(size, digest)`` of the versions loaded from ``f``'s path."""
+        return self.versions.get(_stored(f.path), ())
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +144,7 @@ class Ledger:
 
     def lookup(self, conn: psycopg.Connection[Any], files: Iterable[SourceFile]) -> Known:
         """What the ledger knows of the paths of ``files``."""
-        paths = sorted({f.path for f in files})
+        paths = sorted({_stored(f.path) for f in files})
         if not paths:
             return Known()
         with conn.transaction():
@@ -161,7 +171,8 @@ class Ledger:
         return sql.SQL(", ").join(sql.Identifier(n) for n in names), names
 
     def _values(self, f: SourceFile, digest: bytes, job_id: str, *, loaded: bool) -> list[Any]:
-        values: list[Any] = [self.project, self.source, f.path, f.size, f.mtime, digest, loaded]
+        path = _stored(f.path)
+        values: list[Any] = [self.project, self.source, path, f.size, f.mtime, digest, loaded]
         values.append(job_id)
         if not self.external:
             values.append(self.project_id)

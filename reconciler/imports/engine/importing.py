@@ -255,7 +255,7 @@ def _load_one(
         run.meter.block(nbytes, lines)
 
     began = time.monotonic()
-    versions = run.known.versions.get(f.path, ()) if run.target.mode == "append" else ()
+    versions = run.known.versions_of(f) if run.target.mode == "append" else ()
     try:
         with conn.transaction():
             with run.source.open(f) as opened:
@@ -325,7 +325,7 @@ def _refuse(run: _Run, f: SourceFile, staged: Staged, reader: Digesting) -> None
             raise DataError(empty, line=1)
         raise _Refused(empty)
     if run.target.mode == "append":
-        grown = growth_refusal(f.size, run.known.versions.get(f.path, ()), reader.prefixes)
+        grown = growth_refusal(f.size, run.known.versions_of(f), reader.prefixes)
         if grown is not None:
             raise _Refused(grown)
 

@@ -128,7 +128,7 @@ def transfer(
 def _waiting(
     f: SourceFile, delivery: Delivery, now: datetime, source: Source, settings: Settings
 ) -> str | None:
-    return waiting(f, delivery, now=now, exists=source.exists, settle=settings.settle_seconds)
+    return waiting(f, delivery, now=now, modified=source.modified, settle=settings.settle_seconds)
 
 
 def _mirror(

@@ -206,12 +206,12 @@ class LocalSource:
         """``f`` opened for reading in binary mode, after checking its real path again."""
         return self._open(f)
 
-    def exists(self, path: str) -> bool:
-        """Whether ``path`` exists, inside the roots."""
+    def modified(self, path: str) -> datetime | None:
+        """When ``path`` (inside the roots) was last modified; None if it does not exist."""
         try:
-            return os.path.exists(self._confined(path))
-        except SourceError:
-            return False
+            return _mtime(os.stat(self._confined(path)))
+        except (SourceError, OSError):
+            return None
 
     def finish(self, f: SourceFile) -> None:
         """Nothing: reconcile never deletes or moves local files."""

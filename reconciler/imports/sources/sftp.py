@@ -499,19 +499,19 @@ class SftpSource:
         ``SourceError`` at once if it is no longer a regular file."""
         return self._open(f)
 
-    def exists(self, path: str) -> bool:
-        """Whether ``path`` exists on the server now."""
+    def modified(self, path: str) -> datetime | None:
+        """When ``path`` on the server was last modified; None if it does not exist."""
         with self._lock:
-            return self._on_link(lambda link: self._exists(link, path))
+            return self._on_link(lambda link: self._modified(link, path))
 
-    def _exists(self, link: _Link, path: str) -> bool:
+    def _modified(self, link: _Link, path: str) -> datetime | None:
         try:
-            link.listing.stat(path)
+            attrs = link.listing.stat(path)
         except FileNotFoundError:
-            return False
+            return None
         except _FAILURES as exc:
             raise self._error(exc, "file", path, link) from exc
-        return True
+        return _mtime(attrs)
 
     def finish(self, f: SourceFile) -> None:
         """Apply ``after_import``: keep, delete, or move into ``archive_dir`` (made if missing;
@@ -541,20 +541,20 @@ class SftpSource:
         A name taken, before or during the rename, gives way to the next unique one."""
         assert self.config.archive_dir is not None  # the model requires it with move
         archive = posixpath.join(self._folder, self.config.archive_dir)
-        if not self._exists(link, archive):
+        if self._modified(link, archive) is None:
             try:
                 link.listing.mkdir(archive)
             except _FAILURES as exc:
-                if not self._exists(link, archive):  # made by a concurrent run is as good
+                if self._modified(link, archive) is None:  # made by a concurrent run is as good
                     raise self._error(exc, "cannot create archive_dir", archive, link) from exc
         for name in itertools.islice(_archive_names(f.name, datetime.now(UTC)), _MOVE_ATTEMPTS):
             target = posixpath.join(archive, name)
-            if self._exists(link, target):
+            if self._modified(link, target) is not None:
                 continue
             try:
                 link.listing.rename(f.path, target)
             except _FAILURES as exc:
-                if self._exists(link, target):
+                if self._modified(link, target) is not None:
                     continue  # the name was taken meanwhile: the rename refused it
                 error = self._error(exc, "cannot move", f"{f.path} to {target}", link)
                 raise SourceError(f"{error.message}; the file stays where it is") from exc
