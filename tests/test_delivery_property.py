@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
-import pytest
 from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 from import_rows import add_project, add_schedule
@@ -37,17 +36,13 @@ from reconciler.model.results import JobResult
 from reconciler.settings import load_settings
 
 SETTLE = 600
-# Two places where the engine does not do what the model says is right yet; each has a strict
-# xfail below that shows it. Until they are fixed, the model follows the engine there (and
-# Hypothesis's statistics count the examples that reach them); once fixed, set them to True.
-# - A file that grew from bytes last seen (not imported) under its name, such as a copy or a
-#   rename of an imported file that a run found unchanged, then appended to: imported whole, its
-#   first rows twice (test_a_copy_that_grows_is_refused).
-SIGHTED_GROWTH_REFUSED = False
-# - A file that grew from a version imported under its name, into bytes already imported from
-#   another name: refused (failed, on every run), not unchanged
-#   (test_grown_bytes_imported_elsewhere_are_unchanged).
-LOADED_GROWTH_UNCHANGED = False
+# What the engine does in two corners the model once followed it in, now right, kept as flags
+# so the model states each rule where it applies:
+# - a file that grew from bytes last seen (not imported) under its name, such as a copy or a
+#   rename of an imported file that a run found unchanged, then appended to, is refused;
+SIGHTED_GROWTH_REFUSED = True
+# - a file that grew into bytes already imported from another name is unchanged, not refused.
+LOADED_GROWTH_UNCHANGED = True
 NAMES = ("a.csv", "b.csv", "c.csv", "d.csv")
 HEADER = b"origin,n\n"
 
@@ -313,11 +308,6 @@ def test_every_interleaving_loads_each_complete_file_once(
         event(f"a file {gap}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the ledger's lookup keeps only the versions imported from a name, not the bytes last "
-    "seen there: a copy of an imported file, once run, then appended to, is imported whole",
-)
 def test_a_copy_that_grows_is_refused(database_url: str, tmp_path: Path) -> None:
     """An imported file copied under another name (a run finds it unchanged) and then appended
     to has merely grown: refused, its first rows not appended twice."""
@@ -335,11 +325,6 @@ def test_a_copy_that_grows_is_refused(database_url: str, tmp_path: Path) -> None
     assert example.rows() == Counter({(0, 0): 1, (0, 1): 1})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the growth refusal comes before the ledger's record: bytes already imported from "
-    "another name are refused (the job fails on every run) rather than recorded unchanged",
-)
 def test_grown_bytes_imported_elsewhere_are_unchanged(database_url: str, tmp_path: Path) -> None:
     """A file that grew into bytes already imported under another name is unchanged: the same
     bytes are never loaded twice, and nothing about it needs refusing."""

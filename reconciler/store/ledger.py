@@ -82,13 +82,13 @@ def file_key(f: SourceFile) -> FileKey:
 @dataclass(frozen=True, slots=True)
 class Known:
     """What the ledger knows of some listed paths: the fast-path keys it has seen, and for each
-    path the ``(size, digest)`` of the versions loaded from it (to tell a file that grew)."""
+    path the ``(size, digest)`` of the loaded bytes it held (to tell a file that grew)."""
 
     seen: frozenset[FileKey] = frozenset()
     versions: dict[str, tuple[tuple[int, bytes], ...]] = field(default_factory=dict)
 
     def versions_of(self, f: SourceFile) -> tuple[tuple[int, bytes], ...]:
-        """The ``(size, digest)`` of the versions loaded from ``f``'s path."""
+        """The ``(size, digest)`` of loaded bytes that ``f``'s path held."""
         return self.versions.get(_stored(f.path), ())
 
 
@@ -156,8 +156,8 @@ class Ledger:
                 (self.project, paths),
             ).fetchall()
         versions: dict[str, list[tuple[int, bytes]]] = {}
-        for path, size, _, digest, loaded in rows:
-            if loaded and digest is not None:
+        for path, size, _, digest, _ in rows:  # loaded here, or seen here holding loaded bytes
+            if digest is not None:
                 versions.setdefault(path, []).append((size, bytes(digest)))
         return Known(
             frozenset((r[0], r[1], r[2]) for r in rows),

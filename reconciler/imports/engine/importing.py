@@ -266,11 +266,12 @@ def _load_one(
                 raise _Changed(_change(f, reader.read_bytes, now))
             digest = reader.digest()
             run.digests[f.path] = digest
-            _refuse(run, f, staged, reader)
+            _refuse_empty(run, staged)
             turn()
             rows = staged.finish(conn)
             if not run.ledger.record(conn, f, digest, rows, run.job_id):
                 raise _Unchanged()
+            _refuse_growth(run, f, reader)  # new bytes only: loaded ones are unchanged above
             result = FileResult(f.path, f.size, f.mtime, "imported", rows=rows, bytes=read)
     except _Unchanged:
         run.sightings.append((f, run.digests[f.path]))
@@ -310,8 +311,8 @@ def _change(f: SourceFile, read: int, now: tuple[int, datetime]) -> str:
     )
 
 
-def _refuse(run: _Run, f: SourceFile, staged: Staged, reader: Digesting) -> None:
-    """``DataError`` or ``_Refused`` when the loaded file must not land."""
+def _refuse_empty(run: _Run, staged: Staged) -> None:
+    """``DataError`` or ``_Refused`` when an empty file must not land."""
     dialect = run.target.dialect
     empty = empty_refusal(
         rows=staged.rows,
@@ -324,6 +325,10 @@ def _refuse(run: _Run, f: SourceFile, staged: Staged, reader: Digesting) -> None
         if not staged.header_seen and dialect is not None and dialect.header:
             raise DataError(empty, line=1)
         raise _Refused(empty)
+
+
+def _refuse_growth(run: _Run, f: SourceFile, reader: Digesting) -> None:
+    """``_Refused`` when an append would load a file that merely grew from loaded bytes."""
     if run.target.mode == "append":
         grown = growth_refusal(f.size, run.known.versions_of(f), reader.prefixes)
         if grown is not None:
