@@ -1,12 +1,20 @@
 """Loading one run's files: each file in its own transaction, several files over parallel sessions.
 
-``imports.runs.running`` calls ``import_files`` with an open source and the checked target. Append
-and upsert files load over up to ``workers`` connections at once (a thread each; the threads mostly
-wait on the network while PostgreSQL parses). Replace loads sequentially in one transaction: it
-deletes the old rows and copies the new files, so readers see the old content until the commit and
-the new content after it, never an empty table. TRUNCATE would be faster but takes an ACCESS
-EXCLUSIVE lock for the whole load and is not MVCC-safe (a reader's earlier snapshot would see the
-table empty); DELETE's dead rows are autovacuum's job. A replace with any failed file rolls back.
+``imports.runs.transferring`` calls ``import_files`` with an open source, the checked target and
+what the ledger knows. Each file streams into COPY through ``Digesting``; after the last read the
+open handle must still match the listing (else the file changed while it was read), an empty
+delivery must not empty a replaced table, the ledger must take the digest as new (else the file is
+``unchanged``), and an append must not be a file that merely grew. Any of these rolls the file's
+transaction back.
+
+Append and upsert files stage over up to ``workers`` connections at once (a thread each; the
+threads mostly wait on the network while PostgreSQL parses), and land in the order given
+(``_Turns``): an upsert merges its stage in its turn, so the newest file's values win. Replace loads
+sequentially in one transaction: it deletes the old rows and copies the new files, so readers see
+the old content until the commit and the new content after it, never an empty table. TRUNCATE
+would be faster but takes an ACCESS EXCLUSIVE lock for the whole load and is not MVCC-safe (a
+reader's earlier snapshot would see the table empty); DELETE's dead rows are autovacuum's job. A
+replace with any failed file, or with no new file, rolls back.
 """
 
 from __future__ import annotations
@@ -213,10 +221,18 @@ class _Turns:
                     raise _Yield()
 
     def _blocks(self, conn: psycopg.Connection[Any]) -> bool:
+        """Whether this session holds a lock the file in turn waits for (the lock on the turns
+        is released while PostgreSQL is asked)."""
         pid = self._pids.get(self._next)
         if pid is None:
             return False
-        row = conn.execute("SELECT pg_backend_pid() = ANY(pg_blocking_pids(%s))", (pid,)).fetchone()
+        self._cond.release()
+        try:
+            row = conn.execute(
+                "SELECT pg_backend_pid() = ANY(pg_blocking_pids(%s))", (pid,)
+            ).fetchone()
+        finally:
+            self._cond.acquire()
         return bool(row and row[0])
 
     def done(self, index: int) -> None:
