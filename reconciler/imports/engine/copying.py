@@ -310,19 +310,26 @@ def stage(
     names = framed.header() if target.dialect.header else None
     if names is not None:
         columns = match_header(names, target)
-    if target.mode != "upsert":
-        rows, nbytes = _stream(
-            conn,
-            target.identifier,
-            columns=columns,
-            dialect=target.dialect,
-            framed=framed,
-            on_block=on_block,
-        )
+    upsert = target.mode == "upsert"
+    into = _create_stage(conn, target, columns) if upsert else target.identifier
+    rows, nbytes = _stream(
+        conn, into, columns=columns, dialect=target.dialect, framed=framed, on_block=on_block
+    )
+    if not upsert:
         return Staged(rows, nbytes, names is not None)
-    # COPY lands in a session-private stage; the merge is one INSERT ... ON CONFLICT. The stage
-    # is built from the loaded columns only (not LIKE the table) so NOT NULL columns that the
-    # file does not carry cannot reject rows that the target would have filled with defaults.
+    if target.key_not_null:
+        _refuse_null_keys(conn, target, into)
+    return Staged(rows, nbytes, names is not None, _merge(target, into, columns))
+
+
+def _create_stage(
+    conn: psycopg.Connection[Any], target: TargetTable, columns: tuple[str, ...]
+) -> sql.Identifier:
+    """The session-private stage an upsert copies into; the merge is one INSERT ... ON CONFLICT.
+
+    Built from the loaded columns only (not LIKE the table) so NOT NULL columns that the file
+    does not carry cannot reject rows that the target would have filled with defaults.
+    """
     stage_table = sql.Identifier(_STAGE)
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
     conn.execute(
@@ -335,17 +342,7 @@ def stage(
             stage_table, sql.Identifier(_STAGE_ORDER)
         )
     )
-    rows, nbytes = _stream(
-        conn,
-        stage_table,
-        columns=columns,
-        dialect=target.dialect,
-        framed=framed,
-        on_block=on_block,
-    )
-    if target.key_not_null:
-        _refuse_null_keys(conn, target, stage_table)
-    return Staged(rows, nbytes, names is not None, _merge(target, stage_table, columns))
+    return stage_table
 
 
 def load(
@@ -366,7 +363,7 @@ def _any_null_key(target: TargetTable) -> sql.Composable:
 
 
 def _refuse_null_keys(
-    conn: psycopg.Connection[Any], target: TargetTable, stage: sql.Identifier
+    conn: psycopg.Connection[Any], target: TargetTable, stage: sql.Composable
 ) -> None:
     """``DataError`` naming the first record whose key is empty, when the key cannot be NULL."""
     row = conn.execute(
@@ -382,7 +379,7 @@ def _refuse_null_keys(
         )
 
 
-def _merge(target: TargetTable, stage: sql.Identifier, columns: tuple[str, ...]) -> sql.Composed:
+def _merge(target: TargetTable, stage: sql.Composable, columns: tuple[str, ...]) -> sql.Composed:
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
     key = sql.SQL(", ").join(sql.Identifier(k) for k in target.key)
     others = [c for c in columns if c not in target.key]
