@@ -4,14 +4,25 @@
 before anything else so that probes answer while the daemon waits for its database. The socket
 is bound here first: a port in use is a ``UsageError`` naming the address, not a traceback in a
 thread. With an API key, ``daemon.api`` adds the REST API's routes to the same app.
+
+No client can exhaust the server (``daemon.connections``): connections are capped below the open
+files limit, idle and slow ones are closed, and the event loop's errors are logged once per kind
+with a count, not once each.
 """
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 from typing import TYPE_CHECKING
 
+from reconciler.daemon.connections import (
+    HEADER_LIMIT,
+    KEEP_ALIVE_SECONDS,
+    Throttle,
+    protocol_class,
+)
 from reconciler.errors import UsageError
 from reconciler.logs import get_logger
 
@@ -51,6 +62,9 @@ def build_app(metrics: Metrics, *, api_key: str | None = None) -> FastAPI:
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    # Probes that send HEAD get the same answer without a body (out of the documented API).
+    app.add_api_route("/healthz", healthz, methods=["HEAD"], include_in_schema=False)
+
     # response_model=None: the return annotations name classes imported here, not at the top.
     @app.get(
         "/readyz",
@@ -86,9 +100,10 @@ def _split(address: str) -> tuple[str, int]:
 
 
 class HttpServer:
-    """uvicorn serving ``app`` on ``address`` from a daemon thread until ``stop``."""
+    """uvicorn serving ``app`` on ``address`` from a daemon thread until ``stop``, with at most
+    ``connections`` connections open (``connections.connection_cap``)."""
 
-    def __init__(self, app: FastAPI, address: str) -> None:
+    def __init__(self, app: FastAPI, address: str, *, connections: int = 256) -> None:
         import uvicorn
 
         host, port = _split(address)
@@ -108,9 +123,14 @@ class HttpServer:
             ) from None
         self._socket.listen(128)
         self._socket.set_inheritable(True)
+        self._throttle = Throttle()
         config = uvicorn.Config(
-            app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=2
-        )
+            app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=2,
+            http=protocol_class(connections, self._throttle),
+            timeout_keep_alive=KEEP_ALIVE_SECONDS, h11_max_incomplete_event_size=HEADER_LIMIT,
+            # Requests in flight: connections are capped and idle ones evicted before this.
+            limit_concurrency=connections + 1,
+        )  # fmt: skip
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._serve, name="http", daemon=True)
 
@@ -126,9 +146,13 @@ class HttpServer:
 
     def _serve(self) -> None:
         try:
-            self._server.run(sockets=[self._socket])
+            asyncio.run(self._main())
         except BaseException as exc:  # the daemon goes on without HTTP; say why
             _log.error("the HTTP server stopped", error=str(exc))
+
+    async def _main(self) -> None:
+        asyncio.get_running_loop().set_exception_handler(self._throttle.loop_errors)
+        await self._server.serve(sockets=[self._socket])
 
     def stop(self) -> None:
         self._server.should_exit = True

@@ -42,13 +42,16 @@ _log = get_logger("reconciler.daemon")
 
 def serve(args: argparse.Namespace, settings: Settings) -> int:
     """Run the daemon in this process until it is stopped; 0 after a clean shutdown."""
+    from reconciler.daemon.connections import connection_cap, raise_descriptor_limit
     from reconciler.daemon.http import HttpServer, build_app
 
     stop, rescan = threading.Event(), threading.Event()
     _signals(stop, rescan)  # first: a signal during the start-up below is handled, not fatal
+    raise_descriptor_limit()
     metrics = Metrics()
     app = build_app(metrics, api_key=settings.api_key)
-    http = HttpServer(app, settings.http_address)
+    cap = connection_cap(settings.concurrent_runs)
+    http = HttpServer(app, settings.http_address, connections=cap)
     http.start()
     try:
         url = _wait_for_database(settings, stop, metrics)
