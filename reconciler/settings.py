@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Literal, NamedTuple
 
 from reconciler.errors import UsageError
+from reconciler.model.destinations import Destinations, parse_destinations
 
 __all__ = ["DEFAULT_OWNER", "MAX_IMPORT_WORKERS", "Settings", "load_settings"]
 
@@ -55,6 +56,7 @@ class Settings:
     http_address: str = "127.0.0.1:8080"
     api_key: str | None = field(default=None, repr=False)
     webhook_secret: str | None = field(default=None, repr=False)
+    callback_allow: Destinations = field(default_factory=Destinations)
     output: OutputFormat = "text"
     color: bool = False
     debug: bool = False
@@ -185,6 +187,15 @@ def _webhook_secret(given: _Given | None) -> str | None:
     return secret
 
 
+def _callback_allow(given: _Given | None) -> Destinations:
+    if given is None:
+        return Destinations()
+    try:
+        return parse_destinations(given.text)
+    except ValueError as exc:
+        raise UsageError(f"{given.shown()}: {exc}") from None
+
+
 def _default_state_dir(env: Mapping[str, str]) -> Path:
     base = env.get("XDG_STATE_HOME")
     if not base:
@@ -275,6 +286,7 @@ def load_settings(
         ),
         api_key=_key(_given(None, "", env, "RECONCILER_API_KEY")),
         webhook_secret=_webhook_secret(_given(None, "", env, "RECONCILER_WEBHOOK_SECRET")),
+        callback_allow=_callback_allow(_given(None, "", env, "RECONCILER_CALLBACK_ALLOW")),
         output=out,  # type: ignore[arg-type]  # one of _OUTPUTS, checked by _choice
         color=use_color,
         debug=debug,

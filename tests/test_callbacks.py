@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 
 from reconciler.imports.runs.callbacks import deliver, sign
+from reconciler.model.destinations import Destinations
 
+LOOPBACK = Destinations(reach="loopback")  # the receivers here listen on loopback
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 
 
@@ -86,7 +88,7 @@ def test_retries_until_delivered_and_signs_every_attempt(receiver: Receiver) -> 
     waits: list[float] = []
     outcome = deliver(
         receiver.url, {"status": "succeeded"}, message_id="job-1", secret=SECRET,
-        backoff=0.5, sleep=waits.append,
+        destinations=LOOPBACK, backoff=0.5, sleep=waits.append,
     )  # fmt: skip
     assert outcome == {"delivered": True, "attempts": 3, "status_code": 200, "error": None}
     assert waits == [0.5, 1.0]
@@ -105,7 +107,9 @@ def test_retries_until_delivered_and_signs_every_attempt(receiver: Receiver) -> 
 )
 def test_only_transient_answers_are_retried(receiver: Receiver, attempts: int, status: int) -> None:
     """4xx and redirects are final; 429 and 5xx are retried, up to the attempt limit."""
-    outcome = deliver(receiver.url, {}, message_id="job-2", sleep=lambda _: None)
+    outcome = deliver(
+        receiver.url, {}, message_id="job-2", destinations=LOOPBACK, sleep=lambda _: None
+    )
     assert outcome == {
         "delivered": False, "attempts": attempts, "status_code": status, "error": f"HTTP {status}"
     }  # fmt: skip
@@ -116,7 +120,10 @@ def test_a_receiver_that_never_answers_times_out() -> None:
     """Each attempt gives up after the timeout; the outcome says so."""
     with socket.create_server(("127.0.0.1", 0)) as silent:
         url = f"http://127.0.0.1:{silent.getsockname()[1]}/"
-        outcome = deliver(url, {}, message_id="job-3", timeout=0.3, attempts=2, backoff=0.0)
+        outcome = deliver(
+            url, {}, message_id="job-3", destinations=LOOPBACK, timeout=0.3, attempts=2,
+            backoff=0.0,
+        )  # fmt: skip
     assert outcome == {"delivered": False, "attempts": 2, "status_code": None, "error": "timed out"}
 
 
@@ -124,7 +131,9 @@ def test_an_unreachable_receiver_is_reported() -> None:
     """A refused connection is retried and reported, never raised."""
     with socket.create_server(("127.0.0.1", 0)) as closed:
         port = closed.getsockname()[1]
-    outcome = deliver(f"http://127.0.0.1:{port}/", {}, message_id="job-4", backoff=0.0)
+    outcome = deliver(
+        f"http://127.0.0.1:{port}/", {}, message_id="job-4", destinations=LOOPBACK, backoff=0.0
+    )
     assert outcome["attempts"] == 3
     assert not outcome["delivered"]
     assert "refused" in outcome["error"].lower()

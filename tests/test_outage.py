@@ -132,8 +132,10 @@ class _Hook(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def hook() -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    """A real HTTP receiver on loopback: its URL and the JSON bodies it was sent."""
+def hook(cli_env: dict[str, str]) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A real HTTP receiver on loopback (allowed as a callback's destination): its URL and the
+    JSON bodies it was sent."""
+    cli_env["RECONCILER_CALLBACK_ALLOW"] = "loopback"
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
     bodies: list[dict[str, Any]] = []
     server.bodies = bodies  # type: ignore[attr-defined]
@@ -248,6 +250,7 @@ class Scene:
                 "RECONCILER_LOG_FORMAT": "json",
                 "RECONCILER_SETTLE_SECONDS": "0",
                 "SALES_DATABASE_URL": self.url,
+                "RECONCILER_CALLBACK_ALLOW": "loopback",  # the hook listens there
             },
         )
 

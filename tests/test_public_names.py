@@ -110,7 +110,17 @@ PINNED: dict[str, list[str]] = {
         "UsageError",
     ],
     "reconciler.imports": [],
-    "reconciler.imports.runs.callbacks": ["ATTEMPTS", "TIMEOUT", "deliver", "sign"],
+    "reconciler.imports.runs.callbacks": [
+        "ATTEMPTS",
+        "QUEUE",
+        "RUN_BUDGET",
+        "TIMEOUT",
+        "Callback",
+        "Courier",
+        "deliver",
+        "sign",
+    ],
+    "reconciler.imports.runs.posting": ["MAX_REPLY", "Refused", "post"],
     "reconciler.imports.engine.copying": [
         "BLOCK_SIZE",
         "CopyFailure",
@@ -140,6 +150,12 @@ PINNED: dict[str, list[str]] = {
         "import_files",
     ],
     "reconciler.imports.engine.quoting": ["Quotes", "Records"],
+    "reconciler.model.destinations": [
+        "METADATA_HOSTS",
+        "Destinations",
+        "literal_refusal",
+        "parse_destinations",
+    ],
     "reconciler.model.delivery": [
         "empty_refusal",
         "growth_refusal",

@@ -199,7 +199,8 @@ def test_the_callback_is_recorded_and_never_fails_the_run(
         url = f"http://127.0.0.1:{server.server_address[1]}/notify"
         add_schedule(database_url, local_files=["../data/sales_*.csv"], callback_url=url)
         write_sales(folder / "data/sales_1.csv", range(3))
-        result = run_schedule(NAME, settings=_settings(folder, database_url))
+        settings = _settings(folder, database_url, RECONCILER_CALLBACK_ALLOW="loopback")
+        result = run_schedule(NAME, settings=settings)
     finally:
         server.shutdown()
         server.server_close()

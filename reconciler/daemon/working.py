@@ -15,6 +15,10 @@ On shutdown ``refuse`` takes no new claims and drops what is queued (a queued oc
 due in the database, so another replica or the next start handles it; a queued manual run, whose
 job is recorded already, is recorded failed); ``stop`` then waits for running imports up to the
 grace period, and ``end_unfinished`` records how the ones still running ended.
+
+A run's callback is sent by the pool's ``Courier`` (one thread, a small bounded queue), never in
+the run's worker: a receiver that answers slowly, or never, holds no run slot. ``stop`` gives it
+what is left of the grace period and records the callbacks still waiting as not sent.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -35,6 +40,7 @@ if TYPE_CHECKING:
     import psycopg
 
     from reconciler.daemon.metrics import Metrics
+    from reconciler.imports.runs.callbacks import Courier
     from reconciler.imports.runs.running import Claim
     from reconciler.model.results import JobResult
     from reconciler.settings import Settings
@@ -67,9 +73,12 @@ class Runner:
     """A pool of ``workers`` threads running occurrences in this process."""
 
     def __init__(self, settings: Settings, metrics: Metrics, *, url: str, workers: int) -> None:
+        from reconciler.imports.runs.callbacks import Courier
+
         self._settings, self._metrics, self._url = settings, metrics, url
         self._workers = workers
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="run")
+        self._courier: Courier = Courier(settings, url=url)
         self._stopping = threading.Event()
         self._local = threading.local()
         self._futures: set[Future[None]] = set()
@@ -113,7 +122,7 @@ class Runner:
     def _continue(self, claim: Claim) -> None:
         name = claim.job.schedule
         try:
-            self._count(claim.run())
+            self._count(claim.run(courier=self._courier))
         except ReconcileError as exc:
             _log.error("cannot finish the run", schedule=name, error=exc.message)
         except Exception as exc:  # a bug must not take the worker (or the daemon) down
@@ -184,7 +193,7 @@ class Runner:
             self._bookkeeping(occurrence)
         except ReconcileError as exc:  # the claim stands; a resync moves the next run along
             _log.warning("cannot store the next run", schedule=name, error=exc.message)
-        self._count(claim.run())
+        self._count(claim.run(courier=self._courier))
 
     def _claimed_elsewhere(self, occurrence: Occurrence) -> bool:
         """Whether another replica has claimed ``occurrence`` already (its timer fired first)."""
@@ -273,14 +282,16 @@ class Runner:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def stop(self, grace: float) -> bool:
-        """``refuse``, then wait up to ``grace`` s for running work; true if all finished.
-        The workers' bookkeeping sessions are closed."""
+        """``refuse``, then wait up to ``grace`` s for running work, then for the callback
+        being sent; true if all runs finished. The workers' bookkeeping sessions are closed."""
+        began = time.monotonic()
         self.refuse()
         with self._lock:
             running = set(self._futures)
         if running:
             _log.info("waiting for running imports", count=len(running), grace_seconds=grace)
         _, not_done = wait(running, timeout=max(grace, 0.0))
+        self._courier.stop(grace - (time.monotonic() - began))
         with self._lock:
             sessions, self._sessions = self._sessions, []
         for conn in sessions:

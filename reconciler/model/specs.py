@@ -30,7 +30,7 @@ from pydantic import (
     model_validator,
 )
 
-from reconciler.model import timing
+from reconciler.model import destinations, timing
 from reconciler.model.scalars import excerpt
 
 __all__ = [
@@ -206,6 +206,9 @@ def _callback_url(value: str) -> str:
         raise ValueError("must be an absolute http:// or https:// URL with a host")
     if port == 0:
         raise ValueError("port 0 cannot be sent to: give the receiver's port, or none")
+    refused = destinations.literal_refusal(parts.hostname)
+    if refused:  # a host name is checked after resolving, when the callback is sent
+        raise ValueError(f"{refused}; callbacks are never sent there")
     return value
 
 

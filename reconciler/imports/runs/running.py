@@ -5,7 +5,8 @@
 apart, ``claim_run`` (answering with the job id) and then ``Claim.run`` in a worker. The steps:
 read the schedule and project rows, record the job (or a skip), open the source and the target,
 load the files not yet imported, run each file's after-import action once its data is committed,
-store the final status with the schedule's statistics, then send the callback. Everything that can
+store the final status with the schedule's statistics, then send the callback (``reconcile serve``
+hands it to its ``callbacks.Courier``, so the run ends at once). Everything that can
 go wrong after the job row exists becomes a one-line ``error`` on the job and in the log, never a
 traceback.
 
@@ -138,16 +139,22 @@ class Claim:
         """The job as recorded so far: its id, ``running`` or ``skipped``, and the reason."""
         return self._base if self._started.claimed else replace(self._base, claimed=False)
 
-    def run(self, progress: Callable[[Progress], None] | None = None) -> JobResult:
-        """Run the import (or, for a skip, send its callback), record the end, close the session."""
+    def run(
+        self,
+        progress: Callable[[Progress], None] | None = None,
+        *,
+        courier: callbacks.Courier | None = None,
+    ) -> JobResult:
+        """Run the import (or, for a skip, send its callback), record the end, close the session.
+
+        The callback goes to ``courier`` when given (the run then never waits for it)."""
         with self._session:
             conn, spec, started, base = self._conn, self._spec, self._started, self._base
             if not started.claimed:  # another replica owns this occurrence and its callback
                 return replace(base, claimed=False)
             if started.status == "skipped":
-                return _call_back(
-                    conn, spec, replace(base, finished_at=started.started_at), self._settings
-                )
+                skipped = replace(base, finished_at=started.started_at)
+                return _call_back(conn, spec, skipped, self._settings, courier)
             if not spec.enabled:
                 _log.info(
                     "running a disabled schedule", schedule=base.schedule, trigger=base.trigger
@@ -155,6 +162,7 @@ class Claim:
             return _run(
                 conn, spec, started, base, settings=self._settings,
                 management_url=self._url, progress=progress, outage=self._outage,
+                courier=courier,
             )  # fmt: skip
 
     def cancel(self, reason: str) -> None:
@@ -168,15 +176,28 @@ class Claim:
 
 
 def _call_back(
-    conn: psycopg.Connection[Any], spec: ImportSpec, result: JobResult, settings: Settings
+    conn: psycopg.Connection[Any],
+    spec: ImportSpec,
+    result: JobResult,
+    settings: Settings,
+    courier: callbacks.Courier | None,
 ) -> JobResult:
-    """Send the schedule's callback, if any, and store its outcome on the job."""
+    """Hand the schedule's callback, if any, to ``courier`` (``reconcile serve``: sent in its
+    own thread, the outcome stored there), or send it now within ``callbacks.RUN_BUDGET`` s;
+    an outcome known here (sent, dropped) is stored on the job."""
     if not spec.callback_url or result.job_id is None:
         return result
-    outcome = callbacks.deliver(
-        spec.callback_url, result.payload(), message_id=result.job_id,
-        secret=settings.webhook_secret,
-    )  # fmt: skip
+    callback = callbacks.Callback(spec.callback_url, result.payload(), result.job_id)
+    if courier is not None:
+        outcome = courier.send(callback)
+        if outcome is None:  # queued: the courier stores its outcome
+            return result
+    else:
+        outcome = callbacks.deliver(
+            callback.url, callback.payload, message_id=callback.job_id,
+            secret=settings.webhook_secret, destinations=settings.callback_allow,
+            budget=callbacks.RUN_BUDGET,
+        )  # fmt: skip
     record_callback(conn, result.job_id, outcome)
     return replace(result, callback=outcome)
 
@@ -191,6 +212,7 @@ def _run(
     management_url: str,
     progress: Callable[[Progress], None] | None,
     outage: Outage,
+    courier: callbacks.Courier | None,
 ) -> JobResult:
     meter = Meter(progress)
     files: list[FileResult] = []
@@ -239,11 +261,11 @@ def _run(
             raise
         return _finish_lost(
             exc, spec, started, result,
-            settings=settings, url=management_url, outage=outage, began=began,
+            settings=settings, url=management_url, outage=outage, began=began, courier=courier,
         )  # fmt: skip
     result = replace(result, finished_at=finished_at)
     _log_end(result, began)
-    return _call_back(conn, spec, result, settings)
+    return _call_back(conn, spec, result, settings, courier)
 
 
 def _log_end(result: JobResult, began: float) -> None:
@@ -265,6 +287,7 @@ def _finish_lost(
     url: str,
     outage: Outage,
     began: float,
+    courier: callbacks.Courier | None,
 ) -> JobResult:
     """The management session died mid-run, and the run's lock with it: end the job anew.
 
@@ -290,4 +313,4 @@ def _finish_lost(
         _log_end(result, began)
         if result.status == "abandoned":  # as for every abandoned job, no callback
             return result
-        return _call_back(conn, spec, result, settings)
+        return _call_back(conn, spec, result, settings, courier)
