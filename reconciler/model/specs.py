@@ -338,6 +338,11 @@ class Sftp(_Frozen):
     pattern: NonEmpty = "*.csv"
     after_import: Literal["keep", "delete", "move"] = "keep"
     archive_dir: NonEmpty | None = None
+    follow_links_outside: StrictBool = Field(
+        default=False,
+        description="Import files through symbolic links that lead outside remote_dir; "
+        "by default such links are skipped with a warning.",
+    )
 
     @model_validator(mode="after")
     def _archive_with_move(self) -> Sftp:

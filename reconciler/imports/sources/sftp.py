@@ -11,8 +11,10 @@ commits): an operation that finds its connection lost reconnects once, with the 
 is retried; every request, and the start of every session, is bounded by ``read_timeout``.
 
 Nothing is read that is not a regular file when opened (a FIFO put in place of a listed file
-would block the server's reader), and an archive move never overwrites: the plain SFTP RENAME,
-which refuses an existing target, under a unique name when the plain one is taken.
+would block the server's reader); a symbolic link whose target (the server's REALPATH) is outside
+``remote_dir`` is skipped with a warning, and refused if it appears after the listing, unless the
+project sets ``sftp.follow_links_outside``; and an archive move never overwrites: the plain SFTP
+RENAME, which refuses an existing target, under a unique name when the plain one is taken.
 
 Speed with flat memory: paramiko's plain ``read`` waits for each 32 KiB reply (about 5 MB/s), and
 its ``prefetch`` queues a READ for every 32 KiB of the file up front from a helper thread. So the
@@ -439,11 +441,31 @@ class SftpSource:
             attrs = entry
             if stat.S_ISLNK(entry.st_mode or 0):  # a link to a file is imported as the file
                 with self._translating("file", path, link):
+                    outside = self._outside(link.listing, path)
+                    if outside is not None:
+                        _log.warning(
+                            "file skipped: a symbolic link to outside remote_dir (set "
+                            "sftp.follow_links_outside: true to import it)",
+                            source=self.key, path=path, target=outside,
+                        )  # fmt: skip
+                        continue
                     attrs = link.listing.stat(path)
             if not stat.S_ISREG(attrs.st_mode or 0):
                 continue
             files.append(SourceFile(path, name, attrs.st_size or 0, _mtime(attrs)))
         return sorted(files, key=lambda f: f.name)
+
+    def _outside(self, sftp: paramiko.SFTPClient, path: str) -> str | None:
+        """Where the link at ``path`` leads when that is outside ``remote_dir`` and the project
+        does not follow such links, else ``None``. The server's REALPATH resolves the whole
+        chain; one that leaves a link as it is gets its READLINK target read instead."""
+        if self.config.follow_links_outside:
+            return None
+        target = sftp.normalize(path)
+        if target == path:
+            target = posixpath.normpath(posixpath.join(self._folder, sftp.readlink(path) or ""))
+        inside = target == self._folder or target.startswith(self._folder.rstrip("/") + "/")
+        return None if inside else target
 
     def _refuse_unless_regular(self, attrs: paramiko.SFTPAttributes, path: str) -> None:
         mode = attrs.st_mode or 0
@@ -451,6 +473,18 @@ class SftpSource:
             raise SourceError(
                 f"{self.key}: {path} is no longer a regular file ({_kind(mode)} was put there "
                 "after it was listed); it is not read"
+            )
+
+    def _refuse_link_outside(self, sftp: paramiko.SFTPClient, path: str) -> None:
+        """A link put in place of a listed file after the listing is checked again."""
+        if self.config.follow_links_outside or not stat.S_ISLNK(sftp.lstat(path).st_mode or 0):
+            return
+        target = self._outside(sftp, path)
+        if target is not None:
+            raise SourceError(
+                f"{self.key}: {path} became a symbolic link to {target}, outside remote_dir, "
+                "after it was listed; it is not read (set sftp.follow_links_outside: true to "
+                "follow such links)"
             )
 
     def _opened(
@@ -462,6 +496,7 @@ class SftpSource:
         try:
             with self._translating("file", f.path, link):
                 self._refuse_unless_regular(sftp.stat(f.path), f.path)
+                self._refuse_link_outside(sftp, f.path)
                 handle = sftp.open(f.path, "rb")
             try:
                 with self._translating("file", f.path, link):
