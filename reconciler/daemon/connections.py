@@ -9,9 +9,9 @@
 - a deadline to send a whole request (``REQUEST_SECONDS``) from the first byte, or from the
   connection's start: a client that never sends, or sends its headers a byte at a time, is
   closed;
-- errors of the event loop (``socket.accept() out of system resource``) logged once per kind,
-  then once per ``Throttle.every`` seconds with how many occurred (``Throttle``), never one
-  traceback each.
+- errors of the event loop (``socket.accept() out of system resource``) and uvicorn's warnings
+  (``Invalid HTTP request received.``) logged once per kind, then once per ``Throttle.every``
+  seconds with how many occurred (``Throttle``), never one line or traceback each.
 
 ``raise_descriptor_limit`` lifts the soft ``RLIMIT_NOFILE`` to the hard limit at start.
 """
@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import resource
 import threading
 import time
@@ -93,10 +94,30 @@ class Throttle:
             self._kinds[kind] = (now, 0)
         _log.warning(kind, occurrences=count, per_seconds=self.every, **fields)
 
+    def install(self) -> None:
+        """Take over uvicorn's own warnings (one per bad request otherwise)."""
+        logger = logging.getLogger("uvicorn.error")
+        for old in [f for f in logger.filters if isinstance(f, _Throttled)]:
+            logger.removeFilter(old)
+        logger.addFilter(_Throttled(self))
+
     def loop_errors(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         """An event loop exception handler: one line per kind, no traceback."""
         exc = context.get("exception")
         self(str(context.get("message") or "event loop error"), error=str(exc) if exc else None)
+
+
+class _Throttled(logging.Filter):
+    def __init__(self, throttle: Throttle) -> None:
+        super().__init__()
+        self._throttle = throttle
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        error = record.exc_info[1] if record.exc_info else None
+        self._throttle(record.getMessage(), error=str(error) if error else None)
+        return False
 
 
 class _Bounded(H11Protocol):

@@ -124,6 +124,7 @@ class HttpServer:
         self._socket.listen(128)
         self._socket.set_inheritable(True)
         self._throttle = Throttle()
+        self._throttle.install()
         config = uvicorn.Config(
             app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=2,
             http=protocol_class(connections, self._throttle),
