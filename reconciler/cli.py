@@ -18,7 +18,8 @@ from typing import NoReturn
 
 from reconciler import __version__
 from reconciler.commands import output
-from reconciler.errors import EXIT_ERROR, ReconcileError, UsageError
+from reconciler.errors import EXIT_ERROR, ReconcileError, Terminated, UsageError
+from reconciler.escaping import capped, terminal
 from reconciler.settings import Settings, load_settings
 
 __all__ = ["main"]
@@ -234,7 +235,10 @@ def _tolerate_unencodable() -> None:
 
 
 def _fail(exc: BaseException, message: str, exit_code: int, *, as_json: bool, printed: int) -> int:
-    print(f"error: {message}", file=sys.stderr)
+    """Print the error, capped (an echo of input can be huge) and escaped for a terminal: our
+    messages may span lines, the values in them (a finding's path) are escaped where built."""
+    message = capped(message)
+    print(f"error: {terminal(message, lines=True)}", file=sys.stderr)
     if as_json and output.documents_printed() == printed:  # stdout holds one document
         output.emit_error(exc, message, exit_code)
     return exit_code
@@ -269,6 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(exc, exc.message, exc.exit_code, as_json=as_json, printed=printed)
     except KeyboardInterrupt as exc:
         return _fail(exc, "interrupted", 130, as_json=as_json, printed=printed)
+    except Terminated as exc:
+        return _fail(exc, f"interrupted by {exc}", exc.exit_code, as_json=as_json, printed=printed)
     except BrokenPipeError:  # the reader of stdout went away (`| head`): nothing left to say
         return EXIT_ERROR
     except OSError as exc:

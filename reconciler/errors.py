@@ -19,13 +19,20 @@ exceptions into these at the seam (``raise StoreError(...) from exc``); the CLI 
     └── SourceError                a local or SFTP source failed (retryable)
         └── HostKeyError           an SFTP host key is unknown or changed
 
+    Terminated (a BaseException)   SIGTERM stopped a command: a run records its job failed
+                                   ("interrupted") and rolls back, as for Ctrl-C (exit 143)
+
 Each error builds its own message from its fields and says whether retrying can help.
+A finding's text shows the path and message it holds through ``escaping.terminal``: a file name
+with a newline or an ESC cannot fake a line of output.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from reconciler.escaping import terminal
 
 __all__ = [
     "EXIT_CHANGES",
@@ -46,6 +53,7 @@ __all__ = [
     "SourceError",
     "StoreError",
     "TargetError",
+    "Terminated",
     "UsageError",
 ]
 
@@ -68,9 +76,10 @@ class Finding:
     message: str
 
     def __str__(self) -> str:
+        path, message = terminal(self.path), terminal(self.message)
         if self.line:
-            return f"{self.path}:{self.line}:{self.column}: {self.message}"
-        return f"{self.path}: {self.message}"
+            return f"{path}:{self.line}:{self.column}: {message}"
+        return f"{path}: {message}"
 
 
 class ReconcileError(Exception):
@@ -179,3 +188,18 @@ class HostKeyError(SourceError):
     """The SFTP server's host key is unknown or has changed; the connection was refused."""
 
     retryable = False
+
+
+class Terminated(BaseException):
+    """A signal stopped the command; raised by its handler wherever the main thread is.
+
+    A ``BaseException``, like ``KeyboardInterrupt``: the code that records a run's end records it
+    failed as ``interrupted`` and lets it through, and no ``except Exception`` swallows it.
+    """
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        self.signal = signal.Signals(signum).name
+        self.exit_code = 128 + signum
+        super().__init__(self.signal)

@@ -7,6 +7,12 @@ import engine registers each ``${VAR}`` value it resolves), so no secret reaches
 ``mask_url`` is for a string known to be a connection string: it parses it as libpq does, so
 whatever the quoting, the password is what gets masked; every place that shows a database URL
 (error messages, logs) shows it through ``mask_url``.
+
+Every value is capped (``escaping.capped``); on a terminal (the console format) every value
+is also shown through ``escaping.terminal``: a file name or a server's message cannot recolour
+the terminal or fake a log line. Libraries that log through the ``logging`` module (psycopg's
+"error ignored terminating ...", uvicorn) and ``warnings`` go through structlog too, so a
+JSON log holds nothing but JSON lines.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from typing import Any
 from urllib.parse import unquote
 
 import structlog
+
+from reconciler.escaping import capped, terminal
 
 __all__ = [
     "MASK",
@@ -131,13 +139,60 @@ def _redact_event(
     return event
 
 
+_MULTILINE = frozenset({"exception", "stack"})  # our own tracebacks keep their lines
+
+
+def _cap_event(
+    _logger: Any, _name: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Values echoing input (a huge header in an error) are cut: a line stays kilobytes."""
+    for key, value in event.items():
+        if isinstance(value, str) and key not in _MULTILINE:
+            event[key] = capped(value)
+    return event
+
+
+def _escape_event(
+    _logger: Any, _name: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    for key, value in event.items():
+        if isinstance(value, str):
+            event[key] = terminal(value, lines=key in _MULTILINE)
+    return event
+
+
+class _ToStructlog(logging.Handler):
+    """Hands the records of the ``logging`` module (other libraries') to structlog."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fields: dict[str, Any] = {}
+            if record.exc_info:
+                fields["exc_info"] = record.exc_info
+            structlog.get_logger(logger_name=record.name).log(
+                record.levelno, record.getMessage(), **fields
+            )
+        except Exception:  # a logging failure must not break the caller; logging reports it
+            self.handleError(record)
+
+
+def _route_logging() -> None:
+    root = logging.getLogger()
+    root.handlers = [h for h in root.handlers if not isinstance(h, _ToStructlog)]
+    root.addHandler(_ToStructlog())
+    root.setLevel(logging.WARNING)  # libraries' info and debug lines are theirs, not ours
+    logging.captureWarnings(True)
+
+
 def configure(*, log_format: str = "console", level: str = "info", color: bool = False) -> None:
-    """Route structlog to stderr in the chosen format; idempotent."""
+    """Route structlog, the ``logging`` module and ``warnings`` to stderr in the chosen format;
+    idempotent."""
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if log_format == "json"
         else structlog.dev.ConsoleRenderer(colors=color)
     )
+    escape = [] if log_format == "json" else [_escape_event]  # JSON escapes controls itself
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -145,6 +200,8 @@ def configure(*, log_format: str = "console", level: str = "info", color: bool =
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             _redact_event,
+            _cap_event,
+            *escape,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
@@ -153,6 +210,7 @@ def configure(*, log_format: str = "console", level: str = "info", color: bool =
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+    _route_logging()
 
 
 def get_logger(name: str) -> Any:

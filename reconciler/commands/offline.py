@@ -12,6 +12,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from reconciler.errors import EXIT_ERROR, EXIT_OK
+from reconciler.escaping import capped, workflow_message, workflow_property
 from reconciler.settings import Settings
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ def validate(args: argparse.Namespace, settings: Settings) -> int:
     if settings.output == "github":
         out = [_annotation(finding) for finding in loaded.findings]
     else:
-        out = [f"{finding}\n" for finding in loaded.findings]
+        out = [f"{capped(str(finding))}\n" for finding in loaded.findings]
     if loaded.ok:
         files = _plural(len(loaded.files), "file")
         summary = f"{files}, {_plural(len(loaded.documents), 'document')}: valid"
@@ -68,22 +69,15 @@ def _result(loaded: Loaded, root: str) -> dict[str, Any]:
     }
 
 
-def _escape(text: str, *, property_value: bool = False) -> str:
-    """Workflow-command escaping: ``%``, CR and LF always; ``:`` and ``,`` in properties."""
-    text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-    if property_value:
-        text = text.replace(":", "%3A").replace(",", "%2C")
-    return text
-
-
 def _annotation(finding: Finding) -> str:
     """``::error file=...,line=...,col=...::message``, shown on the pull request's diff."""
-    where = f"file={_escape(finding.path, property_value=True)}"
+    where = f"file={workflow_property(finding.path)}"
     if finding.line:
         where += f",line={finding.line}"
     if finding.column:
         where += f",col={finding.column}"
-    return f"::error {where},title=reconcile validate::{_escape(finding.message)}\n"
+    message = workflow_message(capped(finding.message))
+    return f"::error {where},title=reconcile validate::{message}\n"
 
 
 def _plural(count: int, noun: str) -> str:

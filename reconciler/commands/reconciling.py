@@ -1,23 +1,31 @@
 """The reconcile commands: ``plan`` (``--dry-run``), ``apply``, ``status`` and ``export``.
 
 Each loads the folder (offline), opens the management database and hands the pure plan to the
-store; the text and JSON renderings come from ``model.rendering``.
+store; the text and JSON renderings come from ``model.rendering``. ``status`` shows the stored
+names, paths and errors through ``escaping.terminal`` (rows may hold anything).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from reconciler.commands.output import emit_json
 from reconciler.errors import EXIT_CHANGES, EXIT_OK, GuardRefused, UsageError
+from reconciler.escaping import capped, terminal
 from reconciler.logs import get_logger
 from reconciler.model.plans import Desired, Plan, make_plan
 from reconciler.model.rendering import COMMENT_LIMIT, plan_document, render_markdown, render_plan
 from reconciler.reading import load_desired
 from reconciler.settings import Settings
+
+if TYPE_CHECKING:
+    from reconciler.commands.reporting import StatusEntry
+    from reconciler.store.daemon_state import DaemonState
 
 __all__ = ["apply", "export", "plan", "status"]
 
@@ -117,9 +125,28 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
             {"schedules": [e.document() for e in entries], "daemon": daemon_document(state)},
         )
     else:
-        daemon = render_daemon(state, settings.owner, now)
-        sys.stdout.write(render_status(entries) + "\n\n" + daemon + "\n")
+        daemon = render_daemon(_shown_state(state), terminal(settings.owner), now)
+        sys.stdout.write(render_status([_shown(e) for e in entries]) + "\n\n" + daemon + "\n")
     return EXIT_OK
+
+
+def _shown(entry: StatusEntry) -> StatusEntry:
+    """``entry`` with its stored texts escaped for a terminal."""
+    texts = ("name", "project", "timing", "timezone", "owner", "last_result", "source")
+    escaped: dict[str, Any] = {k: terminal(v) for k in texts if (v := getattr(entry, k))}
+    return replace(entry, **escaped)
+
+
+def _shown_state(state: DaemonState | None) -> DaemonState | None:
+    """The daemon's row with its leader and config error escaped; the error keeps its lines."""
+    if state is None:
+        return None
+    error = state.config_error
+    return replace(
+        state,
+        leader=terminal(state.leader) if state.leader else None,
+        config_error=terminal(capped(error), lines=True) if error else None,
+    )
 
 
 def export(args: argparse.Namespace, settings: Settings) -> int:

@@ -2,13 +2,17 @@
 
 ``run`` runs in the calling process through ``imports.runs.running.run_schedule`` (the same code the
 daemon uses), shows progress on stderr when it is a terminal, prints a summary and exits 0 when
-the job succeeded, 1 when it failed or was skipped.
+the job succeeded, 1 when it failed or was skipped. File names, schedule names and errors (a
+server's or PostgreSQL's words) are printed through ``escaping.terminal``, errors ``capped``.
+SIGTERM during ``run`` raises ``Terminated``: the job is recorded failed and its files roll back,
+as with Ctrl-C and as ``serve`` does at shutdown.
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import sys
 import threading
 from datetime import datetime
@@ -16,7 +20,8 @@ from pathlib import PurePosixPath
 from typing import IO, TYPE_CHECKING, Any
 
 from reconciler.commands.output import emit_json, paint
-from reconciler.errors import EXIT_ERROR, EXIT_OK
+from reconciler.errors import EXIT_ERROR, EXIT_OK, Terminated
+from reconciler.escaping import capped, terminal
 from reconciler.settings import Settings
 
 if TYPE_CHECKING:
@@ -54,7 +59,8 @@ class _Bar:
         rate = p.bytes_read / p.elapsed if p.elapsed > 0 else 0.0
         total = f" / {_size(p.bytes_total)}" if p.bytes_total else ""
         line = (
-            f"file {min(p.files_done + 1, p.files_total)} of {p.files_total} {p.current}  "
+            f"file {min(p.files_done + 1, p.files_total)} of {p.files_total} "
+            f"{terminal(p.current)}  "
             f"{_size(p.bytes_read)}{total}  ~{p.rows:,} rows  {_size(rate)}/s"
         )
         width = shutil.get_terminal_size().columns - 1
@@ -72,14 +78,19 @@ class _Bar:
 
 def _file_line(f: FileResult, color: bool) -> str:
     status = paint(f"{f.status:<11}", _STATUS_COLOR.get(f.status, "bold"), enabled=color)
-    name = PurePosixPath(f.path).name
+    name = terminal(PurePosixPath(f.path).name)
     if f.status == "imported":
-        detail = f"{f.rows:,} rows  {_size(f.bytes)}" + (f"  ({f.note})" if f.note else "")
+        detail = f"{f.rows:,} rows  {_size(f.bytes)}" + (f"  ({_text(f.note)})" if f.note else "")
     elif f.status == "failed":
-        detail = (f"line {f.line}: " if f.line else "") + (f.error or "")
+        detail = (f"line {f.line}: " if f.line else "") + _text(f.error)
     else:
-        detail = f.note or ""
+        detail = _text(f.note)
     return f"  {status} {name}  {detail}".rstrip()
+
+
+def _text(value: object) -> str:
+    """A stored or received text (an error, a note) fit for one line of a terminal."""
+    return terminal(capped(str(value))) if value else ""
 
 
 def _summary(result: JobResult, color: bool) -> str:
@@ -90,13 +101,13 @@ def _summary(result: JobResult, color: bool) -> str:
         else 0.0
     )
     head = (
-        f"{result.schedule}: {status} in {seconds:.1f} s: {len(result.files)} file(s), "
+        f"{terminal(result.schedule)}: {status} in {seconds:.1f} s: {len(result.files)} file(s), "
         f"{result.rows_imported:,} rows, {_size(result.bytes_read)} (job {result.job_id})"
     )
     lines = [head, *(_file_line(f, color) for f in result.files)]
     if result.callback is not None:
         cb = result.callback
-        state = "delivered" if cb.get("delivered") else f"failed ({cb.get('error')})"
+        state = "delivered" if cb.get("delivered") else f"failed ({_text(cb.get('error'))})"
         lines.append(f"  callback {state} after {cb.get('attempts')} attempt(s)")
     return "\n".join(lines)
 
@@ -106,9 +117,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from reconciler.imports.runs.running import run_schedule
 
     bar = _Bar(sys.stderr) if settings.output == "text" and sys.stderr.isatty() else None
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         result = run_schedule(args.name, settings=settings, trigger="manual", progress=bar)
     finally:
+        signal.signal(signal.SIGTERM, previous)
         if bar is not None:
             bar.close()
     if settings.output == "json":
@@ -116,8 +129,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     else:
         sys.stdout.write(_summary(result, settings.color) + "\n")
         if result.error:
-            print(f"error: {result.error}", file=sys.stderr)
+            print(f"error: {_text(result.error)}", file=sys.stderr)
     return EXIT_OK if result.status == "succeeded" else EXIT_ERROR
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise Terminated(signum)
 
 
 def _when(value: datetime | None) -> str:
@@ -141,7 +158,7 @@ def history(args: argparse.Namespace, settings: Settings) -> int:
         emit_json("JobHistory", {"schedule": args.name, "jobs": jobs})
         return EXIT_OK
     if not jobs:
-        sys.stdout.write(f"{args.name}: no runs yet\n")
+        sys.stdout.write(f"{terminal(args.name)}: no runs yet\n")
         return EXIT_OK
     header = (
         f"{'STARTED':<24} {'STATUS':<10} {'TRIGGER':<9} {'DURATION':>9} {'ROWS':>12} FILES ERROR"
@@ -152,8 +169,9 @@ def history(args: argparse.Namespace, settings: Settings) -> int:
             f"{job['status']:<10}", _STATUS_COLOR.get(job["status"], "bold"), enabled=settings.color
         )
         lines.append(
-            f"{_when(job['started_at']):<24} {status} {job['trigger']:<9} {_duration(job):>9} "
-            f"{job['rows_imported']:>12,} {len(job['files']):>5} {job['error'] or ''}".rstrip()
+            f"{_when(job['started_at']):<24} {status} {_text(job['trigger']):<9} "
+            f"{_duration(job):>9} {job['rows_imported']:>12,} {len(job['files']):>5} "
+            f"{_text(job['error'])}".rstrip()
         )
     sys.stdout.write("\n".join(lines) + "\n")
     return EXIT_OK

@@ -4,6 +4,8 @@
 Colour is a parameter: the command decides (terminal, ``--no-color``, ``NO_COLOR``).
 Credentials written into a URL (``https://user:password@host``) are masked in both renderings:
 the loader refuses them in documents, but a row written by the old API may still hold some.
+Names, locations and messages are shown through ``escaping``: ``terminal`` in the text (which the
+comment's diff block holds too), ``markdown_code`` for the comment's own words about a path.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from reconciler.escaping import capped, fence, markdown_code, terminal
 from reconciler.model.plans import Change, Kind, Op, Plan, flatten_fields
 from reconciler.model.timing import next_fire_times
 
@@ -100,7 +103,7 @@ def _timing_line(change: Change, now: datetime | None) -> list[str]:
 
 def _render_change(change: Change, color: bool, now: datetime | None = None) -> list[str]:
     symbol = _paint(_SYMBOL[change.op], _COLOR[change.op], color)
-    where = change.location
+    where = terminal(change.location)
     if change.op is Op.DELETE and where:
         where = f"was {where}"
     notes = []
@@ -109,22 +112,24 @@ def _render_change(change: Change, color: bool, now: datetime | None = None) -> 
     if change.drift:
         notes.append("drift: changed outside reconcile, will be set back")
     if change.renamed_from:
-        notes.append(f"rename of {change.renamed_from}: a delete and a create")
+        notes.append(f"rename of {terminal(change.renamed_from)}: a delete and a create")
     if change.op is Op.DELETE and change.kind == Kind.PROJECT:
         notes.append(
             "its import record stays: declared again, it loads no file twice; "
-            f"`reconcile forget {change.name}` loads them again"
+            f"`reconcile forget {terminal(change.name)}` loads them again"
         )
-    head = f"  {symbol} {change.kind} {change.name}"
+    head = f"  {symbol} {change.kind} {terminal(change.name)}"
     if where:
         head += _paint(f"  ({where})", "2", color)
     if notes:
         head += "  " + _paint("[" + "; ".join(notes) + "]", "1", color)
     lines = [head]
     if change.op is Op.CREATE:
-        lines += [f"      {k}: {_value(v)}" for k, v in _flat_fields(change)]
+        lines += [f"      {terminal(k)}: {_value(v)}" for k, v in _flat_fields(change)]
     elif change.op is Op.UPDATE:
-        lines += [f"      {d.field}: {_value(d.old)} -> {_value(d.new)}" for d in change.diffs]
+        lines += [
+            f"      {terminal(d.field)}: {_value(d.old)} -> {_value(d.new)}" for d in change.diffs
+        ]
         lines += _timing_line(change, now)
     return lines
 
@@ -148,9 +153,11 @@ def render_plan(plan: Plan, *, color: bool = False, now: datetime | None = None)
     for change in plan.changes:
         lines += _render_change(change, color, now)
     for conflict in plan.conflicts:
-        lines.append(f"  ! {conflict}: exists and is not owned by {plan.owner!r} (use --adopt)")
+        lines.append(
+            f"  ! {terminal(conflict)}: exists and is not owned by {plan.owner!r} (use --adopt)"
+        )
     for error in plan.errors:
-        lines.append(f"  ! {error}")
+        lines.append(f"  ! {terminal(capped(error))}")
     if lines:
         lines.append("")
     lines.append(plan_summary(plan))
@@ -193,12 +200,6 @@ def _diff_line(line: str) -> str:
     return "!" + line[1:] if line.startswith("~ ") else line
 
 
-def _fence(text: str) -> str:
-    """A code fence longer than any run of backticks in ``text``."""
-    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
-    return "`" * max(3, longest + 1)
-
-
 def render_markdown(
     plan: Plan, *, now: datetime | None = None, limit: int | None = None, saved_as: str = ""
 ) -> str:
@@ -211,13 +212,13 @@ def render_markdown(
     body = render_plan(plan, now=now)
     # Unindented, so the diff highlighting colours "+" and "-"; "~" becomes "!" (highlighted too).
     lines = [_diff_line(line) for line in body.splitlines()]
-    fence = _fence(body)
-    head = f"{MARKER}\n### reconcile plan\n\n**{plan_summary(plan)}**\n\n{fence}diff\n"
-    tail = f"\n{fence}\n"
+    ticks = fence(body)
+    head = f"{MARKER}\n### reconcile plan\n\n**{plan_summary(plan)}**\n\n{ticks}diff\n"
+    tail = f"\n{ticks}\n"
     text = "\n".join(lines)
     if limit is None or len(head) + len(text) + len(tail) <= limit:
         return head + text + tail
-    where = f" The whole plan is saved as `{saved_as}`." if saved_as else ""
+    where = f" The whole plan is saved as {markdown_code(saved_as)}." if saved_as else ""
 
     def note(shown: int) -> str:
         return f"\n_Plan truncated: {shown} of {len(lines)} lines shown.{where}_\n"
