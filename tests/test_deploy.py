@@ -379,16 +379,18 @@ def test_alerts_and_dashboard_use_metrics_the_daemon_exports(expressions: Any) -
         assert used <= known, f"{name}: {sorted(used - known)} not exported"
 
 
-def test_each_alert_is_tested_both_ways() -> None:
-    """The alerts, each unit-tested in tests.yaml both ways."""
+def test_the_alerts_are_the_documented_ones() -> None:
+    """The alerts the README lists, each unit-tested in tests.yaml both ways."""
     alerts = {n for n in _rule_expressions() if not n.startswith("reconcile:")}
     assert alerts == {
         "ReconcileScheduleNotSucceeding", "ReconcileRunsFailing", "ReconcileConfigLoadFailing",
         "ReconcileNoLeader", "ReconcileAbsent", "ReconcileDatabaseDown",
         "ReconcileStartLatenessHigh",
     }  # fmt: skip
+    readme = (ROOT / "README.md").read_text()
     tests = yaml.safe_load((DEPLOY / "prometheus" / "tests.yaml").read_text())["tests"]
     for alert in alerts:
+        assert f"`{alert}`" in readme
         cases = [
             case["exp_alerts"]
             for test in tests

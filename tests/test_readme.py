@@ -26,6 +26,8 @@ ELSEWHERE: dict[str, str] = {
     r"^\.ci/run$": "the test command itself",
     r"^docker ": "no Docker engine here (tests/test_container.py runs the image's steps)",
     r"^python benchmarks/run_all\.py": "tens of minutes; the benchmarks are not tests",
+    r"^kubectl ": "no Kubernetes cluster here (tests/test_deploy.py renders and validates the kit)",
+    r"^promtool (check|test) rules deploy/prometheus/": ".ci/run runs them before the tests",
 }
 
 
