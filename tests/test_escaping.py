@@ -247,7 +247,7 @@ def test_sigterm_on_run_records_the_job_failed_and_rolls_back(cli: Cli, database
     assert process.returncode == 128 + signal.SIGTERM, stderr
     (job,) = jobs(database_url)
     assert job["status"] == "failed"
-    assert "interrupted" in job["error"]
+    assert job["error"].startswith("interrupted by SIGTERM")
     assert "SIGTERM" in job["error"]
     assert count(database_url) == 0
     assert "error: interrupted by SIGTERM" in stderr

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from reconciler.errors import ReconcileError, StoreError
+from reconciler.errors import ReconcileError, StoreError, Terminated
 from reconciler.imports.engine.importing import Meter, Progress
 from reconciler.imports.runs import callbacks
 from reconciler.imports.runs.resolving import ImportSpec, load_import
@@ -230,8 +230,11 @@ def _run(
     except psycopg.Error as exc:
         error = f"PostgreSQL: {one_line(exc)}"
     except BaseException as exc:  # an interrupt or a bug: the row must not stay 'running'
-        kind = "interrupted" if not isinstance(exc, Exception) else "unexpected error"
-        error = f"{kind}: {type(exc).__name__}: {exc}".rstrip(": ")
+        if isinstance(exc, Terminated):
+            error = f"interrupted by {exc.signal}: the run's transaction was rolled back"
+        else:
+            kind = "interrupted" if not isinstance(exc, Exception) else "unexpected error"
+            error = f"{kind}: {type(exc).__name__}: {exc}".rstrip(": ")
         try:
             finish_job(
                 conn, spec.schedule, started, status="failed", files=tuple(files), error=error
