@@ -1,4 +1,5 @@
-"""What CI installs is pinned: each package of reconcile[dev] has its version in constraints.txt."""
+"""What CI installs is pinned: each package of reconcile-imports[dev] (the distribution; its
+console script is ``reconcile``) has its version in constraints.txt."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 CONSTRAINTS = Path(__file__).resolve().parent.parent / "constraints.txt"
+DISTRIBUTION = "reconcile-imports"
 
 
 def _pins() -> dict[str, str]:
@@ -47,10 +49,10 @@ def _closure(root: str, extras: set[str]) -> dict[str, str]:
 
 
 def test_every_installed_dependency_is_pinned() -> None:
-    """Each package of reconcile[dev] is installed at the version constraints.txt pins."""
+    """Each package of reconcile-imports[dev] is installed at the version constraints.txt pins."""
     pins = _pins()
-    installed = _closure("reconcile", {"dev"})
-    assert installed, "reconcile[dev] is not installed"
+    installed = _closure(DISTRIBUTION, {"dev"})
+    assert installed, f"{DISTRIBUTION}[dev] is not installed"
     unpinned = sorted(set(installed) - set(pins))
     assert not unpinned, f"add to constraints.txt (pip freeze): {unpinned}"
     drifted = {
@@ -64,3 +66,19 @@ def test_ci_and_the_image_install_with_the_constraints() -> None:
     root = CONSTRAINTS.parent
     assert re.search(r"pip install .*-c constraints\.txt", (root / ".ci" / "run").read_text())
     assert re.search(r"pip install .*-c constraints\.txt", (root / "Dockerfile").read_text())
+
+
+def test_the_pins_are_sorted_case_insensitively() -> None:
+    """constraints.txt lists its pins in case-insensitive order, so a new one has one place."""
+    pins = [line for text in CONSTRAINTS.read_text().splitlines() if (line := text.split("#")[0])]
+    assert pins == sorted(pins, key=str.lower)  # whole lines, as pip freeze sorts them
+
+
+def test_the_installed_distribution_is_this_package() -> None:
+    """The distribution's version is the package's, and it provides the ``reconcile`` script."""
+    import reconciler
+
+    distribution = metadata.distribution(DISTRIBUTION)
+    assert distribution.version == reconciler.__version__
+    scripts = {e.name: e.value for e in distribution.entry_points if e.group == "console_scripts"}
+    assert scripts == {"reconcile": "reconciler.cli:main"}

