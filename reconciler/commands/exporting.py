@@ -5,6 +5,8 @@ once with ``--adopt``. Projects are exported as ``external: true`` (they stay wh
 secrets found in the rows are replaced by ``${VAR}`` references and reported, never written out.
 ``local_files`` are stored relative to the schedules folder and written relative to the file
 they are written into, so they read the same files (printed documents belong at the top).
+``--output json`` prints one ``Export`` document: each project's documents, the file they were
+written to (``null`` when printed), and the secrets replaced.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from reconciler.commands.output import emit_json
+from reconciler.escaping import terminal
 from reconciler.logs import get_logger
 from reconciler.model.specs import API_VERSION
 from reconciler.settings import Settings
@@ -123,17 +127,28 @@ def export_rows(conn: psycopg.Connection[Any], *, settings: Settings, out: str |
     warnings: list[str] = []
     folder = settings.schedules_dir if out is None else Path(out)
     grouped = schedule_documents(rows, warnings, _relocator(settings.schedules_dir, folder))
+    as_json = settings.output == "json"
+    exported = []
     for project, docs in grouped.items():
+        target = None if out is None else folder / f"{project}.yaml"
+        exported.append(
+            {"project": project, "file": None if target is None else str(target), "documents": docs}
+        )
         text = yaml.safe_dump_all(docs, sort_keys=False, default_flow_style=False)
-        if out is None:
-            sys.stdout.write(f"# {project}\n---\n{text}")
+        if target is None:
+            if not as_json:
+                sys.stdout.write(f"# {terminal(project)}\n---\n{text}")
             continue
         folder.mkdir(parents=True, exist_ok=True)
-        target = folder / f"{project}.yaml"
         target.write_text(text, encoding="utf-8")
-        print(f"wrote {target} ({len(docs) - 1} schedule(s))", file=sys.stderr)
+        print(f"wrote {terminal(str(target))} ({len(docs) - 1} schedule(s))", file=sys.stderr)
     for warning in warnings:
         _log.warning("secret replaced by a reference", detail=warning)
+    if as_json:
+        emit_json("Export", {"owner": settings.owner, "projects": exported, "warnings": warnings})
     if not grouped:
-        print(f"Nothing to export: every schedule is owned by {settings.owner!r}.", file=sys.stderr)
+        print(
+            f"Nothing to export: every schedule is owned by {terminal(repr(settings.owner))}.",
+            file=sys.stderr,
+        )
     return 0
