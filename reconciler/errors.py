@@ -120,9 +120,17 @@ class NotFound(ReconcileError):
 
 
 class GuardRefused(ReconcileError):
-    """A safety guard refused the whole apply; the message names the override."""
+    """A safety guard refused the whole apply; the message names the override.
+
+    ``daemon_message`` is the same refusal worded for ``reconcile serve``, whose overrides are
+    settings rather than ``reconcile apply``'s flags (the message itself when none differs).
+    """
 
     exit_code = 3
+
+    def __init__(self, message: str, *, daemon_message: str | None = None) -> None:
+        super().__init__(message)
+        self.daemon_message = daemon_message or message
 
 
 class OwnershipConflict(ReconcileError):

@@ -218,7 +218,7 @@ PINNED: dict[str, list[str]] = {
         "SourceFile",
         "merge_sftp",
     ],
-    "reconciler.model.guards": ["check"],
+    "reconciler.model.guards": ["Command", "Guard", "Refusal", "check", "evaluate", "invalid"],
     "reconciler.model.loading": ["MAX_FILE_BYTES", "Loaded", "LoadedDocument", "load_files"],
     "reconciler.model.occurrences": [
         "LOOKBACK",

@@ -6,6 +6,8 @@ Credentials written into a URL (``https://user:password@host``) are masked in bo
 the loader refuses them in documents, but a row written by the old API may still hold some.
 Names, locations and messages are shown through ``escaping``: ``terminal`` in the text (which the
 comment's diff block holds too), ``markdown_code`` for the comment's own words about a path.
+A plan that a safety guard refuses (``guards.evaluate``) is rendered with its ``refusal``: a last
+line in the text, a ``refused`` field in the JSON, a banner at the top of the comment.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from reconciler.escaping import capped, fence, markdown_code, terminal
+from reconciler.escaping import capped, fence, markdown, markdown_code, terminal
+from reconciler.model.guards import Command, Guard, Refusal
 from reconciler.model.plans import Change, Kind, Op, Plan, flatten_fields
 from reconciler.model.timing import next_fire_times
 
@@ -144,11 +147,28 @@ def plan_summary(plan: Plan) -> str:
     )
 
 
-def render_plan(plan: Plan, *, color: bool = False, now: datetime | None = None) -> str:
+def _refused_line(refusal: Refusal) -> str:
+    """One line saying apply would refuse; the error on stderr says how to allow it."""
+    if refusal.guard is Guard.INVALID_FOLDER:
+        return "Refused: the schedules folder does not load, so there is no plan to apply."
+    return f"Refused: apply would refuse this plan: {terminal(refusal.reason)}."
+
+
+def render_plan(
+    plan: Plan,
+    *,
+    color: bool = False,
+    now: datetime | None = None,
+    refusal: Refusal | None = None,
+) -> str:
     """The plan as text: one block per change, sorted, then the summary line.
 
     With ``now``, a change of timing also shows the next two fire times before and after it.
+    With ``refusal``, a last line says that apply would refuse it (a folder that does not load
+    has no plan: that line is all).
     """
+    if refusal is not None and refusal.guard is Guard.INVALID_FOLDER:
+        return _paint(_refused_line(refusal), "31", color)
     lines: list[str] = []
     for change in plan.changes:
         lines += _render_change(change, color, now)
@@ -161,6 +181,8 @@ def render_plan(plan: Plan, *, color: bool = False, now: datetime | None = None)
     if lines:
         lines.append("")
     lines.append(plan_summary(plan))
+    if refusal is not None:
+        lines.append(_paint(_refused_line(refusal), "31", color))
     return "\n".join(lines)
 
 
@@ -180,10 +202,18 @@ def _change_document(change: Change) -> dict[str, Any]:
     }
 
 
-def plan_document(plan: Plan) -> dict[str, Any]:
-    """The body of the versioned ``Plan`` JSON document."""
+def plan_document(plan: Plan, refusal: Refusal | None = None) -> dict[str, Any]:
+    """The body of the versioned ``Plan`` JSON document.
+
+    ``refused`` is ``null``, or the guard that refuses the plan and its message (which names the
+    overrides of ``reconcile apply`` and of the daemon).
+    """
+    refused = None
+    if refusal is not None:
+        refused = {"guard": refusal.guard.value, "message": refusal.message(Command.PLAN)}
     return {
         "owner": plan.owner,
+        "refused": refused,
         "summary": {
             "create": plan.count(Op.CREATE),
             "update": plan.count(Op.UPDATE),
@@ -200,20 +230,44 @@ def _diff_line(line: str) -> str:
     return "!" + line[1:] if line.startswith("~ ") else line
 
 
+def _banner(refusal: Refusal) -> str:
+    """A caution block (GitHub shows it in red) saying apply would refuse, then the message."""
+    if refusal.guard is Guard.INVALID_FOLDER:
+        headline = "the schedules folder does not load, so there is no plan"
+    else:
+        headline = markdown(refusal.reason)
+    message = terminal(capped(refusal.message(Command.PLAN)), lines=True)
+    ticks = fence(message)
+    return (
+        f"> [!CAUTION]\n> **Apply would refuse this** (exit 3): {headline}.\n\n"
+        f"{ticks}text\n{message}\n{ticks}\n\n"
+    )
+
+
 def render_markdown(
-    plan: Plan, *, now: datetime | None = None, limit: int | None = None, saved_as: str = ""
+    plan: Plan,
+    *,
+    now: datetime | None = None,
+    limit: int | None = None,
+    saved_as: str = "",
+    refusal: Refusal | None = None,
 ) -> str:
     """The plan as a pull-request comment: the marker, the summary, the plan in a diff block.
 
-    With ``limit``, the comment is cut at a line boundary so that the whole of it, notes and
-    closing fence included, stays under ``limit`` characters, and it says where the whole plan
-    was saved (``saved_as``).
+    With ``refusal``, a banner under the title says that apply would refuse the plan and why; a
+    folder that does not load has no plan, so the banner is all. With ``limit``, the comment is
+    cut at a line boundary so that the whole of it, notes and closing fence included, stays under
+    ``limit`` characters, and it says where the whole plan was saved (``saved_as``).
     """
+    title = f"{MARKER}\n### reconcile plan\n\n"
+    banner = _banner(refusal) if refusal is not None else ""
+    if refusal is not None and refusal.guard is Guard.INVALID_FOLDER:
+        return title + banner
     body = render_plan(plan, now=now)
     # Unindented, so the diff highlighting colours "+" and "-"; "~" becomes "!" (highlighted too).
     lines = [_diff_line(line) for line in body.splitlines()]
     ticks = fence(body)
-    head = f"{MARKER}\n### reconcile plan\n\n**{plan_summary(plan)}**\n\n{ticks}diff\n"
+    head = f"{title}{banner}**{plan_summary(plan)}**\n\n{ticks}diff\n"
     tail = f"\n{ticks}\n"
     text = "\n".join(lines)
     if limit is None or len(head) + len(text) + len(tail) <= limit:
