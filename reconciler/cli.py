@@ -74,20 +74,27 @@ def _database(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--owner", help="owner id of the rows this reconciler manages")
 
 
+def _guard_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="allow deleting every owned row when the folder declares nothing "
+        "(RECONCILER_ALLOW_EMPTY)",
+    )
+    parser.add_argument(
+        "--max-deletes",
+        type=int,
+        help="refuse plans deleting more rows than this (RECONCILER_MAX_DELETES, default 10)",
+    )
+
+
 def _apply_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--detailed-exitcode",
         action="store_true",
-        help="exit 2 when the plan has changes, 0 when it has none",
+        help="exit 2 when the plan has changes, 0 when it has none; 3 when a guard refuses it",
     )
-    parser.add_argument(
-        "--allow-empty",
-        action="store_true",
-        help="allow deleting every owned row when the folder declares nothing",
-    )
-    parser.add_argument(
-        "--max-deletes", type=int, help="refuse plans deleting more rows than this (default 10)"
-    )
+    _guard_flags(parser)
     parser.add_argument(
         "--adopt", action="store_true", help="take ownership of existing rows whose names clash"
     )
@@ -101,6 +108,20 @@ def _apply_flags(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="with --output markdown: where the whole plan is saved (default reconcile-plan.md)",
     )
+
+
+def _serve_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dir", dest="schedules_dir", help="schedules folder (default schedules.d)"
+    )
+    parser.add_argument("--http-address", help="host:port of /healthz, /readyz and /metrics")
+    parser.add_argument(
+        "--delete-settle-seconds",
+        type=int,
+        help="how long the folder must read the same before a delete is applied (default 10)",
+    )
+    _guard_flags(parser)
+    _database(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,15 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", dest="command_text", metavar="SQL", help="the statements to run")
     p.add_argument("-f", dest="file", metavar="FILE", help="a file of statements to run")
     _database(p)
-    p = command("serve", "run the daemon: apply, watch, schedule and import until stopped")
-    p.add_argument("--dir", dest="schedules_dir", help="schedules folder (default schedules.d)")
-    p.add_argument("--http-address", help="host:port of /healthz, /readyz and /metrics")
-    p.add_argument(
-        "--delete-settle-seconds",
-        type=int,
-        help="how long the folder must read the same before a delete is applied (default 10)",
+    _serve_flags(
+        command("serve", "run the daemon: apply, watch, schedule and import until stopped")
     )
-    _database(p)
     p = command("history", "list a schedule's runs, newest first")
     p.add_argument("name")
     p.add_argument("--limit", type=int, default=20)
@@ -188,6 +203,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         color=False if get("no_color") else None,
         debug=bool(get("debug")),
         max_deletes=get("max_deletes"),
+        allow_empty=bool(get("allow_empty")),
         http_address=get("http_address"),
         delete_settle_seconds=get("delete_settle_seconds"),
     )

@@ -61,6 +61,7 @@ class Settings:
     color: bool = False
     debug: bool = False
     max_deletes: int = 10
+    allow_empty: bool = False
     import_workers: int = 2
     concurrent_runs: int = 8
     resync_seconds: int = 60
@@ -117,6 +118,18 @@ def _whole_number(given: _Given | None, default: int, low: int, high: int) -> in
     if not low <= value <= high:
         raise UsageError(f"{given.shown()} is out of range: give {low} to {high}")
     return value
+
+
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def _yes_no(given: _Given | None, default: bool) -> bool:
+    if given is None:
+        return default
+    value = given.text.strip().lower()
+    if value not in _TRUE + _FALSE:
+        raise UsageError(f"{given.shown()} is not one of: true, false (or 1, 0, yes, no)")
+    return value in _TRUE
 
 
 def _http_address(given: _Given | None) -> str:
@@ -222,6 +235,7 @@ def load_settings(
     color: bool | None = None,
     debug: bool = False,
     max_deletes: int | None = None,
+    allow_empty: bool | None = None,
     import_workers: int | None = None,
     delete_settle_seconds: int | None = None,
     environ: Mapping[str, str] | None = None,
@@ -260,7 +274,14 @@ def load_settings(
         name: _whole_number(_given(None, "", env, variable), default, low, high)
         for name, variable, default, low, high in _DAEMON_NUMBERS
     }
-    deletes = _whole_number(_given(max_deletes, "--max-deletes", {}), 10, 0, 2**31 - 1)
+    # The safety guards' overrides: the daemon's only way to allow a large delete or an empty
+    # folder, and the same for plan and apply (a flag still wins).
+    deletes = _whole_number(
+        _given(max_deletes, "--max-deletes", env, "RECONCILER_MAX_DELETES"), 10, 0, 2**31 - 1
+    )
+    empty = _yes_no(
+        _given(True if allow_empty else None, "--allow-empty", env, "RECONCILER_ALLOW_EMPTY"), False
+    )
     delete_settle = _whole_number(
         _given(
             delete_settle_seconds,
@@ -291,6 +312,7 @@ def load_settings(
         color=use_color,
         debug=debug,
         max_deletes=deletes,
+        allow_empty=empty,
         import_workers=workers,
         **daemon,
         delete_settle_seconds=delete_settle,

@@ -75,12 +75,13 @@ class Daemon:
         *,
         name: str = "serve",
         command: list[str] | None = None,
+        args: tuple[str, ...] = (),
     ) -> None:
         self.port = free_port()
         self.log_path = cwd / f"{name}-{self.port}.log"
         self._log: IO[str] = self.log_path.open("w")
         self.process = subprocess.Popen(
-            [*(command or [sys.executable, "-m", "reconciler"]), "serve"],
+            [*(command or [sys.executable, "-m", "reconciler"]), "serve", *args],
             cwd=cwd,
             env={**env, "RECONCILER_HTTP_ADDRESS": f"127.0.0.1:{self.port}"},
             stdout=subprocess.DEVNULL,

@@ -1,8 +1,11 @@
 """The reconcile commands: ``plan`` (``--dry-run``), ``apply``, ``status`` and ``export``.
 
 Each loads the folder (offline), opens the management database and hands the pure plan to the
-store; the text and JSON renderings come from ``model.rendering``. ``status`` shows the stored
-names, paths and errors through ``escaping.terminal`` (rows may hold anything).
+store; the text and JSON renderings come from ``model.rendering``. ``plan`` judges its plan with
+the guards apply uses (``model.guards``): a plan apply would refuse is rendered with the refusal,
+its pull-request comment written all the same, and exits 3 as apply would. A successful ``apply``
+clears the daemon's shown config error. ``status`` shows the stored names, paths and errors
+through ``escaping.terminal`` (rows may hold anything).
 """
 
 from __future__ import annotations
@@ -18,12 +21,16 @@ from reconciler.commands.output import emit_json
 from reconciler.errors import EXIT_CHANGES, EXIT_OK, GuardRefused, UsageError
 from reconciler.escaping import capped, terminal
 from reconciler.logs import get_logger
-from reconciler.model.plans import Desired, Plan, make_plan
+from reconciler.model import guards
+from reconciler.model.guards import Command, Refusal
+from reconciler.model.plans import Desired, Op, Plan, make_plan
 from reconciler.model.rendering import COMMENT_LIMIT, plan_document, render_markdown, render_plan
 from reconciler.reading import load_desired
 from reconciler.settings import Settings
 
 if TYPE_CHECKING:
+    import psycopg
+
     from reconciler.commands.reporting import StatusEntry
     from reconciler.store.daemon_state import DaemonState
 
@@ -32,44 +39,95 @@ __all__ = ["apply", "export", "plan", "status"]
 _log = get_logger("reconciler.commands")
 
 
-def _print_plan(plan: Plan, args: argparse.Namespace, settings: Settings, kind: str) -> None:
+def _print_plan(
+    plan: Plan,
+    args: argparse.Namespace,
+    settings: Settings,
+    kind: str,
+    refusal: Refusal | None = None,
+) -> None:
     now = datetime.now(UTC)
     if settings.output == "json":
-        emit_json(kind, plan_document(plan))
+        emit_json(kind, plan_document(plan, refusal))
     elif settings.output == "markdown":
         path = Path(getattr(args, "plan_file", None) or "reconcile-plan.md")
-        whole = render_markdown(plan, now=now)
+        whole = render_markdown(plan, now=now, refusal=refusal)
         try:
             path.write_text(whole, encoding="utf-8")
         except OSError as exc:
             raise UsageError(f"cannot save the plan to {path}: {exc.strerror}") from None
-        sys.stdout.write(render_markdown(plan, now=now, limit=COMMENT_LIMIT, saved_as=str(path)))
+        comment = render_markdown(
+            plan, now=now, limit=COMMENT_LIMIT, saved_as=str(path), refusal=refusal
+        )
+        sys.stdout.write(comment)
     else:
-        sys.stdout.write(render_plan(plan, color=settings.color, now=now) + "\n")
+        sys.stdout.write(render_plan(plan, color=settings.color, now=now, refusal=refusal) + "\n")
 
 
 def plan(args: argparse.Namespace, settings: Settings) -> int:
-    """Print the plan and change nothing; with ``--against DIR``, offline against that folder."""
-    from reconciler.store.applying import plan_against, refuse_if_blocked
+    """Print the plan and change nothing; with ``--against DIR``, offline against that folder.
 
-    desired = load_desired(settings.schedules_dir, owner=settings.owner)
-    against = getattr(args, "against", None)
-    if against:
-        result = make_plan(desired.rows, _base(Path(against), settings).rows, owner=settings.owner)
-    else:
-        from reconciler.store.connecting import open_store
+    Exits as apply would: 3 when a guard refuses the plan (a folder that does not load included,
+    with the refusal rendered in every format), 1 for a conflict, else 0 (2 with changes and
+    ``--detailed-exitcode``).
+    """
+    from reconciler.store.applying import refuse_if_blocked
 
-        with open_store(settings, migrate=False) as conn:
-            result = plan_against(conn, desired, owner=settings.owner, adopt=_flag(args, "adopt"))
-    _print_plan(result, args, settings, "Plan")
-    refuse_if_blocked(result)
+    owner = settings.owner
+    try:
+        desired = load_desired(settings.schedules_dir, owner=owner)
+    except GuardRefused as exc:
+        _print_plan(Plan((), owner), args, settings, "Plan", guards.invalid(exc.message))
+        raise
+    result = _planned(desired, args, settings)
+    refusal = guards.evaluate(
+        result,
+        desired_count=len(desired.rows),
+        # With nothing declared, every owned row is a delete: the plan counts them.
+        owned_count=result.count(Op.DELETE),
+        allow_empty=settings.allow_empty,
+        max_deletes=settings.max_deletes,
+    )
+    _print_plan(result, args, settings, "Plan", refusal)
+    refuse_if_blocked(result)  # as apply does, before the guards
+    if refusal is not None:
+        raise GuardRefused(refusal.message(Command.PLAN))
     if _flag(args, "detailed_exitcode") and not result.empty:
         return EXIT_CHANGES
     return EXIT_OK
 
 
+def _planned(desired: Desired, args: argparse.Namespace, settings: Settings) -> Plan:
+    """The plan against the database, or offline against the folder ``--against`` names."""
+    from reconciler.store.applying import plan_against
+
+    against = getattr(args, "against", None)
+    if against:
+        return make_plan(desired.rows, _base(Path(against), settings).rows, owner=settings.owner)
+    from reconciler.store.connecting import open_store
+
+    with open_store(settings, migrate=False) as conn:
+        return plan_against(conn, desired, owner=settings.owner, adopt=_flag(args, "adopt"))
+
+
 def _base(folder: Path, settings: Settings) -> Desired:
-    """The folder planned against, read as if it were applied."""
+    """The folder planned against, read as if it were applied.
+
+    A folder that does not exist, in a folder that does, is nothing before: the first pull
+    request that adds ``schedules.d/`` has no folder on its base branch. A missing parent is
+    more likely a wrong path (or a checkout that did not happen), so it stays an error.
+    """
+    if not folder.exists() and not folder.is_symlink():
+        parent = folder.absolute().parent
+        if not parent.is_dir():
+            raise UsageError(
+                f"cannot plan against {folder}: neither it nor {parent} exists (a missing folder "
+                "in one that exists is planned against as nothing, for the first pull request "
+                "that adds it)"
+            )
+        _log.info("the folder planned against does not exist: planning against nothing",
+                  against=str(folder))  # fmt: skip
+        return Desired(())
     try:
         return load_desired(folder, owner=settings.owner)
     except GuardRefused as exc:
@@ -92,9 +150,10 @@ def apply(args: argparse.Namespace, settings: Settings) -> int:
             desired,
             owner=settings.owner,
             adopt=_flag(args, "adopt"),
-            allow_empty=_flag(args, "allow_empty"),
+            allow_empty=settings.allow_empty,
             max_deletes=settings.max_deletes,
         )
+        _clear_daemon_error(conn, settings.owner)
     _print_plan(result, args, settings, "AppliedPlan")
     if settings.output == "text" and not result.empty:
         sys.stdout.write("Apply complete.\n")
@@ -102,6 +161,22 @@ def apply(args: argparse.Namespace, settings: Settings) -> int:
     if _flag(args, "detailed_exitcode") and not result.empty:
         return EXIT_CHANGES
     return EXIT_OK
+
+
+def _clear_daemon_error(conn: psycopg.Connection[Any], owner: str) -> None:
+    """The folder applied: the error the daemon last showed (``reconcile status``) is stale.
+
+    Written only when there is one: a manual apply does not invent a daemon. The daemon records
+    its own folder again when it next reads it.
+    """
+    from reconciler.store.daemon_state import read_state, record_load
+
+    with conn.transaction():  # committed here: the connection is not in autocommit
+        state = read_state(conn, owner)
+        if state is None or state.config_error is None:
+            return
+        record_load(conn, owner, error=None)
+    _log.info("cleared the daemon's config error: this apply succeeded", owner=owner)
 
 
 def status(args: argparse.Namespace, settings: Settings) -> int:

@@ -18,7 +18,8 @@ again then. Until that time the whole plan waits, its creates and updates too: t
 is may be the middle of a save. A folder that fails to load or a plan a guard refuses applies
 nothing: the last good state keeps running, the error (with ``file:line:col``) goes to the log,
 ``cpi_daemon_state`` (``reconcile status``) and ``/metrics``, and fixing the file recovers on
-the next event.
+the next event. The guards' overrides are settings (``max_deletes``, ``allow_empty``: the
+``RECONCILER_*`` variables or ``serve``'s flags), and a refusal's message names them.
 """
 
 from __future__ import annotations
@@ -223,7 +224,10 @@ class Leader:
         owner = self._settings.owner
         began = time.monotonic()
         try:
-            plan = apply_plan(conn, desired, owner=owner, max_deletes=max_deletes)
+            plan = apply_plan(
+                conn, desired, owner=owner, max_deletes=max_deletes,
+                allow_empty=self._settings.allow_empty,
+            )  # fmt: skip
         except StoreError:
             raise
         except ReconcileError as exc:  # a guard, a conflict: nothing applied
@@ -246,17 +250,21 @@ class Leader:
             self._applied()
 
     def _refused(self, conn: psycopg.Connection[Any], exc: ReconcileError) -> None:
-        """An invalid folder, a guard, a conflict: nothing applied; the last good state runs."""
+        """An invalid folder, a guard, a conflict: nothing applied; the last good state runs.
+
+        A guard's message names the daemon's override (``RECONCILER_MAX_DELETES``), not apply's.
+        """
         from reconciler.store.daemon_state import record_load
         from reconciler.store.scheduling import notify_changed
 
         owner = self._settings.owner
-        record_load(conn, owner, error=exc.message)
+        message = exc.daemon_message if isinstance(exc, GuardRefused) else exc.message
+        record_load(conn, owner, error=message)
         notify_changed(conn, owner)  # every replica's readiness and metrics follow
         self._metrics.passes.labels("failed").inc()
         self._metrics.config_ok.set(0)
         self._metrics.readiness.set(config_known=True)
-        if exc.message != self._last_error:
+        if message != self._last_error:
             _log.error("configuration not applied; the last applied state keeps running",
-                       error=exc.message)  # fmt: skip
-        self._last_error = exc.message
+                       error=message)  # fmt: skip
+        self._last_error = message
