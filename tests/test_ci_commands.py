@@ -117,3 +117,76 @@ def test_the_pre_commit_hook_runs_validate(offline: Cli, tmp_path: Path) -> None
     failed = offline(*args)
     assert failed.returncode == 1
     assert "bad.yaml:1:" in failed.stdout
+
+
+def test_the_pre_commit_hook_runs_on_commits_that_only_delete(offline: Cli, tmp_path: Path) -> None:
+    """pre-commit passes only files that still exist: the hook runs on every commit
+    (``always_run``), so deleting the project its schedules use is caught."""
+    import shlex
+
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent
+    (hook,) = yaml.safe_load((root / ".pre-commit-hooks.yaml").read_text())
+    assert (hook["always_run"], hook["pass_filenames"]) == (True, False)
+    assert "files" not in hook
+    folder = tmp_path / "schedules.d"
+    folder.mkdir()
+    (folder / "project.yaml").write_text(project_yaml())
+    (folder / "nightly.yaml").write_text(schedule_yaml("nightly"))
+    _, *args = shlex.split(hook["entry"])
+    assert offline(*args).returncode == 0
+    (folder / "project.yaml").unlink()
+    failed = offline(*args)
+    assert failed.returncode == 1
+    assert "nightly.yaml:" in failed.stdout
+
+
+def test_plan_against_a_folder_that_does_not_exist_yet(offline: Cli, tmp_path: Path) -> None:
+    """The first pull request that adds the folder: a base folder missing in a folder that exists
+    is nothing before (every document a create); with its parent missing too, it is an error."""
+    head = _folder(tmp_path, "head")
+    (tmp_path / "base").mkdir()
+    done = offline("plan", "--dir", str(head), "--against", str(tmp_path / "base" / "schedules.d"),
+                   "--detailed-exitcode")  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stdout.rstrip().endswith("Plan: 2 to create, 0 to update, 0 to delete.")
+    wrong = tmp_path / "nowhere" / "schedules.d"
+    failed = offline("plan", "--dir", str(head), "--against", str(wrong))
+    assert failed.returncode == 1
+    assert f"cannot plan against {wrong}: neither it nor {wrong.parent} exists" in failed.stderr
+
+
+def _workflow_offline_steps() -> list[tuple[str, str]]:
+    """The README workflow's offline job: (working directory, command) of its reconcile steps."""
+    import re
+
+    import yaml
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    (block,) = [b for b in re.findall(r"```yaml\n(.*?)```", readme, re.DOTALL) if "jobs:" in b]
+    steps = yaml.safe_load(block)["jobs"]["offline"]["steps"]
+    return [
+        (step.get("working-directory", "."), step["run"])
+        for step in steps
+        if str(step.get("run", "")).startswith("reconcile ")
+    ]
+
+
+def test_the_readme_offline_job_passes_on_the_first_pull_request(
+    offline: Cli, tmp_path: Path
+) -> None:
+    """The README's offline job, run as written in its checkouts: the base branch has no
+    schedules.d yet, and validate and the plan against it both pass."""
+    import shlex
+
+    steps = _workflow_offline_steps()
+    assert [run.split()[1] for _, run in steps] == ["validate", "plan"]
+    (tmp_path / "head").mkdir()
+    _folder(tmp_path / "head", "schedules.d")
+    (tmp_path / "base").mkdir()
+    for where, run in steps:
+        _, *args = shlex.split(run)
+        done = Cli(offline.env, tmp_path / where)(*args)
+        assert done.returncode == 0, f"{run}\n{done.stdout}\n{done.stderr}"
+    assert "Plan: 2 to create" in done.stdout
