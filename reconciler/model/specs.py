@@ -77,7 +77,11 @@ _ZONE_MAX = 50  # cpi_schedules.timezone VARCHAR(50)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
 _SECRET_REF = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
+# Whole seconds, or number-unit pairs; unambiguous, so a failed match is linear in the text.
+_DURATION = re.compile(r"[0-9]+|(?:[0-9]+[dhms])+")
 _DURATION_PART = re.compile(r"([0-9]+)([dhms])")
+# Far longer than any duration needs ('24855d3h14m7s' is 13); checked before any pattern runs.
+_DURATION_MAX = 64
 _DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 _DURATION_DIGITS = len(str(INT4_MAX))  # more (leading zeros aside) is out of range in any unit
 # IANA zone names: ASCII letters, digits, '_', '-', '+' between slashes. This leaves out what the
@@ -231,14 +235,19 @@ def parse_duration(value: object) -> int:
         if seconds > INT4_MAX:
             raise ValueError(f"{too_long}, got {seconds}")
     elif isinstance(value, str):
+        if len(value) > _DURATION_MAX:
+            raise ValueError(
+                f"{excerpt(value)} is not a duration: it is {len(value)} characters long, and a "
+                f"duration takes at most {_DURATION_MAX}; write one such as '2h' or '1h30m'"
+            )
         text = value.strip().lower()
-        parts = [(text, "s")] if text.isascii() and text.isdigit() else _DURATION_PART.findall(text)
-        if not parts or "".join(n + u for n, u in parts) not in (text, text + "s"):
+        if not _DURATION.fullmatch(text):
             raise ValueError(
                 f"{excerpt(value)} is not a duration: write whole seconds or units d, h, m, s "
                 "such as '2h', '90m' or '1h30m'"
             )
-        # Bounded before int(): thousands of digits are slow to convert, and Python refuses.
+        parts = [(text, "s")] if text.isdigit() else _DURATION_PART.findall(text)
+        # Bounded before int(): leading zeros aside, more digits are out of range in any unit.
         if any(len(n.lstrip("0")) > _DURATION_DIGITS for n, _ in parts):
             raise ValueError(f"{too_long}, got {excerpt(value)}")
         seconds = sum(int(n) * _DURATION_UNITS[u] for n, u in parts)
@@ -489,9 +498,107 @@ def document_adapter() -> TypeAdapter[ProjectDocument | ScheduleDocument]:
     return _ADAPTER
 
 
+SCHEMA_ID = "urn:reconciler:schema:reconciler-v1"  # names the version; not a place to fetch
+
+
+def _whole(regex: str) -> str:
+    # JSON Schema patterns search (ECMA-262): anchor both ends. Python's re, which jsonschema
+    # uses, also lets $ match before a final newline; (?!\n) refuses it, as fullmatch does.
+    return f"^(?:{regex})$(?!\\n)"
+
+
+_PORT = r"6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}"
+_URL_HOST = r"\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%!$&'()*+,;=-]+"  # no '@': never credentials
+_DURATION_TEXT = r"\s*(?:0*[0-9]{1,10}|(?:0*[0-9]{1,10}[dhmsDHMS])+)\s*"  # no 11-digit part fits
+_NAME_TEXT = {"pattern": _whole(_NAME.pattern)}
+_REFERENCE = {"pattern": _whole(_SECRET_REF.pattern)}
+_ONE_CHAR = {"minLength": 1, "maxLength": 1}
+_IDENTIFIERS = {"items": {"type": "string", "pattern": _whole(_IDENTIFIER.pattern)}}
+# What the validators above check that a JSON Schema can say too, for editors and CI linters:
+# (definition, property, the JSON type of the branch it narrows) -> the keywords added there.
+# Left to `reconcile validate`: cron expressions, zones the tz database lacks, reserved tables
+# (a case-insensitive match: ECMA patterns have no flags), NUL characters and the YAML mistakes.
+_NARROWED: dict[tuple[str, str, str], dict[str, Any]] = {
+    ("Metadata", "name", "string"): _NAME_TEXT,
+    ("ScheduleSpec", "project", "string"): _NAME_TEXT,
+    ("Target", "database_url", "string"): _REFERENCE,
+    ("Sftp", "password", "string"): _REFERENCE,
+    ("SftpOverride", "password", "string"): _REFERENCE,
+    ("Target", "table", "string"): {
+        "pattern": _whole(f"{_IDENTIFIER.pattern}(?:\\.{_IDENTIFIER.pattern})?")
+    },
+    ("Target", "columns", "array"): _IDENTIFIERS,
+    ("Target", "key", "array"): _IDENTIFIERS,
+    ("CsvDialect", "delimiter", "string"): _ONE_CHAR,
+    ("CsvDialect", "quote", "string"): _ONE_CHAR,
+    ("CsvDialect", "escape", "string"): _ONE_CHAR,
+    ("ScheduleSpec", "timezone", "string"): {
+        "maxLength": _ZONE_MAX,
+        "pattern": _whole(f"(?!(?:posix|right)/|(?:{'|'.join(_NOT_ZONES)})$){_ZONE_KEY.pattern}"),
+    },
+    ("ScheduleSpec", "callback_url", "string"): {
+        "pattern": _whole(f"https?://(?:{_URL_HOST})(?::(?:{_PORT})?)?(?:[/?#][!-~]*)?")
+    },
+    ("ScheduleSpec", "interval", "integer"): {"minimum": MIN_INTERVAL_SECONDS},
+    ("ScheduleSpec", "interval", "string"): {"pattern": _whole(_DURATION_TEXT)},
+    ("ScheduleSpec", "misfire_grace", "string"): {"pattern": _whole(_DURATION_TEXT)},
+    ("Delivery", "settle", "string"): {"pattern": _whole(_DURATION_TEXT)},
+}
+
+
+def _given(key: str, kind: str) -> dict[str, Any]:
+    """A subschema: ``key`` is present and of JSON type ``kind`` (not null)."""
+    return {"required": [key], "properties": {key: {"type": kind}}}
+
+
+def _when(
+    key: str, value: object, then: dict[str, Any], otherwise: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "if": {"required": [key], "properties": {key: {"const": value}}},
+        "then": then,
+        "else": otherwise,
+    }
+
+
+# The model validators' rules between fields, as JSON Schema.
+_RULES: dict[str, dict[str, Any]] = {
+    "ScheduleSpec": {
+        "oneOf": [
+            _given("cron", "string"),
+            _given("interval", "integer"),
+            _given("interval", "string"),
+        ],
+        "not": {"allOf": [_given("sftp_override", "object"), _given("local_files", "array")]},
+    },
+    "Target": _when(
+        "mode", "upsert", _given("key", "array"), {"properties": {"key": {"type": "null"}}}
+    ),
+    "Sftp": _when("after_import", "move", _given("archive_dir", "string"), {}),
+    "ProjectSpec": _when(
+        "external",
+        True,
+        {"properties": {"target": {"type": "null"}, "sftp": {"type": "null"}}},
+        _given("target", "object"),
+    ),
+}
+
+
 def json_schema() -> dict[str, Any]:
-    """The JSON Schema of a document, for editors (yaml-language-server)."""
+    """The JSON Schema of a document, for editors (yaml-language-server) and CI linters: the
+    models' schema, narrowed by what their validators check that JSON Schema can express."""
     schema = document_adapter().json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "reconcile document (reconciler/v1)"
-    return schema
+    definitions = schema["$defs"]
+    for (definition, key, kind), keywords in _NARROWED.items():
+        field = definitions[definition]["properties"][key]
+        for branch in field.get("anyOf", [field]):
+            if branch.get("type") == kind:
+                branch.update(keywords)
+    for definition, rules in _RULES.items():
+        definitions[definition].update(rules)
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SCHEMA_ID,
+        "title": "reconcile document (reconciler/v1)",
+        **schema,
+    }
