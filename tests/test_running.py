@@ -220,7 +220,7 @@ def test_the_callback_is_recorded_and_never_fails_the_run(
     assert (sent["trigger"], sent["rows_imported"]) == ("manual", 3)
     assert set(sent) == {
         "job_id", "schedule", "project", "status", "trigger", "rows_imported", "bytes_read",
-        "files", "error", "scheduled_for", "started_at", "finished_at",
+        "files", "skipped_files", "error", "scheduled_for", "started_at", "finished_at",
     }  # fmt: skip
     assert jobs(database_url)[0]["callback"] == result.callback
 

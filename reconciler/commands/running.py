@@ -94,17 +94,21 @@ def _text(value: object) -> str:
 
 
 def _summary(result: JobResult, color: bool) -> str:
+    from reconciler.model.results import fold
+
     status = paint(result.status, _STATUS_COLOR.get(result.status, "bold"), enabled=color)
     seconds = (
         (result.finished_at - result.started_at).total_seconds()
         if result.finished_at and result.started_at
         else 0.0
     )
+    acted, unread = fold(result.files)  # as the job's document: those skipped unread counted
+    already = f" ({unread:,} already imported, not read)" if unread else ""
     head = (
-        f"{terminal(result.schedule)}: {status} in {seconds:.1f} s: {len(result.files)} file(s), "
+        f"{terminal(result.schedule)}: {status} in {seconds:.1f} s: {len(acted)} file(s){already}, "
         f"{result.rows_imported:,} rows, {_size(result.bytes_read)} (job {result.job_id})"
     )
-    lines = [head, *(_file_line(f, color) for f in result.files)]
+    lines = [head, *(_file_line(f, color) for f in acted)]
     if result.callback is not None:
         cb = result.callback
         state = "delivered" if cb.get("delivered") else f"failed ({_text(cb.get('error'))})"

@@ -132,7 +132,8 @@ class JobResponse(_Body):
     heartbeat_at: datetime | None
     rows_imported: int
     bytes_read: int
-    files: Any = Field(description="per-file results")
+    files: Any = Field(description="per-file results of the files the run acted on")
+    skipped_files: int = Field(description="files skipped unread as already imported (not listed)")
     error: str | None
     callback: Any = Field(description="the callback's delivery outcome")
     worker: str | None = Field(description="host:pid of the process that ran it")
@@ -147,7 +148,8 @@ class JobResponse(_Body):
             status=row.status, scheduled_for=row.scheduled_for, started_at=row.started_at,
             finished_at=row.finished_at, heartbeat_at=row.heartbeat_at,
             rows_imported=row.rows_imported, bytes_read=row.bytes_read, files=row.files,
-            error=row.error, callback=row.callback, worker=row.worker, created_at=row.created_at,
+            skipped_files=row.skipped_files, error=row.error, callback=row.callback,
+            worker=row.worker, created_at=row.created_at,
         )  # fmt: skip
 
 

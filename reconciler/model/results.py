@@ -2,15 +2,21 @@
 
 ``imports.runs.running`` builds them, ``store.jobs`` stores them in ``cpi_jobs``, the callback and
 ``reconcile run --output json`` send ``JobResult.to_json()``. Plain frozen values, no I/O.
+
+A run holds one result per listed file; a job's document (the row, the callback, the JSON
+output, the HTTP API) lists only the files the run acted on and counts the rest, the files
+skipped unread as already imported (``fold``): a drop folder of a day's files would otherwise
+repeat every one of them in every job.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
-__all__ = ["FileResult", "FileStatus", "JobResult", "JobStatus"]
+__all__ = ["ALREADY_IMPORTED", "FileResult", "FileStatus", "JobResult", "JobStatus", "fold"]
 
 JobStatus = Literal["running", "succeeded", "failed", "skipped", "missed", "abandoned"]
 # imported: committed; skipped: listed as an earlier run saw it (not read); unchanged: read, but
@@ -18,6 +24,8 @@ JobStatus = Literal["running", "succeeded", "failed", "skipped", "missed", "aban
 # settled, no ready marker), a later run takes it; failed: the file's own transaction rolled back;
 # rolled_back: loaded fine but undone because a replace run failed.
 FileStatus = Literal["imported", "skipped", "unchanged", "waiting", "failed", "rolled_back"]
+# The note of a file skipped unread because an earlier run saw it: counted, not listed.
+ALREADY_IMPORTED = "already imported"
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -58,6 +66,19 @@ class FileResult:
         """This file, loaded but rolled back with the rest of its replace run."""
         return replace(self, status="rolled_back", rows=0, note=reason)
 
+    @property
+    def unread(self) -> bool:
+        """Skipped unread as already imported, and nothing else happened to it (an after-import
+        action that failed replaces the note, so such a file stays listed)."""
+        return self.status == "skipped" and self.note == ALREADY_IMPORTED
+
+
+def fold(files: Iterable[FileResult]) -> tuple[tuple[FileResult, ...], int]:
+    """The files a run acted on, in order, and how many it skipped unread as already imported."""
+    listed = tuple(files)
+    acted = tuple(f for f in listed if not f.unread)
+    return acted, len(listed) - len(acted)
+
 
 @dataclass(frozen=True, slots=True)
 class JobResult:
@@ -70,7 +91,7 @@ class JobResult:
     trigger: str
     rows_imported: int = 0
     bytes_read: int = 0
-    files: tuple[FileResult, ...] = ()
+    files: tuple[FileResult, ...] = ()  # one per listed file; its document folds them (``fold``)
     error: str | None = None
     scheduled_for: datetime | None = None
     started_at: datetime | None = None
@@ -84,7 +105,9 @@ class JobResult:
         return tuple(f for f in self.files if f.status == "failed")
 
     def payload(self) -> dict[str, Any]:
-        """The callback body: the job without the callback's own outcome."""
+        """The callback body: the job without the callback's own outcome; ``files`` lists the
+        files the run acted on, ``skipped_files`` counts those skipped unread (``fold``)."""
+        acted, skipped = fold(self.files)
         return {
             "job_id": self.job_id,
             "schedule": self.schedule,
@@ -93,7 +116,8 @@ class JobResult:
             "trigger": self.trigger,
             "rows_imported": self.rows_imported,
             "bytes_read": self.bytes_read,
-            "files": [f.to_json() for f in self.files],
+            "files": [f.to_json() for f in acted],
+            "skipped_files": skipped,
             "error": self.error,
             "scheduled_for": _iso(self.scheduled_for),
             "started_at": _iso(self.started_at),

@@ -1,7 +1,10 @@
 """A schedule's past runs from ``cpi_jobs``, newest first, for ``reconcile history NAME``.
 
 Jobs keep the schedule's name, so the history of a deleted (or renamed) schedule stays readable.
-Each run is a dict read by column name (``job_id`` for the job's id), as the JSON output shows it.
+Each run is a dict read by column name (``job_id`` for the job's id), as the JSON output shows it:
+``files`` lists the files the run acted on, ``skipped_files`` counts those it skipped unread as
+already imported. Jobs older than the retention are pruned by the daemon's leader
+(``store.pruning``), the last ones of each schedule kept.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ def job_history(conn: psycopg.Connection[Any], name: str, *, limit: int) -> list
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
             "SELECT id::text AS job_id, status, trigger, scheduled_for, started_at, finished_at, "
-            "rows_imported, bytes_read, files, error, callback, worker FROM cpi_jobs "
+            "rows_imported, bytes_read, files, skipped_files, error, callback, worker "
+            "FROM cpi_jobs "
             "WHERE schedule_name = %s "
             "ORDER BY coalesce(started_at, created_at) DESC, created_at DESC LIMIT %s",
             (name, max(limit, 0)),

@@ -22,7 +22,7 @@ from psycopg import errors as pg_errors
 from psycopg.types.json import Jsonb
 
 from reconciler.logs import get_logger
-from reconciler.model.results import FileResult, JobStatus
+from reconciler.model.results import FileResult, JobStatus, fold
 from reconciler.store.liveness import (
     HEARTBEAT_SECONDS,
     STALE_AFTER,
@@ -259,18 +259,19 @@ def _claimed_elsewhere(
 
 _END = (
     "status = %(status)s, finished_at = now(), heartbeat_at = now(), rows_imported = %(rows)s, "
-    "bytes_read = %(bytes)s, files = %(files)s, error = %(error)s"
+    "bytes_read = %(bytes)s, files = %(files)s, skipped_files = %(skipped)s, error = %(error)s"
 )
 
 
 def _end(
     started: Started, status: JobStatus, files: tuple[FileResult, ...], error: str | None
 ) -> dict[str, Any]:
+    acted, skipped = fold(files)  # the files acted on are listed; those skipped unread counted
     return {
         "id": started.id, "status": status, "error": _storable(error),
         "rows": sum(f.rows for f in files if f.status == "imported"),
         "bytes": sum(f.bytes for f in files),
-        "files": Jsonb(_storable_json([f.to_json() for f in files])),
+        "files": Jsonb(_storable_json([f.to_json() for f in acted])), "skipped": skipped,
     }  # fmt: skip
 
 
@@ -348,7 +349,7 @@ def fail_lost_job(
         row = conn.execute(
             "SELECT status, error, finished_at FROM cpi_jobs WHERE id = %s", (started.id,)
         ).fetchone()
-    assert row is not None  # job rows are history: reconcile never deletes them
+    assert row is not None  # a running job is never pruned (store.pruning)
     return Ended(row[0], row[1], row[2], ours=False)
 
 

@@ -22,8 +22,8 @@ __all__ = ["JobRow", "fetch_job", "list_jobs"]
 _JOB = """
 SELECT id::text AS id, schedule_id::text AS schedule_id, schedule_name,
        project_id::text AS project_id, project_name, trigger, status, scheduled_for,
-       started_at, finished_at, heartbeat_at, rows_imported, bytes_read, files, error,
-       callback, worker, created_at
+       started_at, finished_at, heartbeat_at, rows_imported, bytes_read, files, skipped_files,
+       error, callback, worker, created_at
 FROM cpi_jobs
 """
 
@@ -46,6 +46,7 @@ class JobRow:
     rows_imported: int
     bytes_read: int
     files: Any
+    skipped_files: int
     error: str | None
     callback: Any
     worker: str | None

@@ -36,6 +36,8 @@ ALTER TABLE cpi_jobs ADD COLUMN IF NOT EXISTS bytes_read BIGINT NOT NULL DEFAULT
 ALTER TABLE cpi_jobs ADD COLUMN IF NOT EXISTS files JSONB NOT NULL DEFAULT '[]'::jsonb;
 ALTER TABLE cpi_jobs ADD COLUMN IF NOT EXISTS error TEXT;
 ALTER TABLE cpi_jobs ADD COLUMN IF NOT EXISTS callback JSONB;
+-- Files a run skipped unread as already imported: counted here, not listed in files.
+ALTER TABLE cpi_jobs ADD COLUMN IF NOT EXISTS skipped_files INTEGER NOT NULL DEFAULT 0;
 
 -- The seed's DDL, column for column and constraint for constraint: other programs read this table.
 CREATE TABLE IF NOT EXISTS cpi_schedules (

@@ -22,7 +22,7 @@ from reconciler.imports.engine.importing import Connections, Imported, Meter, im
 from reconciler.imports.runs.resolving import ImportSpec, open_source, target_url
 from reconciler.logs import get_logger, one_line
 from reconciler.model.delivery import marker_path, ordered, waiting, without_markers
-from reconciler.model.results import FileResult
+from reconciler.model.results import ALREADY_IMPORTED, FileResult
 from reconciler.store.connecting import connect
 from reconciler.store.ledger import Ledger, file_key
 
@@ -78,7 +78,8 @@ def transfer(
 ) -> None:
     """Load the schedule's new, complete files; ``results`` fills in as soon as data is
     committed, so a later failure (an after-import action, closing the source) keeps the record
-    of what landed. One result per listed file, in the order the files were committed."""
+    of what landed. One result per listed file, in the order the files were committed; the
+    job's document lists only those the run acted on (``model.results.fold``)."""
     project = spec.project_spec
     target = spec.target  # TargetError for a project managed elsewhere
     assert project is not None
@@ -181,7 +182,7 @@ def _confirm(
 
 
 def _already(f: SourceFile) -> FileResult:
-    return FileResult(f.path, f.size, f.mtime, "skipped", note="already imported")
+    return FileResult(f.path, f.size, f.mtime, "skipped", note=ALREADY_IMPORTED)
 
 
 def _after_import(source: Source, listed: Sequence[SourceFile], results: list[FileResult]) -> None:
