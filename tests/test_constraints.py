@@ -75,10 +75,14 @@ def test_the_pins_are_sorted_case_insensitively() -> None:
 
 
 def test_the_installed_distribution_is_this_package() -> None:
-    """The distribution's version is the package's, and it provides the ``reconcile`` script."""
+    """pyproject.toml's version is the package's (``reconcile --version``), and the distribution
+    installed provides the ``reconcile`` script."""
+    import tomllib
+
     import reconciler
 
+    project = tomllib.loads((CONSTRAINTS.parent / "pyproject.toml").read_text())["project"]
+    assert (project["name"], project["version"]) == (DISTRIBUTION, reconciler.__version__)
     distribution = metadata.distribution(DISTRIBUTION)
-    assert distribution.version == reconciler.__version__
     scripts = {e.name: e.value for e in distribution.entry_points if e.group == "console_scripts"}
     assert scripts == {"reconcile": "reconciler.cli:main"}
