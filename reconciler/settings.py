@@ -36,6 +36,10 @@ _DAEMON_NUMBERS = (
     # How long a file must be unchanged before a run takes it, for projects with no
     # delivery.settle of their own.
     ("settle_seconds", "RECONCILER_SETTLE_SECONDS", 10, 0, 86400),
+    # Job history: the leader prunes jobs that started more than this many days ago (0: keep
+    # every job), always keeping the newest job_retention_min of each schedule.
+    ("job_retention_days", "RECONCILER_JOB_RETENTION_DAYS", 30, 0, 36500),
+    ("job_retention_min", "RECONCILER_JOB_RETENTION_MIN", 100, 0, 1_000_000),
 )
 # Patterns, compiled on first use (re caches them): `reconcile validate` starts faster.
 _HOSTNAME = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?"
@@ -67,6 +71,8 @@ class Settings:
     resync_seconds: int = 60
     shutdown_grace: int = 25
     settle_seconds: int = 10
+    job_retention_days: int = 30
+    job_retention_min: int = 100
     delete_settle_seconds: int = 10
     environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 

@@ -261,7 +261,14 @@ PINNED: dict[str, list[str]] = {
         "render_markdown",
         "render_plan",
     ],
-    "reconciler.model.results": ["FileResult", "FileStatus", "JobResult", "JobStatus"],
+    "reconciler.model.results": [
+        "ALREADY_IMPORTED",
+        "FileResult",
+        "FileStatus",
+        "JobResult",
+        "JobStatus",
+        "fold",
+    ],
     "reconciler.model.scalars": [
         "MAX_DIGITS",
         "MAX_SHOWN",
@@ -354,6 +361,7 @@ PINNED: dict[str, list[str]] = {
         "schema_sql",
     ],
     "reconciler.store.pooling": ["ReadPool"],
+    "reconciler.store.pruning": ["BATCH", "Pruned", "Retention", "prune_jobs"],
     "reconciler.store.rows": ["execute_plan", "fetch_rows", "refresh_sources"],
     "reconciler.store.schedules": [
         "ScheduleRecord",

@@ -20,6 +20,9 @@ nothing: the last good state keeps running, the error (with ``file:line:col``) g
 ``cpi_daemon_state`` (``reconcile status``) and ``/metrics``, and fixing the file recovers on
 the next event. The guards' overrides are settings (``max_deletes``, ``allow_empty``: the
 ``RECONCILER_*`` variables or ``serve``'s flags), and a refusal's message names them.
+
+Once every resync the leader also prunes the job history past its retention
+(``store.pruning``), within a budget of ``_PRUNE_SECONDS``.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ __all__ = ["ELECT_SECONDS", "Leader"]
 
 ELECT_SECONDS = 2.0  # how often a follower tries the lock: the longest a dead leader is missed
 _SEEN_SECONDS = 5.0  # how often the leader says it is alive in cpi_daemon_state
+_PRUNE_SECONDS = 2.0  # the job history pruning's budget per pass (store.pruning)
 _RETRY_FIRST, _RETRY_LAST = 0.5, 10.0
 _log = get_logger("reconciler.daemon")
 
@@ -125,7 +129,7 @@ class Leader:
         watcher = Watcher(self._settings.schedules_dir, self._rescan, retry_seconds=self._resync)
         watcher.start()
         try:
-            looked = seen = float("-inf")
+            looked = seen = pruned = float("-inf")
             again: float | None = None  # when to look again at a folder that is settling
             self._read = None
             self._rescan.set()
@@ -145,10 +149,28 @@ class Leader:
                 if time.monotonic() - seen >= _SEEN_SECONDS:
                     leader_seen(conn, owner, me)
                     seen = time.monotonic()
+                if time.monotonic() - pruned >= self._resync:
+                    self._prune(conn)
+                    pruned = time.monotonic()
         finally:
             watcher.stop()
             self._metrics.leader.set(0)
             self._metrics.leading = False
+
+    def _prune(self, conn: psycopg.Connection[Any]) -> None:
+        """Delete the job history past the retention, for at most ``_PRUNE_SECONDS`` a pass."""
+        from reconciler.store.pruning import Retention, prune_jobs
+
+        settings = self._settings
+        retention = Retention(settings.job_retention_days, settings.job_retention_min)
+        try:
+            prune_jobs(
+                conn, retention, owner=settings.owner, within=_PRUNE_SECONDS, stop=self._stop
+            )
+        except StoreError as exc:
+            if conn.broken:
+                raise
+            _log.warning("job history not pruned; the next pass tries again", error=exc.message)
 
     def _look(self, conn: psycopg.Connection[Any], *, changed_at: float) -> float | None:
         """Read the folder and act on it once it has settled; else the time to look again."""

@@ -123,6 +123,11 @@ CREATE UNIQUE INDEX IF NOT EXISTS idx_cpi_jobs_one_running
 -- Each scheduled occurrence is claimed exactly once across replicas.
 CREATE UNIQUE INDEX IF NOT EXISTS idx_cpi_jobs_occurrence
     ON cpi_jobs(schedule_name, scheduled_for) WHERE trigger = 'schedule';
+-- Pruning the job history (reconciler.store.pruning) reads each schedule's range by
+-- idx_cpi_jobs_schedule_name; the ON DELETE SET NULL of each deleted job finds the rows that
+-- reference it by these two, instead of scanning both tables once per job.
+CREATE INDEX IF NOT EXISTS idx_cpi_schedules_last_job_id ON cpi_schedules(last_job_id);
+CREATE INDEX IF NOT EXISTS idx_cpi_imported_files_job_id ON cpi_imported_files(job_id);
 
 -- What `reconcile serve` keeps for `reconcile status`, one row per owner (several folders may
 -- share the database, each with its own leader): which replica leads and applies, when the folder
