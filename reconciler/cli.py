@@ -162,8 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dir", dest="schedules_dir", help="schedules folder (default schedules.d)")
         _database(p)
         _apply_flags(p)
-    p = command("status", "list schedules in the database")
+    p = command("status", "list schedules in the database, with a count of each state")
     p.add_argument("name", nargs="?")
+    p.add_argument("--project", metavar="NAME", help="list only the schedules of this project")
+    p.add_argument(
+        "--failing", action="store_true", help="list only schedules whose last run failed"
+    )
     _database(p)
     p = command("export", "write YAML for rows that exist in the database")
     p.add_argument("--out", help="folder to write into (default: print)")

@@ -180,12 +180,16 @@ def _clear_daemon_error(conn: psycopg.Connection[Any], owner: str) -> None:
 
 
 def status(args: argparse.Namespace, settings: Settings) -> int:
-    """List schedules from the database: timing, owner, last run and result, next run."""
+    """List schedules from the database: timing, owner, last run and result, next run; a
+    summary of every schedule by state; ``--project`` and ``--failing`` narrow the list."""
     from reconciler.commands.reporting import (
         daemon_document,
         fetch_status,
         render_daemon,
         render_status,
+        render_summary,
+        select,
+        tally,
     )
     from reconciler.store.connecting import open_store
     from reconciler.store.daemon_state import read_state
@@ -194,14 +198,25 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
     with open_store(settings) as conn:
         entries = fetch_status(conn, name=getattr(args, "name", None), now=now)
         state = read_state(conn, settings.owner)
+    project, failing = getattr(args, "project", None), _flag(args, "failing")
+    filtered = project is not None or failing
+    listed = select(entries, project=project, failing=failing) if filtered else entries
+    states = tally(entries)
     if settings.output == "json":
+        summary = {"schedules": len(entries), "listed": len(listed), "states": states}
         emit_json(
             "Status",
-            {"schedules": [e.document() for e in entries], "daemon": daemon_document(state)},
+            {
+                "schedules": [e.document() for e in listed],
+                "summary": summary,
+                "daemon": daemon_document(state),
+            },
         )
     else:
+        table = render_status([_shown(e) for e in listed], filtered=filtered)
+        summary_line = render_summary(len(entries), states, len(listed) if filtered else None)
         daemon = render_daemon(_shown_state(state), terminal(settings.owner), now)
-        sys.stdout.write(render_status([_shown(e) for e in entries]) + "\n\n" + daemon + "\n")
+        sys.stdout.write(f"{table}\n\n{terminal(summary_line)}\n{daemon}\n")
     return EXIT_OK
 
 

@@ -1,5 +1,7 @@
 """``reconcile status``: the schedules in the database, their timing, owner, last and next run,
 and the state ``reconcile serve`` keeps there (who leads, the last apply, the current config error).
+A summary line counts every schedule by state; ``--project`` and ``--failing`` (``select``) narrow
+the table, never the counts, so a thousand schedules read as one line and a short list.
 
 Called by ``commands.reconciling.status``; reads the rows through ``store.schedules`` (one
 query). The next run is the one the daemon stored; a schedule no daemon has scheduled yet shows
@@ -8,6 +10,8 @@ the one the scheduler will compute (from the anchor apply stored, so it does not
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -20,7 +24,32 @@ from reconciler.store.schedules import fetch_schedules
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["StatusEntry", "daemon_document", "fetch_status", "render_daemon", "render_status"]
+__all__ = [
+    "FAILING",
+    "STATES",
+    "StatusEntry",
+    "daemon_document",
+    "fetch_status",
+    "render_daemon",
+    "render_status",
+    "render_summary",
+    "select",
+    "tally",
+]
+
+# A schedule's state: its last run's result; "never run" before one, "disabled" above all else.
+STATES = (
+    "succeeded",
+    "failed",
+    "abandoned",
+    "missed",
+    "skipped",
+    "running",
+    "never run",
+    "disabled",
+)
+# The last runs that imported nothing they should have: what --failing lists.
+FAILING = frozenset({"failed", "abandoned"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +67,13 @@ class StatusEntry:
     next_run_at: datetime | None
     source: str | None
     local_files: Any = None  # JSON as stored: a list of globs unless edited by hand
+
+    @property
+    def state(self) -> str:
+        """One of ``STATES``: disabled, the last run's result, or never run."""
+        if not self.enabled:
+            return "disabled"
+        return self.last_result or "never run"
 
     def document(self) -> dict[str, Any]:
         doc = asdict(self)
@@ -89,14 +125,40 @@ def fetch_status(
     return entries
 
 
+def select(
+    entries: Iterable[StatusEntry], *, project: str | None = None, failing: bool = False
+) -> list[StatusEntry]:
+    """The entries of ``project`` (if given) whose last run failed (if ``failing``), in order."""
+    return [
+        e
+        for e in entries
+        if (project is None or e.project == project) and (not failing or e.state in FAILING)
+    ]
+
+
+def tally(entries: Iterable[StatusEntry]) -> dict[str, int]:
+    """How many entries are in each state, in the order of ``STATES`` (others after), no zeros."""
+    counts = Counter(e.state for e in entries)
+    order = [*STATES, *sorted(set(counts) - set(STATES))]  # a status written by another program
+    return {state: counts[state] for state in order if counts[state]}
+
+
+def render_summary(total: int, states: dict[str, int], listed: int | None = None) -> str:
+    """``1,000 schedules: 990 succeeded, 10 failed``, and ``; 10 listed`` under a filter."""
+    noun = "schedule" if total == 1 else "schedules"
+    counts = ", ".join(f"{count:,} {state}" for state, count in states.items())
+    line = f"{total:,} {noun}" + (f": {counts}" if counts else "")
+    return line if listed is None else f"{line}; {listed:,} listed"
+
+
 def _when(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M UTC") if value else "-"
 
 
-def render_status(entries: list[StatusEntry]) -> str:
+def render_status(entries: list[StatusEntry], *, filtered: bool = False) -> str:
     """A table, one line per schedule."""
     if not entries:
-        return "No schedules in the database."
+        return "No schedule matches." if filtered else "No schedules in the database."
     header = (
         "NAME",
         "PROJECT",
