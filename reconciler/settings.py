@@ -138,6 +138,12 @@ def _yes_no(given: _Given | None, default: bool) -> bool:
     return value in _TRUE
 
 
+def _color(env: Mapping[str, str], *, tty: bool) -> bool:
+    """Colour on a terminal, unless NO_COLOR is set (no-color.org) or TERM is dumb: a terminal
+    that shows escape sequences as text (Emacs' shell, some CI logs). --no-color always wins."""
+    return tty and "NO_COLOR" not in env and env.get("TERM") != "dumb"
+
+
 def _http_address(given: _Given | None) -> str:
     if given is None:
         return "127.0.0.1:8080"
@@ -269,7 +275,7 @@ def load_settings(
         _given(log_level, "--log-level", env, "RECONCILER_LOG_LEVEL"), _LOG_LEVELS, "info"
     )
     out = _choice(_given(output, "--output", {}), _OUTPUTS, "text")
-    use_color = color if color is not None else (sys.stdout.isatty() and "NO_COLOR" not in env)
+    use_color = color if color is not None else _color(env, tty=sys.stdout.isatty())
     workers = _whole_number(
         _given(import_workers, "import_workers", env, "RECONCILER_IMPORT_WORKERS"),
         2,

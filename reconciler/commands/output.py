@@ -54,5 +54,6 @@ def emit_error(exc: BaseException, message: str, exit_code: int) -> None:
 
 
 def paint(text: str, color: str, *, enabled: bool) -> str:
-    """``text`` in ``color`` when colour is enabled (a terminal, no NO_COLOR, no --no-color)."""
+    """``text`` in ``color`` when colour is enabled: ``Settings.color``, on for a terminal unless
+    NO_COLOR is set, TERM is dumb or --no-color is given."""
     return f"\x1b[{_COLORS[color]}m{text}\x1b[0m" if enabled else text
