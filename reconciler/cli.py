@@ -18,6 +18,7 @@ from typing import NoReturn
 
 from reconciler import __version__
 from reconciler.commands import output
+from reconciler.commands.completing import SHELLS, Flag, Vocabulary
 from reconciler.errors import EXIT_ERROR, ReconcileError, Terminated, UsageError
 from reconciler.escaping import capped, terminal
 from reconciler.settings import Settings, load_settings
@@ -38,6 +39,7 @@ _COMMANDS: dict[str, str] = {
     "forget": "reconciler.commands.forgetting:forget",
     "sql": "reconciler.commands.querying:sql",
     "serve": "reconciler.daemon.serving:serve",
+    "completion": "reconciler.commands.completing:completion",
 }
 
 # Output formats beyond text and json, and the commands that write them.
@@ -45,7 +47,7 @@ _SPECIAL_OUTPUTS = {"github": ("validate",), "markdown": ("plan", "apply")}
 
 # Commands that never log: skipping structlog's import (and asyncio's, through it) keeps CI's
 # `reconcile validate` start-up about 0.1 s shorter.
-_SILENT = frozenset({"validate", "schema"})
+_SILENT = frozenset({"validate", "schema", "completion"})
 
 
 class _Parser(argparse.ArgumentParser):
@@ -191,7 +193,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("project")
     p.add_argument("--path", help="only files whose path matches this glob")
     _database(p)
+    p = command("completion", "print a shell completion script (bash, zsh or fish)")
+    _completion(p, parser, sub)
     return parser
+
+
+def _completion(
+    p: argparse.ArgumentParser,
+    parser: argparse.ArgumentParser,
+    sub: argparse._SubParsersAction[_Parser],
+) -> None:
+    """The shell argument, and the vocabulary of the finished parser for the script."""
+    p.add_argument("shell", choices=tuple(SHELLS))
+    p.set_defaults(vocabulary=_vocabulary(parser, sub))
+
+
+def _flags(parser: argparse.ArgumentParser) -> tuple[Flag, ...]:
+    return tuple(
+        Flag(
+            names=tuple(action.option_strings),
+            help=action.help or "",
+            takes_value=action.nargs != 0,
+            choices=tuple(str(c) for c in action.choices or ()),
+        )
+        for action in parser._actions  # argparse lists them nowhere public
+        if action.option_strings and action.help != argparse.SUPPRESS
+    )
+
+
+def _vocabulary(
+    parser: argparse.ArgumentParser, sub: argparse._SubParsersAction[_Parser]
+) -> Vocabulary:
+    """What `reconcile completion` completes, read from the parser itself."""
+    helps = {action.dest: action.help or "" for action in sub._choices_actions}
+    commands = {}
+    for name, command_parser in sub.choices.items():
+        arguments = tuple(
+            str(choice)
+            for action in command_parser._actions
+            if not action.option_strings
+            for choice in action.choices or ()
+        )
+        commands[name] = (helps.get(name, ""), _flags(command_parser), arguments)
+    return Vocabulary(flags=_flags(parser), commands=commands)
 
 
 def _settings(args: argparse.Namespace) -> Settings:

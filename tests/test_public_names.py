@@ -23,6 +23,7 @@ PINNED: dict[str, list[str]] = {
     "reconciler.__main__": [],
     "reconciler.cli": ["main"],
     "reconciler.commands": [],
+    "reconciler.commands.completing": ["SHELLS", "Flag", "Vocabulary", "completion", "script"],
     "reconciler.commands.exporting": ["export_rows", "schedule_documents"],
     "reconciler.commands.offline": ["schema", "validate"],
     "reconciler.commands.output": [
