@@ -465,6 +465,10 @@ DIGITS = "9" * 5000
 NUL = "contains a NUL character ('\\0'), which PostgreSQL cannot store: remove it"
 HUGE = "this number is far too large for any setting (none takes more than 2147483647)"
 INT4 = "a duration must be at most 2147483647 seconds (about 68 years)"
+TOO_LONG = (
+    "is not a duration: it is %d characters long, and a duration takes at most 64; "
+    "write one such as '2h' or '1h30m'"
+)
 ZONE_HINT = "use an IANA name such as 'UTC' or 'Europe/Berlin'"
 BAD_URL = (
     "spec.callback_url: must be a valid URL: check the host (an IPv6 address goes in "
@@ -499,8 +503,12 @@ DATABASE_REJECTS = [
     ("hexadecimal past 30 digits", schedule(CRON, "  sftp_override: {port: 0x" + "f" * 31 + "}"),
      "8:25", HUGE),
     ("5000 digits, quoted", schedule(f'  interval: "{DIGITS}"'), "7:13",
-     f"spec.interval: {INT4}, got '{'9' * 37}...'"),
+     f"spec.interval: '{'9' * 37}...' {TOO_LONG % 5000}"),
     ("5000 digits in hours", schedule(f"  interval: {DIGITS}h"), "7:13",
+     f"spec.interval: '{'9' * 37}...' {TOO_LONG % 5001}"),
+    ("65 digits, quoted", schedule(f'  interval: "{DIGITS[:65]}"'), "7:13",
+     f"spec.interval: '{'9' * 37}...' {TOO_LONG % 65}"),
+    ("64 digits, quoted", schedule(f'  interval: "{DIGITS[:64]}"'), "7:13",
      f"spec.interval: {INT4}, got '{'9' * 37}...'"),
     ("5000 digits in a cron", schedule(f'  cron: "{DIGITS} * * * *"'), "7:9",
      f"spec.cron: '{'9' * 37}...': minute {'9' * 37}... is out of range 0-59"),

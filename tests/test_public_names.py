@@ -277,10 +277,12 @@ PINNED: dict[str, list[str]] = {
     ],
     "reconciler.model.scalars": [
         "MAX_DIGITS",
+        "MAX_LISTED",
         "MAX_SHOWN",
         "NUMBER_START",
         "excerpt",
         "is_secret_key",
+        "listed",
         "resolve",
     ],
     "reconciler.model.settling": ["SETTLE_SECONDS", "Read", "digest", "observe", "settle"],

@@ -64,6 +64,8 @@ class Loaded:
 
 
 _CACHED_FILES = 4096  # files whose parsed results are remembered
+_HINTS = 20  # undeclared projects given a "did you mean" hint per load
+_HINT_LENGTH = 255  # a longer name is no valid name, and not worth comparing
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,11 +227,18 @@ def _cross_checks(declared: list[_Declared]) -> list[Finding]:
                 )
             )
     projects = {name for kind, name in first if kind == "Project"}
+    candidates = sorted(projects)
+    hints = _HINTS
     for item in declared:
         if item.project is None or item.project[0] in projects:
             continue
         name, line, column = item.project
-        close = difflib.get_close_matches(name, sorted(projects), n=1)
+        # Each hint compares the name with every project: a few, or a folder of thousands of
+        # mistyped schedules would cost the square of its size.
+        close = []
+        if hints and len(name) <= _HINT_LENGTH:
+            hints -= 1
+            close = difflib.get_close_matches(name, candidates, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         findings.append(
             Finding(

@@ -13,17 +13,30 @@ is kept as text and reported, so that one file never means two things to two too
   thousands of digits is slow (Python refuses past 4,300).
 
 Messages never repeat a value written under a secret key (``password``, any ``*_url``), and
-quote any other value through ``excerpt``: a few dozen characters, never a whole file. Pure.
+quote any other value through ``excerpt``: a few dozen characters, never a whole file; a list of
+names from the input (a CSV header's columns) goes through ``listed``: a few names, then how many
+more. Pure.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["MAX_DIGITS", "MAX_SHOWN", "NUMBER_START", "excerpt", "is_secret_key", "resolve"]
+__all__ = [
+    "MAX_DIGITS",
+    "MAX_LISTED",
+    "MAX_SHOWN",
+    "NUMBER_START",
+    "excerpt",
+    "is_secret_key",
+    "listed",
+    "resolve",
+]
 
 MAX_SHOWN = 40  # characters of a value a message may quote; the rest is cut
+MAX_LISTED = 10  # names a message may list; the rest are counted
 MAX_DIGITS = 30  # far more than any setting takes (the largest holds 10 digits)
 
 NUMBER_START = frozenset("0123456789+-.")  # plain scalars not starting so and longer than 5: text
@@ -67,9 +80,27 @@ def excerpt(text: str) -> str:
     A file that is not YAML (a symlinked ``.env``) reads as one long value; a finding must name
     it, not print it into a CI log.
     """
-    if len(text) > MAX_SHOWN:
-        text = text[: MAX_SHOWN - 3] + "..."
-    return repr(text)
+    return repr(_cut(text))
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
+
+
+def listed(names: Iterable[str], limit: int = MAX_LISTED) -> str:
+    """``a, b, c and 7 more``: at most ``limit`` names, each cut to ``MAX_SHOWN`` characters.
+
+    A message that echoes names from the input (a header of 100,000 columns) stays a few hundred
+    characters, whatever the input.
+    """
+    shown: list[str] = []
+    more = 0
+    for name in names:
+        if len(shown) < limit:
+            shown.append(_cut(name))
+        else:
+            more += 1
+    return ", ".join(shown) + (f" and {more} more" if more else "")
 
 
 def resolve(text: str, style: str | None, tag: str | None, key: object) -> tuple[Any, str]:
