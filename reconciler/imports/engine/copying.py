@@ -12,6 +12,7 @@ file's order. Identifiers are always composed with ``psycopg.sql.Identifier`` an
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ from psycopg import sql
 
 from reconciler.errors import DataError, TargetError
 from reconciler.imports.engine.framing import Framed
+from reconciler.model.scalars import listed
 from reconciler.model.specs import TOOL_TABLES
 
 if TYPE_CHECKING:
@@ -143,8 +145,7 @@ def _inspect(conn: psycopg.Connection[Any], target: Target, dialect: CsvDialect)
     missing = [c for c in columns if c not in found]
     if missing:
         raise TargetError(
-            f"table {target.table} has no column {', '.join(missing)} "
-            f"(its columns: {', '.join(found)})"
+            f"table {target.table} has no column {listed(missing)} (its columns: {listed(found)})"
         )
     key = tuple(target.key or ())
     nulls_merge = key_not_null = False
@@ -234,6 +235,7 @@ def match_header(names: list[str], target: TargetTable) -> tuple[str, ...]:
     column and upsert key column must be there.
     """
     takes = target.columns if target.declared else target.insertable
+    taken = frozenset(takes)
     folded: dict[str, list[str]] = {}
     for column in takes:
         folded.setdefault(column.casefold(), []).append(column)
@@ -243,25 +245,26 @@ def match_header(names: list[str], target: TargetTable) -> tuple[str, ...]:
         name = raw.strip()
         if not name:
             unknown.append(f"(column {position} has no name)")
-        elif name in takes:
+        elif name in taken:
             chosen.append(name)
         elif len(folded.get(name.casefold(), ())) == 1:
             chosen.append(folded[name.casefold()][0])
         else:
             unknown.append(name)
-    twice = sorted({c for c in chosen if chosen.count(c) > 1})
+    counts = Counter(chosen)
+    twice = sorted(c for c, n in counts.items() if n > 1)
     required = [*(target.columns if target.declared else ()), *target.key]
-    missing = [c for c in dict.fromkeys(required) if c not in chosen]
+    missing = [c for c in dict.fromkeys(required) if c not in counts]
     if unknown or twice or missing:
         problems = [
-            *([f"unknown: {', '.join(unknown)}"] if unknown else []),
-            *([f"named twice: {', '.join(twice)}"] if twice else []),
-            *([f"missing: {', '.join(missing)}"] if missing else []),
+            *([f"unknown: {listed(unknown)}"] if unknown else []),
+            *([f"named twice: {listed(twice)}"] if twice else []),
+            *([f"missing: {listed(missing)}"] if missing else []),
         ]
         where = "target.columns" if target.declared else f"table {target.table}"
         raise DataError(
             f"the header does not match the target ({'; '.join(problems)}): the header has "
-            f"{', '.join(n.strip() for n in names)}; {where} takes {', '.join(takes)}",
+            f"{listed(n.strip() for n in names)}; {where} takes {listed(takes)}",
             line=1,
         )
     return tuple(chosen)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -149,8 +150,12 @@ class Framed:
         """The header record's names, read ahead of the stream; None for an empty file."""
         if not self._started:
             self._first()
-        while (end := _record_end(self._head, self._dialect)) is None:
-            if len(self._head) > HEADER_LIMIT:
+        # Each block is searched once, the quoting carried on: a long header costs its length.
+        state = _header_quotes(self._dialect)
+        pieces, size = [self._head], len(self._head)
+        end = _record_end(self._head, state)
+        while end is None:
+            if size > HEADER_LIMIT:
                 raise DataError(
                     f"the header record is longer than {HEADER_LIMIT // 1024} KiB; "
                     "is csv.header right for this file?",
@@ -158,9 +163,13 @@ class Framed:
                 )
             block = self._read()
             if not block:
-                end = len(self._head)
+                end = size
                 break
-            self._head += block
+            at = _record_end(block, state)
+            end = None if at is None else size + at
+            pieces.append(block)
+            size += len(block)
+        self._head = b"".join(pieces)
         # A byte the encoding cannot read shows escaped in an error, never dropped.
         codec = python_codec(self._dialect.encoding)
         text = self._head[:end].decode(codec, errors="backslashreplace")
@@ -172,22 +181,50 @@ class Framed:
             raise DataError(f"the header record is not valid CSV ({exc})", line=1) from exc
 
     def blocks(self) -> Iterator[bytes]:
-        """The framed stream, block by block."""
+        """The framed stream, block by block.
+
+        What may end the file is held back: a last line that may become ``\\.`` (``held``, at
+        most two bytes) and the line ends after it (``blank``, counted, not kept), so that
+        neither time nor memory grows with a run of empty lines.
+        """
         if not self._started:
             self._first()
-        carry, self._head = self._head, b""
+        held, self._head = self._head, b""
+        blank = _Blank()
         while True:
             block = self._read()
-            data = carry + block if carry else block
+            if blank and block and not block.strip(b"\r\n"):
+                blank.feed(block)
+                continue
             if not block:
-                tail = _without_blank_tail(data, after_record=not self._line_start)
+                tail = _without_blank_tail(held + blank.head(), after_record=not self._line_start)
                 if tail := self._frame(tail, final=True):
                     yield tail
                 return
+            if blank:
+                for piece in blank.pieces(held, self._block_size):
+                    yield self._frame(piece, final=False)
+                self.lines += blank.dropped
+                held, blank = b"", _Blank()
+            data = held + block if held else block
             cut = self._cut(data)
-            carry = data[cut:]
+            held = data[cut:]
+            end = len(held.rstrip(b"\r\n"))
+            if end < len(held) and not self._inside(data, cut, end):
+                blank.feed(held[end:])
+                held = held[:end]
+            elif end < len(held):  # line ends inside a quoted value are data: pass them on
+                cut, held = len(data), b""
             if cut:
                 yield self._frame(data[:cut] if cut < len(data) else data, final=False)
+
+    def _inside(self, data: bytes, cut: int, end: int) -> bool:
+        """Whether ``data[cut:][end:]``, line ends held back, would lie inside a quoted value."""
+        if self._quotes is None:
+            return False
+        state = self._quotes.copy()
+        state.advance(data, 0, cut + end)
+        return state.inside
 
     @staticmethod
     def _cut(data: bytes) -> int:
@@ -226,8 +263,8 @@ class Framed:
                 state.advance(chunk, scanned, at)
                 scanned = at
                 if not state.inside:
-                    line = self.lines + chunk.count(b"\n", 0, at) + 1
                     if self._dialect.null == "\\.":
+                        line = self.lines + chunk.count(b"\n", 0, at) + 1
                         raise DataError(
                             "this line is exactly \\., which is both csv.null and what "
                             "PostgreSQL 15 to 17 take for the end of the data; choose another "
@@ -241,6 +278,77 @@ class Framed:
             return chunk
         pieces.append(chunk[done:])
         return b"".join(pieces)
+
+
+# Bytes of a run of line ends kept after its first change of kind (a '\r' in a run of '\n'):
+# PostgreSQL stops at that change with an error when more records follow, so what comes after
+# it is never read, and a run at the end is dropped whatever it holds.
+_KEEP = 2
+_REPEATS = {b"\n": re.compile(b"\n*+"), b"\r\n": re.compile(b"(?:\r\n)*+")}
+
+
+class _Blank:
+    """A run of line ends outside quotes, held back until the file shows what follows it.
+
+    Kept as one kind of line end repeated (``unit`` times ``count``) and the first ``_KEEP``
+    bytes after it, with the newlines of the rest counted (``dropped``), so that the lines
+    passed on still add up. A lone ``\\r`` at the end of what was fed may yet begin ``\\r\\n``:
+    it stays in ``rest`` until the next bytes tell.
+    """
+
+    def __init__(self) -> None:
+        self.unit = b""
+        self.count = 0
+        self.rest = b""
+        self.dropped = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.count or self.rest)
+
+    def feed(self, eols: bytes) -> None:
+        """Add ``eols``, bytes that are all ``\\r`` or ``\\n``."""
+        if len(self.rest) >= _KEEP:
+            self.dropped += eols.count(b"\n")
+            return
+        data = self.rest + eols
+        if not self.unit:
+            if data.startswith(b"\r\n"):
+                self.unit = b"\r\n"
+            elif data.startswith(b"\r"):
+                if len(data) == 1:
+                    self.rest = data
+                    return
+                self.unit = b"\r"
+            else:
+                self.unit = b"\n"
+        folded = self._repeats(data)
+        self.count += folded
+        rest = data[folded * len(self.unit) :]
+        self.dropped += rest.count(b"\n", _KEEP)
+        self.rest = rest[:_KEEP]
+
+    def _repeats(self, data: bytes) -> int:
+        if self.unit == b"\r":
+            run = len(data) - len(data.lstrip(b"\r"))
+            return run - 1 if run else 0  # the last '\r' may begin a '\r\n'
+        match = _REPEATS[self.unit].match(data)
+        return (match.end() if match else 0) // len(self.unit)
+
+    def head(self) -> bytes:
+        """The first line end of the run (and a byte more, to tell ``\\r\\n`` from ``\\r``)."""
+        return (self.unit * min(self.count, 2) + self.rest)[:2]
+
+    def pieces(self, held: bytes, size: int) -> Iterator[bytes]:
+        """``held`` and the run as kept, in pieces of about ``size`` bytes."""
+        repeats = max(1, size // max(1, len(self.unit)))
+        left, first = self.count, held
+        while left > 0:
+            take = min(left, repeats)
+            yield first + self.unit * take
+            left -= take
+            first = b""
+        if first or self.rest:
+            yield first + self.rest
 
 
 def _without_blank_tail(data: bytes, *, after_record: bool) -> bytes:
@@ -259,24 +367,35 @@ def _without_blank_tail(data: bytes, *, after_record: bool) -> bytes:
     return data[: end + len(run[:1])]
 
 
-def _record_end(data: bytes, dialect: CsvDialect) -> int | None:
-    """The offset of the first line end outside quotes (the header's end); None if not yet seen."""
+def _header_quotes(dialect: CsvDialect) -> Quotes:
     quote = dialect.quote.encode("utf-8")
     escape = (dialect.escape or dialect.quote).encode("utf-8")
     if len(quote) != 1 or len(escape) != 1:
         quote = escape = b"\x00"
-    state = Quotes(quote[0], escape[0])
-    scanned = search = 0
+    return Quotes(quote[0], escape[0])
+
+
+def _record_end(data: bytes, state: Quotes) -> int | None:
+    """The offset of the first line end outside quotes (the header's end), ``state`` carried
+    from the bytes before; None if ``data`` has none, ``state`` then moved over all of it."""
+    scanned = 0
+    size = len(data)
+    # The next of each line end, searched again only once passed: a block of '\n' and no '\r'
+    # is then searched once, not once per line.
+    newline, ret = data.find(b"\n"), data.find(b"\r")
     while True:
-        ends = [p for p in (data.find(b"\n", search), data.find(b"\r", search)) if p >= 0]
-        if not ends:
+        at = min(newline if newline >= 0 else size, ret if ret >= 0 else size)
+        if at == size:
+            state.advance(data, scanned, size)
             return None
-        at = min(ends)
         state.advance(data, scanned, at)
         scanned = at
         if not state.inside:
             return at
-        search = at + 1
+        if at == newline:
+            newline = data.find(b"\n", at + 1)
+        else:
+            ret = data.find(b"\r", at + 1)
 
 
 def _csv_options(dialect: CsvDialect) -> dict[str, Any]:

@@ -37,6 +37,8 @@ __all__ = [
 _log = logs.get_logger("reconciler.imports.sources.sftp")  # the log names the SFTP source
 
 _U32 = struct.Struct(">I")
+# A DNS name has at most 253 characters; '[name]:port' a few more.
+_NAME_MAX = 512
 _RSA_SIGNATURES = ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")  # what an ssh-rsa key may sign with
 
 
@@ -99,14 +101,33 @@ def parse_known_hosts(text: str) -> tuple[list[KnownHost], list[tuple[int, str]]
     return usable, skipped
 
 
+def _piece(text: str) -> str:
+    return "".join("." if c == "?" else re.escape(c) for c in text)
+
+
 def _wildcard(pattern: str, name: str) -> bool:
-    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    return re.fullmatch(regex, name, re.DOTALL) is not None
+    """Whether ``name`` matches ``pattern``, where ``*`` is any run and ``?`` any one character.
+
+    The pieces between stars are taken where they first fit and never tried elsewhere (an
+    atomic group), which finds a match whenever there is one: ``*a*a*a*b`` read as nested
+    ``.*`` would backtrack exponentially, seconds for a line of six stars.
+    """
+    head, *rest = pattern.split("*")
+    if not rest:
+        return re.fullmatch(_piece(head), name, re.DOTALL) is not None
+    *middle, tail = rest
+    regex = _piece(head) + "".join(f"(?>.*?{_piece(m)})" for m in middle if m)
+    return re.fullmatch(f"{regex}.*{_piece(tail)}", name, re.DOTALL) is not None
 
 
 def host_matches(hosts: Sequence[str], name: str) -> bool:
     """Whether ``name`` (``host``, or ``[host]:port`` off port 22) is one of ``hosts``: any
-    pattern matches it and no negated one does; case does not matter, as in OpenSSH."""
+    pattern matches it and no negated one does; case does not matter, as in OpenSSH.
+
+    A name longer than any host name (``_NAME_MAX``) matches nothing, so that a line costs time
+    in proportion to its own length."""
+    if len(name) > _NAME_MAX:
+        return False
     name = name.lower()
     found = False
     for pattern in hosts:
