@@ -22,6 +22,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 # name: (script, arguments); the order runs the quick ones first.
 BENCHMARKS: dict[str, tuple[str, list[str]]] = {
+    "parsers": ("bench_parsers.py", []),
     "validate": ("bench_validate.py", []),
     "reconcile": ("bench_reconcile.py", []),
     "import": ("bench_import.py", []),
