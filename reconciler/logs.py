@@ -42,8 +42,13 @@ __all__ = [
 MASK = "***"
 # The patterns behind ``redact``: free text may hold a connection string anywhere in it.
 _PATTERNS = (
-    # URI user info: postgresql://user:PASSWORD@host (any scheme: sftp:// too)
-    re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]+(?P<tail>@)", re.IGNORECASE),
+    # URI user info: postgresql://user:PASSWORD@host (any scheme: sftp:// too). A scheme is
+    # tried only from the start of a run of scheme characters, and a password is at most 1 KiB:
+    # each attempt is bounded, so a hostile text costs time linear in its length.
+    re.compile(
+        r"(?P<head>(?<![a-z0-9+.-])[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]{1,1024}(?P<tail>@)",
+        re.IGNORECASE,
+    ),
     # URI query parameter: ?password=... &sslpassword=...
     re.compile(r"(?P<head>[?&][\w.-]*password=)[^&#\s]*(?P<tail>)", re.IGNORECASE),
     # keyword/value: password=x, password = 'a b', password='it\'s', PGPASSWORD=x

@@ -22,8 +22,10 @@ from reconciler.errors import DataError
 from reconciler.imports.engine.copying import TargetTable, match_header
 from reconciler.imports.engine.framing import Framed
 from reconciler.imports.sources.known_hosts import host_matches, parse_known_hosts
+from reconciler.logs import redact
 from reconciler.model import timing
 from reconciler.model.loading import load_files
+from reconciler.model.rendering import _masked
 from reconciler.model.scalars import resolve
 from reconciler.model.specs import CsvDialect, document_adapter, parse_duration
 
@@ -176,6 +178,11 @@ CASES = [
         "known_hosts: a long line", lambda n: "a" * n + " ssh-rsa AAAA\n", parse_known_hosts, 50000
     ),
     Case("known_hosts: many stars", lambda n: "*a" * n + "b", _stars, 60),
+    # secrets masked in log lines and plans: free text with URL-like runs
+    Case("log redaction: a scheme-like run", lambda n: "a." * n, redact, 20000),
+    Case("log redaction: many user infos", lambda n: "a://b:" * n, redact, 5000),
+    Case("plan masking: a scheme-like run", lambda n: "a." * n, _masked, 20000),
+    Case("plan masking: many schemes", lambda n: "a://" * n, _masked, 5000),
     # the YAML loader, whole documents
     Case("yaml: undeclared projects", _schedules, _loaded, 150),
     Case(

@@ -39,7 +39,8 @@ MARKER = "<!-- reconcile-plan -->"
 
 _SYMBOL = {Op.CREATE: "+", Op.UPDATE: "~", Op.DELETE: "-"}
 _COLOR = {Op.CREATE: "32", Op.UPDATE: "33", Op.DELETE: "31"}
-_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#@\s]*@")
+# From the start of a run of scheme characters only: tried from each one, a long run is quadratic.
+_URL_USERINFO = re.compile(r"(?i)(?<![a-z0-9+.-])([a-z][a-z0-9+.-]*://)[^/?#@\s]*@")
 
 
 def _masked(value: Any) -> Any:
