@@ -64,3 +64,25 @@ def test_nothing_to_export_is_still_a_document(cli: Cli) -> None:
     """With every row owned, the document lists no project (stdout is never empty)."""
     cli("apply")
     assert _export(cli)["projects"] == []
+
+
+def test_a_project_name_from_elsewhere_never_writes_outside_the_folder(
+    cli: Cli, database_url: str
+) -> None:
+    """A name the old API stored with '/' and '..' gives a file inside --out, never beside it."""
+    cli("apply")
+    with psycopg.connect(database_url) as conn:
+        (pid,) = conn.execute(
+            "INSERT INTO cpi_projects (name) VALUES ('../../escaped') RETURNING id"
+        ).fetchone() or (None,)
+        conn.execute(
+            "INSERT INTO cpi_schedules (name, project_id, schedule_type, interval_seconds) "
+            "VALUES ('old', %s, 'interval', 7200)",
+            (pid,),
+        )
+    out = cli.cwd / "exported"
+    document = _export(cli, "--out", str(out))
+    (project,) = document["projects"]
+    assert project["file"] == str(out / "_.._escaped.yaml")
+    assert [p.name for p in out.iterdir()] == ["_.._escaped.yaml"]
+    assert not (cli.cwd.parent / "escaped.yaml").exists()

@@ -121,6 +121,13 @@ def schedule_documents(
     return grouped
 
 
+def _file_name(project: str) -> str:
+    """A file name for ``project``'s documents that stays inside the output folder, whatever
+    the name a row from elsewhere holds (a '/', '..', a leading dot or control characters)."""
+    safe = "".join(c if c.isalnum() or c in "_.-" else "_" for c in project).lstrip(".")
+    return f"{safe or 'project'}.yaml"
+
+
 def export_rows(conn: psycopg.Connection[Any], *, settings: Settings, out: str | None) -> int:
     """Write (or print) the documents; return the exit code."""
     rows = fetch_unowned(conn, owner=settings.owner)
@@ -130,7 +137,7 @@ def export_rows(conn: psycopg.Connection[Any], *, settings: Settings, out: str |
     as_json = settings.output == "json"
     exported = []
     for project, docs in grouped.items():
-        target = None if out is None else folder / f"{project}.yaml"
+        target = None if out is None else folder / _file_name(project)
         exported.append(
             {"project": project, "file": None if target is None else str(target), "documents": docs}
         )

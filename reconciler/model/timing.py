@@ -118,7 +118,8 @@ def _parse_field(text: str, field: _Field, expression: str) -> frozenset[int]:
             high = _value(last, field, expression, range_end=True)
             if low > high:
                 raise ValueError(
-                    f"{excerpt(expression)}: the {field.name} range {base} runs backwards; "
+                    f"{excerpt(expression)}: the {field.name} range "
+                    f"{base if len(base) <= 20 else excerpt(base)} runs backwards; "
                     f"write it as two ranges, e.g. {first}-{field.top},{field.low}-{last}"
                 )
         elif base:
@@ -178,13 +179,27 @@ def _check_fires(days: frozenset[int], months: frozenset[int], expression: str) 
     raise ValueError(f"{excerpt(expression)} never fires ({month_words} {verb} no {day_words})")
 
 
-@functools.lru_cache(maxsize=512)
+_CACHED_CRON = 256  # characters: longer expressions are normalised every time, not remembered
+
+
 def normalize_cron(expression: str) -> str:
     """The canonical spelling of a cron expression; ``ValueError`` with a helpful message if bad.
 
     Spellings of one schedule normalise identically (``SUN``/``0``/``7``, ``@daily``/``0 0 * * *``,
-    extra whitespace), so stored and declared schedules compare equal.
+    extra whitespace), so stored and declared schedules compare equal. Results are remembered
+    for expressions of a sane length only, so that the cache's memory stays bounded.
     """
+    if len(expression) <= _CACHED_CRON:
+        return _normalize_cached(expression)
+    return _normalize(expression)
+
+
+@functools.lru_cache(maxsize=512)
+def _normalize_cached(expression: str) -> str:
+    return _normalize(expression)
+
+
+def _normalize(expression: str) -> str:
     fields = _FIELD_SPLIT.findall(expression)
     if not fields:
         raise ValueError(
