@@ -122,7 +122,7 @@ def _unknown_header(columns: tuple[str, ...]) -> object:
     return _header(columns, takes=("x",))
 
 
-_cron = _quietly(timing.normalize_cron.__wrapped__)
+_cron = _quietly(timing.normalize_cron)  # past the cached length: not remembered
 _csv = _framed(CsvDialect(header=False))
 
 CASES = [
