@@ -68,6 +68,7 @@ PINNED: dict[str, list[str]] = {
         "attach",
         "detach",
     ],
+    "reconciler.daemon.collecting": ["ScheduleCollector"],
     "reconciler.daemon.connections": [
         "HEADER_LIMIT",
         "KEEP_ALIVE_SECONDS",
@@ -79,7 +80,7 @@ PINNED: dict[str, list[str]] = {
     ],
     "reconciler.daemon.http": ["HttpServer", "build_app"],
     "reconciler.daemon.leading": ["ELECT_SECONDS", "Leader"],
-    "reconciler.daemon.metrics": ["Metrics", "Readiness"],
+    "reconciler.daemon.metrics": ["RESULTS", "TRIGGERS", "Metrics", "Readiness"],
     "reconciler.daemon.responses": [
         "ErrorResponse",
         "JobListResponse",
@@ -389,7 +390,12 @@ PINNED: dict[str, list[str]] = {
         "notify_changed",
         "store_first_runs",
     ],
-    "reconciler.store.statistics": ["LANDED_ROWS", "count_run"],
+    "reconciler.store.statistics": [
+        "LANDED_ROWS",
+        "ScheduleGauges",
+        "count_run",
+        "schedule_gauges",
+    ],
 }
 
 

@@ -3,17 +3,39 @@
 ``serving`` creates one ``Metrics`` and hands it to every part; ``http`` renders it at
 ``/metrics`` (Prometheus text, through ``prometheus-client``) and asks it for ``/readyz``. Each
 instance has a registry of its own, so tests can run several daemons in one process.
+
+Cardinality stays flat: counters and histograms carry no schedule label, and every label value
+they have is known up front and exported at 0 from the start (``increase()`` then sees a
+replica's first failure). What is per schedule is a few gauges read from the database at each
+scrape (``collecting``), so every replica exports the same values. The process' memory, CPU and
+open files come from prometheus-client's ``ProcessCollector`` (Linux), on the same registry.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from typing import get_args
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 
-__all__ = ["Metrics", "Readiness"]
+from reconciler.daemon.collecting import ScheduleCollector
+from reconciler.model.results import JobStatus
+
+__all__ = ["RESULTS", "TRIGGERS", "Metrics", "Readiness"]
+
+TRIGGERS = ("schedule", "manual")
+# How a run counted here ended (``abandoned`` is recorded by whichever replica finds the dead
+# run; the schedule's ``reconcile_last_run_status`` shows it).
+RESULTS = tuple(s for s in get_args(JobStatus) if s not in ("running", "abandoned"))
 
 _DURATIONS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600)
 _LATENESS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 15, 60, 300)
@@ -48,31 +70,32 @@ class Readiness:
 
 
 class Metrics:
-    """Every metric the daemon exports, named ``reconcile_*``."""
+    """Every metric the daemon exports, named ``reconcile_*``, plus the process' ``process_*``."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
         self.readiness = Readiness()
         self.leading = False  # set by daemon.leading; followers take config_ok from the leader
-        self._armed: set[str] = set()
-        self._lock = threading.Lock()
-        r = self.registry
+        # Everything but the schedules' gauges, which render themselves (``collecting``);
+        # ``registry`` holds both, for whoever collects the families.
+        self._fixed = r = CollectorRegistry()
+        self._schedules = ScheduleCollector()  # without a database until ``watch_schedules``
+        self.registry = CollectorRegistry()
+        self.registry.register(self._fixed)
+        self.registry.register(self._schedules)
+        ProcessCollector(registry=r)  # process_*: a no-op where /proc is missing
         self.runs = Counter(
-            "reconcile_runs", "Runs by schedule and result", ["schedule", "result"], registry=r
+            "reconcile_runs", "Runs by trigger and result", ["trigger", "result"], registry=r
         )
-        self.rows = Counter("reconcile_rows_imported", "Rows imported", ["schedule"], registry=r)
-        self.bytes = Counter("reconcile_bytes_read", "Bytes read", ["schedule"], registry=r)
+        for trigger in TRIGGERS:
+            for result in RESULTS:
+                if (trigger, result) != ("manual", "missed"):  # only an occurrence is missed
+                    self.runs.labels(trigger, result)
+        self.rows = Counter("reconcile_rows_imported", "Rows imported", registry=r)
+        self.bytes = Counter("reconcile_bytes_read", "Bytes read", registry=r)
         self.duration = Histogram(
-            "reconcile_run_duration_seconds", "Run durations", ["schedule"],
+            "reconcile_run_duration_seconds", "Durations of runs that succeeded or failed",
             buckets=_DURATIONS, registry=r,
         )  # fmt: skip
-        self.last_success = Gauge(
-            "reconcile_last_success_timestamp_seconds", "When a run last succeeded",
-            ["schedule"], registry=r,
-        )  # fmt: skip
-        self.next_run = Gauge(
-            "reconcile_next_run_timestamp_seconds", "The next run armed", ["schedule"], registry=r
-        )
         self.lateness = Histogram(
             "reconcile_occurrence_lateness_seconds",
             "From an occurrence's scheduled time to its job's start",
@@ -81,6 +104,8 @@ class Metrics:
         self.passes = Counter(
             "reconcile_reconcile_passes", "Folder loads by result", ["result"], registry=r
         )
+        for result in ("succeeded", "failed"):
+            self.passes.labels(result)
         self.config_ok = Gauge(
             "reconcile_config_load_ok", "1 if the last folder load applied, else 0", registry=r
         )
@@ -90,23 +115,29 @@ class Metrics:
         self.database_up = Gauge(
             "reconcile_database_up", "1 while the management database answers", registry=r
         )
+        self.slots = Gauge("reconcile_run_slots", "Runs this replica runs at once", registry=r)
+        self.slots_busy = Gauge(
+            "reconcile_run_slots_busy", "Run slots running a run now", registry=r
+        )
+        self.queued = Gauge("reconcile_runs_queued", "Runs waiting for a free run slot", registry=r)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
-        return generate_latest(self.registry)
+        return generate_latest(self._fixed) + self._schedules.exposition()
 
-    def armed(self, schedule: str, at: datetime | None) -> None:
-        """The timer is set for ``schedule`` at ``at`` (``None``: it never fires again)."""
-        if at is None:
-            self.disarmed(schedule)
-            return
-        with self._lock:
-            self.next_run.labels(schedule).set(at.timestamp())
-            self._armed.add(schedule)
+    def watch_schedules(self, *, url: str, owner: str) -> None:
+        """Export ``owner``'s schedules from the database at ``url`` from the next scrape on."""
+        old, self._schedules = self._schedules, ScheduleCollector(url, owner)
+        self.registry.unregister(old)
+        self.registry.register(self._schedules)
+        old.close()
 
-    def disarmed(self, schedule: str) -> None:
-        """``schedule`` is no longer on the timer (deleted or disabled)."""
-        with self._lock:
-            if schedule in self._armed:
-                self._armed.discard(schedule)
-                self.next_run.remove(schedule)
+    def close(self) -> None:
+        """Close the session the schedules' gauges are read over."""
+        self._schedules.close()
+
+    def run_pool(self, slots: int, *, busy: Callable[[], int], queued: Callable[[], int]) -> None:
+        """The run pool's size, and how to count its busy slots and queued runs at a scrape."""
+        self.slots.set(slots)
+        self.slots_busy.set_function(busy)
+        self.queued.set_function(queued)

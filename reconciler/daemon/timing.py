@@ -70,6 +70,7 @@ class Timer:
 
         self._metrics, self._runner, self._url, self._owner = metrics, runner, url, owner
         self._resync_seconds, self._stop = resync_seconds, stop
+        metrics.watch_schedules(url=url, owner=owner)  # /metrics reads the rows it schedules
         self._scheduler = BackgroundScheduler(
             timezone=UTC, executors={"default": ThreadPoolExecutor(4)}
         )
@@ -238,7 +239,6 @@ class Timer:
             if old is not None and (at is None or old.job_id != f"{name}@{at.isoformat()}"):
                 with contextlib.suppress(JobLookupError):  # it has just fired
                     self._scheduler.remove_job(old.job_id)
-        self._metrics.armed(name, at)
 
     def _disarm(self, name: str) -> None:
         from apscheduler.jobstores.base import JobLookupError
@@ -249,7 +249,6 @@ class Timer:
         if old is not None:
             with contextlib.suppress(JobLookupError):  # it has just fired
                 self._scheduler.remove_job(old.job_id)
-        self._metrics.disarmed(name)
 
     def _fire(self, name: str, at: datetime) -> None:
         """APScheduler's callback: hand the occurrence over and arm the next; no I/O."""

@@ -85,6 +85,8 @@ class Runner:
         self._claims: dict[Future[None], Claim] = {}  # queued manual runs, already recorded
         self._sessions: list[psycopg.Connection[Any]] = []  # the workers' bookkeeping sessions
         self._lock = threading.Lock()
+        self._running = 0  # workers in a run now; the rest of ``_futures`` wait for one
+        metrics.run_pool(workers, busy=lambda: self._running, queued=self._queued)
         # Told of an occurrence whose claim could not be recorded (the timer's ``forget``).
         self.unclaimed: Callable[[str, datetime], None] = lambda name, at: None
 
@@ -102,6 +104,14 @@ class Runner:
         """Whether every worker has a run (or a queued one): a new run would wait."""
         with self._lock:
             return len(self._futures) >= self._workers
+
+    def _queued(self) -> int:
+        with self._lock:
+            return max(len(self._futures) - self._running, 0)
+
+    def _slot(self, delta: int) -> None:
+        with self._lock:
+            self._running += delta
 
     @property
     def stopping(self) -> bool:
@@ -121,12 +131,15 @@ class Runner:
 
     def _continue(self, claim: Claim) -> None:
         name = claim.job.schedule
+        self._slot(1)
         try:
             self._count(claim.run(courier=self._courier))
         except ReconcileError as exc:
             _log.error("cannot finish the run", schedule=name, error=exc.message)
         except Exception as exc:  # a bug must not take the worker (or the daemon) down
             _log.exception("cannot finish the run", schedule=name, error=str(exc))
+        finally:
+            self._slot(-1)
 
     def _done(self, future: Future[None]) -> None:
         with self._lock:
@@ -157,6 +170,7 @@ class Runner:
         if self._stopping.is_set():
             return
         name = occurrence.schedule
+        self._slot(1)
         try:
             self._run(occurrence)
         except NotFound:
@@ -165,6 +179,8 @@ class Runner:
             _log.error("cannot run the occurrence", schedule=name, error=exc.message)
         except Exception as exc:  # a bug must not take the worker (or the daemon) down
             _log.exception("cannot run the occurrence", schedule=name, error=str(exc))
+        finally:
+            self._slot(-1)
 
     def _run(self, occurrence: Occurrence) -> None:
         from reconciler.imports.runs.running import claim_run
@@ -252,7 +268,7 @@ class Runner:
         ref = schedule_ref(conn, occurrence.schedule)
         started = record_missed(conn, ref, occurrence.at, reason)
         if started.claimed:
-            self._metrics.runs.labels(occurrence.schedule, "missed").inc()
+            self._metrics.runs.labels("schedule", "missed").inc()
             _log.warning(
                 "occurrence missed", schedule=occurrence.schedule,
                 scheduled_for=occurrence.at.isoformat(), reason=reason,
@@ -261,18 +277,15 @@ class Runner:
     def _count(self, result: JobResult) -> None:
         if not result.claimed:  # another replica runs this occurrence and counts it
             return
-        m, name = self._metrics, result.schedule
-        m.runs.labels(name, result.status).inc()
+        m = self._metrics
+        m.runs.labels(result.trigger, result.status).inc()
         if result.started_at and result.scheduled_for:
             m.lateness.observe((result.started_at - result.scheduled_for).total_seconds())
         if result.status in ("succeeded", "failed"):
-            m.rows.labels(name).inc(result.rows_imported)
-            m.bytes.labels(name).inc(result.bytes_read)
+            m.rows.inc(result.rows_imported)
+            m.bytes.inc(result.bytes_read)
             if result.started_at and result.finished_at:
-                seconds = (result.finished_at - result.started_at).total_seconds()
-                m.duration.labels(name).observe(seconds)
-        if result.status == "succeeded" and result.finished_at:
-            m.last_success.labels(name).set(result.finished_at.timestamp())
+                m.duration.observe((result.finished_at - result.started_at).total_seconds())
 
     def refuse(self) -> None:
         """Take no new work and drop the queue (at once, on SIGTERM): a queued occurrence stays

@@ -57,7 +57,8 @@ def leader_seen(conn: psycopg.Connection[Any], owner: str, leader: str) -> None:
 def record_load(conn: psycopg.Connection[Any], owner: str, *, error: str | None) -> None:
     """After reading the folder: applied (``error`` is ``None``) or refused with ``error``.
 
-    A refused load keeps ``applied_at``: the last good state is what still runs.
+    A refused load keeps ``applied_at``: the last good state is what still runs; and
+    ``config_error_at`` while loads keep failing: it says since when (``status``, ``/metrics``).
     """
     with conn.transaction():
         conn.execute(
@@ -68,7 +69,8 @@ def record_load(conn: psycopg.Connection[Any], owner: str, *, error: str | None)
             "UPDATE cpi_daemon_state SET loaded_at = now(), "
             "applied_at = CASE WHEN %(error)s::text IS NULL THEN now() ELSE applied_at END, "
             "config_error = %(error)s, "
-            "config_error_at = CASE WHEN %(error)s::text IS NULL THEN NULL ELSE now() END "
+            "config_error_at = CASE WHEN %(error)s::text IS NULL THEN NULL "
+            "  ELSE coalesce(config_error_at, now()) END "
             "WHERE owner = %(owner)s",
             {"owner": owner, "error": error},
         )

@@ -2,18 +2,22 @@
 
 ``store.jobs`` counts a run when it records its end, ``store.liveness`` when it abandons a dead
 one; both inside the transaction that writes the job's final status, so the statistics and the
-job rows always agree.
+job rows always agree. ``daemon.collecting`` reads what ``/metrics`` shows of every schedule
+with ``schedule_gauges``: one query, so every replica exports the same values.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
+
+from psycopg.rows import class_row
 
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["LANDED_ROWS", "count_run"]
+__all__ = ["LANDED_ROWS", "ScheduleGauges", "count_run", "schedule_gauges"]
 
 # A job's rows when it ended without its runner (abandoned, or cut off by a shutdown): those the
 # import ledger records for it, not the running totals its heartbeat kept, which include rows of
@@ -46,3 +50,48 @@ def count_run(
         {"new": new_run, "ok": succeeded, "failed": failed, "started": started_at,
          "job": job_id, "id": schedule_id},
     )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleGauges:
+    """What ``/metrics`` shows of one schedule; ``next_run_at`` only while it is armed (enabled,
+    its project present), ``last_status`` of its latest run that ended."""
+
+    name: str
+    cron_expression: str | None
+    interval_seconds: int | None
+    timezone: str
+    next_run_at: datetime | None
+    last_status: str | None
+    last_success_at: datetime | None
+
+
+# Each lateral walks idx_cpi_jobs_schedule_name backwards from the newest job and stops at the
+# first match: a few index entries per schedule, whatever the length of its history.
+_GAUGES = """
+SELECT s.name,
+       CASE WHEN s.schedule_type = 'cron' THEN s.cron_expression END AS cron_expression,
+       CASE WHEN s.schedule_type = 'interval' THEN s.interval_seconds END AS interval_seconds,
+       coalesce(s.timezone, 'UTC') AS timezone,
+       CASE WHEN coalesce(s.enabled, true) AND s.project_id IS NOT NULL
+            THEN s.next_run_at END AS next_run_at,
+       last.status AS last_status, ok.finished_at AS last_success_at
+FROM cpi_schedules s
+LEFT JOIN LATERAL (
+    SELECT j.status FROM cpi_jobs j
+    WHERE j.schedule_name = s.name AND j.status <> 'running'
+    ORDER BY j.started_at DESC LIMIT 1
+) last ON true
+LEFT JOIN LATERAL (
+    SELECT j.finished_at FROM cpi_jobs j
+    WHERE j.schedule_name = s.name AND j.status = 'succeeded'
+    ORDER BY j.started_at DESC LIMIT 1
+) ok ON true
+WHERE s.owner = %s
+"""
+
+
+def schedule_gauges(conn: psycopg.Connection[Any], owner: str) -> list[ScheduleGauges]:
+    """Every schedule ``owner`` manages, enabled or not, with its latest run and success."""
+    with conn.cursor(row_factory=class_row(ScheduleGauges)) as cur:
+        return cur.execute(_GAUGES, (owner,)).fetchall()
