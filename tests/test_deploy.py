@@ -370,11 +370,11 @@ def _dashboard_expressions() -> dict[str, str]:
     "expressions", [_rule_expressions, _dashboard_expressions], ids=["rules", "dashboard"]
 )
 def test_alerts_and_dashboard_use_metrics_the_daemon_exports(expressions: Any) -> None:
-    """Every reconcile_* name in a rule or a panel is one the daemon exports (or a recording
-    rule of rules.yaml): a renamed metric cannot leave a silent alert behind."""
+    """Every reconcile_* (and process_*) name in a rule or a panel is one the daemon exports (or
+    a recording rule of rules.yaml): a renamed metric cannot leave a silent alert behind."""
     known = _exported() | set(_rule_expressions())
     for name, expr in expressions().items():
-        used = set(re.findall(r"\breconcile[_:][A-Za-z0-9_:]*", expr))
+        used = set(re.findall(r"\b(?:reconcile[_:]|process_)[A-Za-z0-9_:]*", expr))
         assert used, name
         assert used <= known, f"{name}: {sorted(used - known)} not exported"
 
