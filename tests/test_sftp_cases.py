@@ -99,6 +99,11 @@ def test_an_archive_that_holds_the_name_is_never_overwritten(
     ).read_text()
     (logged,) = [e for e in events if e.get("archived")]
     assert logged["archived"] == str(remote / "done" / unique)
+    # shown on the run that did it, not only in the log
+    assert (
+        job["files"][0]["note"]
+        == f"archived as {remote / 'done' / unique}: export.csv was taken in archive_dir"
+    )
 
 
 @pytest.mark.timeout(60)

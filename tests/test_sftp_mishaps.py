@@ -232,7 +232,8 @@ def test_a_fifo_in_place_of_a_listed_file_is_refused_at_once(sftp_server: SftpSe
 
 @pytest.mark.timeout(30)
 def test_a_handle_that_is_not_a_regular_file_is_refused(hooked_sftp_server: SftpServer) -> None:
-    """Swapped between the check of the path and the open: the open handle is checked too."""
+    """Swapped between the check of the path and the open: the open handle is checked too
+    (with links outside remote_dir allowed, so that the link policy does not refuse it first)."""
     folder = hooked_sftp_server.folder()
     (folder / "a.csv").write_text("1\n")
 
@@ -240,7 +241,7 @@ def test_a_handle_that_is_not_a_regular_file_is_refused(hooked_sftp_server: Sftp
         path.unlink()
         path.symlink_to("/dev/zero")
 
-    with _connect(hooked_sftp_server, folder) as source:
+    with _connect(hooked_sftp_server, folder, follow_links_outside=True) as source:
         (f,) = source.list_files()
         hooked_sftp_server.arm("stat", folder / "a.csv", device_in_place)
         refused = r"a\.csv is no longer a regular file \(a device"

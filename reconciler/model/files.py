@@ -97,9 +97,10 @@ class Source(Protocol):
         at once (``SourceError``) what is not a regular file when opened, never waits on it."""
         ...
 
-    def finish(self, f: SourceFile) -> None:
+    def finish(self, f: SourceFile) -> str | None:
         """Apply ``after_import`` to ``f`` (and its marker); called once its data is committed.
-        Never overwrites anything: a name taken in the archive gets a unique one instead."""
+        Never overwrites anything: a name taken in the archive gets a unique one instead, and
+        the note returned says so (None when there is nothing to say)."""
         ...
 
     def close(self) -> None: ...

@@ -195,8 +195,11 @@ def _after_import(source: Source, listed: Sequence[SourceFile], results: list[Fi
         if result.status not in ("imported", "skipped", "unchanged"):
             continue
         try:
-            source.finish(f)
+            note = source.finish(f)
         except (ReconcileError, OSError) as exc:
             message = exc.message if isinstance(exc, ReconcileError) else str(exc)
             _log.warning("after-import action failed", path=f.path, error=message)
             results[i] = replace(result, note=f"after_import failed: {message}")
+            continue
+        if note is not None:
+            results[i] = replace(result, note=note)

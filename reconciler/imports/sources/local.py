@@ -213,8 +213,9 @@ class LocalSource:
         except (SourceError, OSError):
             return None
 
-    def finish(self, f: SourceFile) -> None:
+    def finish(self, f: SourceFile) -> str | None:
         """Nothing: reconcile never deletes or moves local files."""
+        return None
 
     def close(self) -> None:
         """Nothing to release."""

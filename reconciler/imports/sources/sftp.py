@@ -548,20 +548,27 @@ class SftpSource:
             raise self._error(exc, "file", path, link) from exc
         return _mtime(attrs)
 
-    def finish(self, f: SourceFile) -> None:
+    def finish(self, f: SourceFile) -> str | None:
         """Apply ``after_import``: keep, delete, or move into ``archive_dir`` (made if missing;
-        relative to ``remote_dir``), never over a file there; then remove ``f``'s ready marker."""
+        relative to ``remote_dir``), never over a file there; then remove ``f``'s ready marker.
+        Returns a note when the file was archived under another name than its own."""
         if self.config.after_import == "keep":
-            return
+            return None
         with self._lock:
-            self._on_link(lambda link: self._finish(link, f))
+            note: str | None = self._on_link(lambda link: self._finish(link, f))
+        return note
 
-    def _finish(self, link: _Link, f: SourceFile) -> None:
+    def _finish(self, link: _Link, f: SourceFile) -> str | None:
+        note = None
         if self.config.after_import == "delete":
             with self._translating("cannot delete", f.path, link):
                 link.listing.remove(f.path)
         else:
-            self._archive(link, f)
+            note = self._archive(link, f)
+        self._remove_marker(link, f)
+        return note
+
+    def _remove_marker(self, link: _Link, f: SourceFile) -> None:
         if f.marker is not None:
             try:
                 link.listing.remove(f.marker)
@@ -570,7 +577,7 @@ class SftpSource:
             except _FAILURES as exc:
                 raise self._error(exc, "cannot remove the ready marker", f.marker, link) from exc
 
-    def _archive(self, link: _Link, f: SourceFile) -> None:
+    def _archive(self, link: _Link, f: SourceFile) -> str | None:
         """Move ``f`` into ``archive_dir`` by the plain SFTP RENAME, which refuses an existing
         target (SFTP v3; OpenSSH links then unlinks), never by posix-rename, which replaces it.
         A name taken, before or during the rename, gives way to the next unique one."""
@@ -593,14 +600,15 @@ class SftpSource:
                     continue  # the name was taken meanwhile: the rename refused it
                 error = self._error(exc, "cannot move", f"{f.path} to {target}", link)
                 raise SourceError(f"{error.message}; the file stays where it is") from exc
-            if name != f.name:
-                _log.warning(
-                    "file archived under a unique name: the plain one is taken",
-                    source=self.key,
-                    path=f.path,
-                    archived=target,
-                )
-            return
+            if name == f.name:
+                return None
+            _log.warning(
+                "file archived under a unique name: the plain one is taken",
+                source=self.key,
+                path=f.path,
+                archived=target,
+            )
+            return f"archived as {target}: {f.name} was taken in archive_dir"
         raise SourceError(
             f"{self.key}: cannot move {f.path} into {archive}: {_MOVE_ATTEMPTS} names tried "
             "were all taken; the file stays where it is"
