@@ -9,8 +9,10 @@
 
 FROM python:3.11-slim AS build
 
+# PIP_CONSTRAINT pins the build's own setuptools too, not only what is installed.
 ENV PYTHONDONTWRITEBYTECODE=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_CONSTRAINT=/src/constraints.txt
 
 WORKDIR /src
 COPY pyproject.toml README.md LICENSE constraints.txt ./
