@@ -442,8 +442,18 @@ def test_documents_after_a_refused_one_are_still_checked() -> None:
     """A document refused while parsing (limit, bad alias) leaves the file's next ones loaded."""
     refused = _billion_laughs().decode() + "---\nx: *nope\n---\n"
     loaded = load(refused + schedule(CRON, name="after") + "---\n" + schedule("  interval: 1"))
-    assert [f.line for f in loaded.findings] == [5, 11, 25]
+    assert [f.line for f in loaded.findings] == [5, 11, 27]
     assert [d.document.metadata.name for d in loaded.documents] == ["sales", "after"]
+
+
+def test_the_interval_minimum_is_found_at_its_field_with_the_other_errors() -> None:
+    """A short interval is an error of spec.interval, reported with the document's others."""
+    loaded = load(schedule("  interval: 10m", "  timezone: Mars/Base", "  enabled: maybe"))
+    shown = [str(f) for f in loaded.findings]
+    assert len(shown) == 3, shown
+    assert shown[0].startswith("schedules.d/s0.yaml:7:13: spec.interval: interval 600 s is ")
+    assert "spec.timezone" in shown[1]
+    assert "spec.enabled" in shown[2]
 
 
 def test_syntax_error_keeps_the_names_declared_before_it() -> None:

@@ -282,6 +282,19 @@ _DURATION_INPUT = (
     | Annotated[str, Field(pattern=r"^\s*([0-9]+|([0-9]+[dhmsDHMS])+)\s*$")]
 )
 Seconds = Annotated[int, BeforeValidator(parse_duration, json_schema_input_type=_DURATION_INPUT)]
+
+
+def _interval(seconds: int) -> int:
+    """A rule of the field itself, so it is located there and reported with the others."""
+    if seconds < MIN_INTERVAL_SECONDS:
+        raise ValueError(
+            f"interval {seconds} s is shorter than the minimum of {MIN_INTERVAL_SECONDS} s (1h); "
+            "use a cron expression for finer timing"
+        )
+    return seconds
+
+
+Interval = Annotated[Seconds, AfterValidator(_interval)]
 Cron = Annotated[StrictStr, AfterValidator(_cron)]
 Port = Annotated[StrictInt, Field(ge=1, le=65535)]
 NonEmpty = Annotated[StrictStr, Field(min_length=1)]
@@ -447,7 +460,7 @@ class ScheduleSpec(_Frozen):
 
     project: Name
     cron: Cron | None = Field(default=None, description="Standard 5-field cron or @daily etc.")
-    interval: Seconds | None = Field(
+    interval: Interval | None = Field(
         default=None, description="A duration ('2h', '90m') or whole seconds; at least 3600."
     )
     timezone: TimeZone = "UTC"
@@ -461,11 +474,6 @@ class ScheduleSpec(_Frozen):
     def _one_timing_one_source(self) -> ScheduleSpec:
         if (self.cron is None) == (self.interval is None):
             raise ValueError("give exactly one of 'cron' and 'interval'")
-        if self.interval is not None and self.interval < MIN_INTERVAL_SECONDS:
-            raise ValueError(
-                f"interval {self.interval} s is shorter than the minimum of "
-                f"{MIN_INTERVAL_SECONDS} s (1h); use a cron expression for finer timing"
-            )
         if self.sftp_override is not None and self.local_files is not None:
             raise ValueError("give at most one of 'sftp_override' and 'local_files'")
         return self
