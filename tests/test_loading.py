@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.model.loading import MAX_FILE_BYTES, Loaded, load_files
-from reconciler.model.parsing import MAX_DEPTH, MAX_NODES
+from reconciler.model.parsing import MAX_DEPTH, MAX_NODES, MAX_RESUMES
 from reconciler.model.specs import ProjectDocument, ScheduleDocument
 
 EXAMPLES = Path(__file__).parent.parent / "schedules.d"
@@ -721,3 +721,26 @@ def test_a_file_that_is_not_yaml_is_never_printed() -> None:
         "schedules.d/s0.yaml:1:1: a document must be a mapping with apiVersion, kind, metadata "
         "and spec, not a single value (is this a YAML file?)"
     )
+
+
+def test_a_syntax_error_hides_nothing_after_its_document() -> None:
+    """Documents after the one a syntax error cut short are still read and checked, each
+    finding at its own line of the file."""
+    broken = schedule(CRON, name="a") + "  enabled: [\n"
+    after = schedule(CRON, "  enabeld: true", name="b")
+    loaded = load(broken + "---\n" + after + "---\n" + schedule("  interval: 2h", name="c"))
+    shown = [str(f) for f in loaded.findings]
+    assert shown[0].startswith("schedules.d/s0.yaml:9:1: invalid YAML"), shown
+    assert shown[1] == (
+        "schedules.d/s0.yaml:17:3: spec: unknown key 'enabeld' (did you mean 'enabled'?)"
+    ), shown
+    assert len(shown) == 2
+    assert [d.document.metadata.name for d in loaded.documents] == ["sales", "c"]
+
+
+def test_syntax_errors_in_several_documents_are_each_reported() -> None:
+    """Each broken document is reported at its line, up to the file's resume limit."""
+    part = "x: [\n---\n"
+    loaded = load(part * (MAX_RESUMES + 5))
+    lines = [f.line for f in loaded.findings]
+    assert lines == [2 * i + 2 for i in range(MAX_RESUMES + 1)]

@@ -238,6 +238,7 @@ PINNED: dict[str, list[str]] = {
     "reconciler.model.parsing": [
         "MAX_DEPTH",
         "MAX_NODES",
+        "MAX_RESUMES",
         "Location",
         "ParsedDocument",
         "Problem",

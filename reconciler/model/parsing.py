@@ -34,6 +34,7 @@ from reconciler.model.scalars import NUMBER_START, excerpt, resolve
 __all__ = [
     "MAX_DEPTH",
     "MAX_NODES",
+    "MAX_RESUMES",
     "Location",
     "ParsedDocument",
     "Problem",
@@ -46,6 +47,7 @@ MAX_DEPTH = 64  # far deeper than any document needs; bounds every walk over the
 MAX_NODES = 10_000  # per document, alias expansions included
 
 _LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+MAX_RESUMES = 20  # syntax errors a file is read past; a file with more is reported up to there
 _NO_KEY: Any = object()  # a mapping waiting for its next key (keys may be "", so not None)
 _ALIAS_HINT = "a value starting with '*' must be quoted (e.g. cron: \"*/5 * * * *\")"
 _STAR = re.compile(r"(?:^|[\s:\[\]{},-])(\*)")
@@ -100,9 +102,66 @@ def parse_documents(data: bytes, text: str) -> tuple[list[ParsedDocument], list[
     """The non-empty documents of one file, and the problems that concern the file itself.
 
     ``data`` is the raw UTF-8 (already checked); ``text`` the same decoded, used only to locate
-    problems precisely. A syntax error ends the file: documents before it are still returned,
-    and the one it interrupted keeps its problems but is marked incomplete.
+    problems precisely. A syntax error ends its document: the one it interrupted keeps its
+    problems but is marked incomplete, and reading goes on at the next document start (a line
+    ``---``), so that later documents are still checked (at most ``MAX_RESUMES`` times a file).
     """
+    documents, problems = _parse_part(data, text)
+    found = problems  # the last part's problems, counted from the part's first line
+    line_offset = byte_offset = char_offset = 0
+    for _ in range(MAX_RESUMES):
+        if not found or found[-1].line == 0:
+            break  # read to the end, or a problem with no place to resume after
+        start = _next_document(text, char_offset, found[-1].line)
+        if start is None:
+            break
+        skipped = text[char_offset:start]
+        line_offset += skipped.count("\n")
+        byte_offset += len(skipped.encode("utf-8"))
+        char_offset = start
+        more, found = _parse_part(data[byte_offset:], text[char_offset:])
+        documents += [_shifted(doc, line_offset) for doc in more]
+        problems += [_moved(problem, line_offset) for problem in found]
+    return documents, problems
+
+
+# A document start: '---' at the start of a line, alone or before a space.
+_DOC_START = re.compile(r"^---(?=[ \t]|\r?$)", re.MULTILINE)
+
+
+def _next_document(text: str, start: int, line: int) -> int | None:
+    """Where the first document start at or after 1-based ``line`` of ``text[start:]`` begins
+    (the line of a syntax error may be the next document's ``---``), past ``start``."""
+    position = start
+    for _ in range(line - 1):
+        newline = text.find("\n", position)
+        if newline < 0:
+            return None
+        position = newline + 1
+    found = _DOC_START.search(text, max(position, start + 1))
+    return found.start() if found else None
+
+
+def _moved(problem: Problem, lines: int) -> Problem:
+    return Problem(problem.line + lines, problem.column, problem.message)
+
+
+def _shifted(doc: ParsedDocument, lines: int) -> ParsedDocument:
+    """``doc`` parsed from a later part of its file, its places counted from the file's start."""
+    doc.line += lines
+    doc.problems[:] = [_moved(p, lines) for p in doc.problems]
+    for key, table in doc.positions.items():
+        if isinstance(table, dict):
+            doc.positions[key] = {
+                k: (kl + lines, kc, vl + lines, vc) for k, (kl, kc, vl, vc) in table.items()
+            }
+        else:
+            doc.positions[key] = [(vl + lines, vc) for vl, vc in table]
+    return doc
+
+
+def _parse_part(data: bytes, text: str) -> tuple[list[ParsedDocument], list[Problem]]:
+    """``parse_documents`` up to the first syntax error."""
     loader = _LOADER(data)
     documents: list[ParsedDocument] = []
     try:
