@@ -54,7 +54,8 @@ def postgres(request: pytest.FixtureRequest) -> str:
     return str(getattr(request, "param", "embedded"))
 
 
-_TEMPLATE = "reconcile_test_template"
+# One template per test worker: with RECONCILER_TEST_DATABASE_URL the workers share a server.
+_TEMPLATE = "reconcile_test_template" + os.environ.get("PYTEST_XDIST_WORKER", "")
 
 
 @pytest.fixture(scope="session")

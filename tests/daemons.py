@@ -16,7 +16,15 @@ from typing import IO, Any, TypeVar
 
 import psycopg
 
-__all__ = ["Daemon", "free_port", "one", "project_yaml", "schedule_yaml", "wait_until"]
+__all__ = [
+    "Daemon",
+    "free_port",
+    "one",
+    "project_yaml",
+    "sales_folder",
+    "schedule_yaml",
+    "wait_until",
+]
 
 T = TypeVar("T")
 
@@ -63,6 +71,18 @@ def schedule_yaml(
         f'spec:\n  project: {project}\n  cron: "{cron}"\n'
         f'  local_files: ["{local_files}"]\n{extra}'
     )
+
+
+def sales_folder(database_url: str, cwd: Path, documents: str) -> Path:
+    """``cwd/schedules.d`` holding ``documents`` in sales.yaml, ``cwd/data`` beside it, and
+    ``public.sales`` created: the folder a daemon test serves."""
+    with psycopg.connect(database_url) as conn:
+        conn.execute("CREATE TABLE public.sales (sale_id int, sold_at date, amount numeric)")
+    (cwd / "data").mkdir()
+    path = cwd / "schedules.d"
+    path.mkdir(exist_ok=True)
+    (path / "sales.yaml").write_text(documents)
+    return path
 
 
 class Daemon:

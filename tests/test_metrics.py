@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from conftest import Cli
-from daemons import Daemon, one, project_yaml, schedule_yaml, wait_until
+from daemons import Daemon, one, project_yaml, sales_folder, schedule_yaml, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler.daemon.metrics import RESULTS, TRIGGERS, Metrics
@@ -74,15 +74,9 @@ def test_every_known_label_combination_is_exported_at_zero_from_the_start() -> N
 @pytest.fixture
 def folder(cli: Cli) -> Path:
     """A project, a daily cron and an hourly interval; data/ beside, public.sales created."""
-    with psycopg.connect(cli.env["RECONCILER_DATABASE_URL"]) as conn:
-        conn.execute("CREATE TABLE public.sales (sale_id int, sold_at date, amount numeric)")
-    (cli.cwd / "data").mkdir()
-    path = cli.cwd / "schedules.d"
     hourly = schedule_yaml("hourly").replace('cron: "0 0 1 1 *"', "interval: 3600")
-    (path / "sales.yaml").write_text(
-        project_yaml() + schedule_yaml("nightly", cron="0 3 * * *") + hourly
-    )
-    return path
+    documents = project_yaml() + schedule_yaml("nightly", cron="0 3 * * *") + hourly
+    return sales_folder(cli.env["RECONCILER_DATABASE_URL"], cli.cwd, documents)
 
 
 def _history(url: str) -> datetime:

@@ -11,18 +11,14 @@ from pathlib import Path
 import psycopg
 import pytest
 from conftest import Cli
-from daemons import Daemon, one, project_yaml, schedule_yaml, wait_until
+from daemons import Daemon, one, project_yaml, sales_folder, schedule_yaml, wait_until
 
 
 @pytest.fixture
 def folder(cli: Cli) -> Path:
     """schedules.d/ with a project and one schedule, data/ beside it, public.sales created."""
-    with psycopg.connect(cli.env["RECONCILER_DATABASE_URL"]) as conn:
-        conn.execute("CREATE TABLE public.sales (sale_id int, sold_at date, amount numeric)")
-    (cli.cwd / "data").mkdir()
-    path = cli.cwd / "schedules.d"
-    (path / "sales.yaml").write_text(project_yaml() + schedule_yaml("nightly"))
-    return path
+    documents = project_yaml() + schedule_yaml("nightly")
+    return sales_folder(cli.env["RECONCILER_DATABASE_URL"], cli.cwd, documents)
 
 
 def _cron(url: str, name: str = "nightly") -> str | None:

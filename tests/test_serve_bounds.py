@@ -8,10 +8,9 @@ import threading
 import time
 from pathlib import Path
 
-import psycopg
 import pytest
 from conftest import Cli
-from daemons import Daemon, one, project_yaml, schedule_yaml, wait_until
+from daemons import Daemon, one, project_yaml, sales_folder, schedule_yaml, wait_until
 
 _LIMIT = 256
 # ``python -m reconciler`` with the open files limit lowered, soft and hard (it cannot be lifted).
@@ -26,15 +25,16 @@ _LIMITED = [
 
 @pytest.fixture
 def folder(cli: Cli) -> Path:
-    with psycopg.connect(cli.env["RECONCILER_DATABASE_URL"]) as conn:
-        conn.execute("CREATE TABLE public.sales (sale_id int, sold_at date, amount numeric)")
-    (cli.cwd / "data").mkdir()
-    path = cli.cwd / "schedules.d"
-    (path / "sales.yaml").write_text(project_yaml() + schedule_yaml("nightly"))
-    return path
+    documents = project_yaml() + schedule_yaml("nightly")
+    return sales_folder(cli.env["RECONCILER_DATABASE_URL"], cli.cwd, documents)
 
 
-def _request(port: int, raw: bytes, timeout: float = 1.0) -> bytes:
+# Before the bounds, /healthz never answered under these connections; a few seconds leaves room
+# for a machine busy with other tests.
+_ANSWER_WITHIN = 5.0
+
+
+def _request(port: int, raw: bytes, timeout: float = _ANSWER_WITHIN) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(raw)
         return s.recv(4096)
@@ -71,7 +71,7 @@ def test_idle_and_slow_clients_cannot_exhaust_the_daemon(
     cli: Cli, folder: Path, database_url: str
 ) -> None:
     """300 idle connections under a 256 open files limit: /healthz (GET and HEAD) answers within
-    a second, the folder still reloads, idle and byte-a-time clients are closed within the
+    seconds, the folder still reloads, idle and byte-a-time clients are closed within the
     request deadline, and stderr stays small."""
     with Daemon(cli.cwd, cli.env, command=_LIMITED) as daemon:
         daemon.wait_ready()
@@ -83,7 +83,7 @@ def test_idle_and_slow_clients_cannot_exhaust_the_daemon(
             began = time.monotonic()
             answer = _request(daemon.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
             assert answer.startswith(b"HTTP/1.1 200"), answer
-            assert time.monotonic() - began < 1.0
+            assert time.monotonic() - began < _ANSWER_WITHIN
             head = _request(daemon.port, b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 200"), head
 
