@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = ["HttpServer", "build_app"]
 
 _log = get_logger("reconciler.http")
+_ACCEPT_BATCH = 16  # connections accepted per wake-up of the event loop
 _PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 _DESCRIPTION = (
     "The health, metrics and REST API of `reconcile serve`. Schedules are declared in YAML "
@@ -131,6 +132,9 @@ class HttpServer:
             timeout_keep_alive=KEEP_ALIVE_SECONDS, h11_max_incomplete_event_size=HEADER_LIMIT,
             # Requests in flight: connections are capped and idle ones evicted before this.
             limit_concurrency=connections + 1,
+            # asyncio accepts up to this many connections per wake-up before any protocol runs:
+            # kept small, a burst cannot open more sockets than the cap's headroom holds.
+            backlog=_ACCEPT_BATCH,
         )  # fmt: skip
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._serve, name="http", daemon=True)
