@@ -11,10 +11,11 @@ import yaml
 from tests.conftest import Cli
 
 
-def _legacy_row(database_url: str) -> None:
+def _legacy_row(database_url: str, project: str = "legacy") -> None:
+    """A project and its schedule as the original API wrote them (no owner, a literal password)."""
     with psycopg.connect(database_url) as conn:
         (pid,) = conn.execute(
-            "INSERT INTO cpi_projects (name) VALUES ('legacy') RETURNING id"
+            "INSERT INTO cpi_projects (name) VALUES (%s) RETURNING id", (project,)
         ).fetchone() or (None,)
         conn.execute(
             "INSERT INTO cpi_schedules (name, project_id, schedule_type, interval_seconds, "
@@ -71,15 +72,7 @@ def test_a_project_name_from_elsewhere_never_writes_outside_the_folder(
 ) -> None:
     """A name the old API stored with '/' and '..' gives a file inside --out, never beside it."""
     cli("apply")
-    with psycopg.connect(database_url) as conn:
-        (pid,) = conn.execute(
-            "INSERT INTO cpi_projects (name) VALUES ('../../escaped') RETURNING id"
-        ).fetchone() or (None,)
-        conn.execute(
-            "INSERT INTO cpi_schedules (name, project_id, schedule_type, interval_seconds) "
-            "VALUES ('old', %s, 'interval', 7200)",
-            (pid,),
-        )
+    _legacy_row(database_url, project="../../escaped")
     out = cli.cwd / "exported"
     document = _export(cli, "--out", str(out))
     (project,) = document["projects"]
