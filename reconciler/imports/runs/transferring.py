@@ -90,6 +90,8 @@ def transfer(
     schema = target.table.split(".")[0] if "." in target.table else None
     with open_source(spec, settings) as source, Connections(url) as pool:
         listed = ordered(without_markers(source.list_files(), delivery), delivery)
+        if delivery.ready_marker is not None:  # finishing a file removes its marker too
+            listed = [replace(f, marker=marker_path(f, delivery.ready_marker)) for f in listed]
         ledger = Ledger(
             spec.schedule.project_id, spec.schedule.project, source.key, schema, external
         )
@@ -105,10 +107,8 @@ def transfer(
                 outcome[f.path] = _already(f)
             elif (why := _waiting(f, delivery, now, source, settings)) is not None:
                 outcome[f.path] = FileResult(f.path, f.size, f.mtime, "waiting", note=why)
-            elif delivery.ready_marker is None:
-                todo.append(f)
             else:
-                todo.append(replace(f, marker=marker_path(f, delivery.ready_marker)))
+                todo.append(f)
         meter.begin(todo)
         imported = import_files(
             pool, table, ledger, source, todo, job_id=job_id, meter=meter,
@@ -118,12 +118,10 @@ def transfer(
         if any(r.status == "failed" for r in loaded):
             loaded = _confirm(url, ledger, todo, loaded, outage)
         outcome.update((r.path, r) for r in loaded)
-        taken = {f.path: f for f in todo}  # with their markers
-        files = [taken.get(f.path, f) for f in listed]
-        results.extend(outcome[f.path] for f in files)
-        _after_import(source, files, results)
+        results.extend(outcome[f.path] for f in listed)
+        _after_import(source, listed, results)
         if external:
-            _mirror(ledger, management_url, files=files, imported=imported, job_id=job_id)
+            _mirror(ledger, management_url, files=listed, imported=imported, job_id=job_id)
 
 
 def _waiting(
