@@ -117,8 +117,9 @@ _CSV = st.one_of(
 def test_any_csv_bytes_frame_or_fail_in_time(
     data: bytes, dialect: CsvDialect, block_size: int
 ) -> None:
-    """Whatever the bytes and block size, framing yields blocks (never more than it was given,
-    plus the line end it may add) or a located DataError, within the deadline."""
+    """Whatever the bytes and block size, framing yields blocks (at most twice what it was given:
+    a line that is exactly \\. gets quoted, and a last line end may be added) or a located
+    DataError, within the deadline."""
     framed = Framed(io.BytesIO(data), dialect, block_size=block_size)
     refused: str | None = None
     try:
@@ -128,6 +129,6 @@ def test_any_csv_bytes_frame_or_fail_in_time(
     except DataError as exc:
         refused = exc.message
     if refused is None:
-        assert out <= len(data) + 2
+        assert out <= 2 * len(data) + 2
     else:
         assert refused.strip()
