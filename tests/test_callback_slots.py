@@ -6,7 +6,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -15,11 +15,12 @@ from daemons import wait_until
 from import_rows import SALES, add_project, add_schedule, jobs, write_sales
 
 from reconciler.daemon.metrics import Metrics
-from reconciler.daemon.working import Occurrence, Runner
+from reconciler.daemon.working import Runner, worker_name
 from reconciler.imports.runs import callbacks
 from reconciler.imports.runs.callbacks import Callback, Courier
 from reconciler.imports.runs.running import run_schedule
 from reconciler.settings import Settings, load_settings
+from reconciler.store.claiming import claim_due
 
 
 @pytest.fixture
@@ -93,10 +94,18 @@ def test_a_trickling_receiver_holds_no_run_slot(
     for name in ("first", "second"):
         add_schedule(database_url, name, local_files=["../data/sales_*.csv"], callback_url=trickler)
     runner = Runner(_settings(folder, database_url), Metrics(), url=database_url, workers=1)
-    at = datetime.now(UTC).replace(microsecond=0)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(  # due now: this minute's occurrence of an every-minute cron
+            "UPDATE cpi_schedules SET cron_expression = '* * * * *', "
+            "next_run_at = date_trunc('minute', now())"
+        )
+        claimed = claim_due(
+            conn, owner="reconcile", worker=worker_name(), now=datetime.now(UTC), limit=2
+        )
+    assert len(claimed.runs) == 2
     began = time.monotonic()
-    for name in ("first", "second"):
-        runner.submit(Occurrence(name, at, timedelta(seconds=300), None))
+    for run in claimed.runs:
+        runner.start(run)
     wait_until(
         lambda: [j["status"] for n in ("first", "second") for j in jobs(database_url, n)]
         == ["succeeded", "succeeded"],

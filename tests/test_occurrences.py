@@ -11,6 +11,7 @@ from reconciler.model.occurrences import (
     MISSED_RECORDED,
     Timing,
     catch_up,
+    decide,
     next_after,
 )
 
@@ -86,3 +87,39 @@ def test_a_schedule_that_never_fires_again_has_no_next_run() -> None:
     """A cron whose last fire time is past (Feb 29 after year 9996) arms nothing."""
     end = datetime(9999, 12, 31, 23, 0, tzinfo=UTC)
     assert next_after(Timing("0 0 29 2 *", None, "UTC"), end) is None
+
+
+def test_a_schedule_with_no_next_run_gets_the_first_after_now() -> None:
+    decision = decide(EVERY_MINUTE, next_run_at=None, grace=timedelta(seconds=300), now=NOW)
+    assert (decision.run, decision.missed, decision.next) == (None, (), _at(12, 31))
+
+
+def test_a_next_run_still_ahead_changes_nothing() -> None:
+    decision = decide(EVERY_MINUTE, next_run_at=_at(12, 31), grace=timedelta(seconds=300), now=NOW)
+    assert (decision.run, decision.missed, decision.next) == (None, (), _at(12, 31))
+
+
+def test_coalesced_occurrences_are_superseded_in_the_schedule_s_own_time() -> None:
+    """91 s late within a 300 s grace is not "past the grace": it was superseded, and the time
+    that superseded it reads as the schedule's wall clock does."""
+    berlin = Timing("* * * * *", None, "Europe/Berlin")
+    decision = decide(berlin, next_run_at=_at(12, 29), grace=timedelta(seconds=300), now=NOW)
+    assert decision.run == _at(12, 30)
+    (missed,) = decision.missed
+    assert (missed.at, missed.late) == (_at(12, 29), timedelta(seconds=80))
+    assert missed.reason() == (
+        "not run: superseded by 13:30 CET, which ran instead (of the occurrences due at once, "
+        "only the latest within the misfire_grace runs)"
+    )
+    assert "which was itself skipped" in missed.reason(ran=False)
+
+
+def test_occurrences_past_the_grace_each_say_how_late_they_were() -> None:
+    decision = decide(EVERY_MINUTE, next_run_at=_at(12, 29), grace=timedelta(seconds=10), now=NOW)
+    assert decision.run is None
+    assert [m.reason() for m in decision.missed] == [
+        "not run: 80 s after its time, past the schedule's misfire_grace of 10 s "
+        "(the daemon was down or busy)",
+        "not run: 20 s after its time, past the schedule's misfire_grace of 10 s "
+        "(the daemon was down or busy)",
+    ]

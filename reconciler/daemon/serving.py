@@ -122,7 +122,6 @@ def _run(
         metrics, runner, url=url, owner=settings.owner,
         resync_seconds=settings.resync_seconds, stop=stop,
     )  # fmt: skip
-    runner.unclaimed = timer.forget
     reload = threading.Event()
     leader = Leader(
         settings, metrics, url=url, rescan=reload, stop=stop,

@@ -1,59 +1,55 @@
-"""The timer every replica keeps: APScheduler armed from ``cpi_schedules``, PostgreSQL deciding.
+"""The timer every replica keeps: one wake-up at the earliest ``next_run_at``, PostgreSQL deciding.
 
-``serving`` starts one ``Timer``. A thread of its own holds a session that ``LISTEN``s for the
-notice an apply sends and resyncs on it, on a period (``resync_seconds``), and on ``resync()``
-(SIGHUP). A resync reads the enabled rows of this owner and, for each schedule:
+``serving`` starts one ``Timer``. ``cpi_schedules.next_run_at`` is the only copy of what is
+due; the timer keeps no list of schedules. Two threads:
 
-- with no ``next_run_at`` (new, or its timing changed): computes the first occurrence after now,
-  stores it (unless another replica did first) and arms it;
-- with ``next_run_at`` in the past (downtime): hands the occurrences to ``model.occurrences``,
-  which picks the one still within grace to run and the ones to record ``missed``;
-- otherwise arms the timer at ``next_run_at``.
+- ``timer-claim`` waits for the wake-up, then claims what is due in one transaction
+  (``store.claiming.claim_due``, at most as many occurrences as the ``Runner`` has free slots),
+  hands the recorded jobs to the runner, and arms the next wake-up: APScheduler (the timer
+  DESIGN.md names) keeps a single date job at the earliest stored next run, or at the moment
+  another replica's unstarted claim may be taken over. When the claim took every free slot,
+  the runner's ``on_free`` wakes it again as soon as a slot frees up.
+- ``timer-sync`` holds a session that ``LISTEN``s for the notice an apply sends; on a notice,
+  on a period (``resync_seconds``) and on ``resync()`` (SIGHUP) it reads the daemon state for
+  readiness, marks jobs of dead runners ``abandoned``, and wakes the claimer (new schedules get
+  their first next run there, and a next run moved earlier is seen at once).
 
-APScheduler only keeps time: a fired job hands the occurrence to ``working.Runner`` and arms the
-next one, without touching the database, so a slow import or a slow database never delays
-another schedule's timer. The claim in ``cpi_jobs`` decides which replica runs it. Each armed
-job has an id of its own (schedule and time), so re-arming never races APScheduler's removal of
-the job that just fired.
+The clock is injectable (``clock``): the claim's decisions use it, so tests run minutes of
+occurrences without waiting for them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from reconciler.daemon.working import Occurrence
+from reconciler.daemon.working import worker_name
 from reconciler.errors import ReconcileError
-from reconciler.logs import get_logger
-from reconciler.model.occurrences import Timing, catch_up, next_after
+from reconciler.logs import get_logger, one_line
 
 if TYPE_CHECKING:
     import psycopg
 
     from reconciler.daemon.metrics import Metrics
     from reconciler.daemon.working import Runner
-    from reconciler.store.scheduling import TimerRow
+    from reconciler.store.claiming import Claimed
 
 __all__ = ["Timer"]
 
 _log = get_logger("reconciler.daemon")
 _RETRY_FIRST, _RETRY_LAST = 0.5, 10.0  # seconds between reconnection attempts
+_WAKE_JOB = "wake"
 
 
-@dataclass(frozen=True, slots=True)
-class _Armed:
-    at: datetime
-    timing: Timing
-    grace: timedelta
-    job_id: str
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 class Timer:
-    """Keeps one APScheduler date job per enabled schedule at its next occurrence."""
+    """Claims due occurrences for ``runner`` whenever the earliest next run comes."""
 
     def __init__(
         self,
@@ -64,49 +60,133 @@ class Timer:
         owner: str,
         resync_seconds: float,
         stop: threading.Event,
+        clock: Callable[[], datetime] = _utcnow,
     ) -> None:
         from apscheduler.executors.pool import ThreadPoolExecutor
         from apscheduler.schedulers.background import BackgroundScheduler
 
         self._metrics, self._runner, self._url, self._owner = metrics, runner, url, owner
-        self._resync_seconds, self._stop = resync_seconds, stop
+        self._resync_seconds, self._stop, self._clock = resync_seconds, stop, clock
         metrics.watch_schedules(url=url, owner=owner)  # /metrics reads the rows it schedules
         self._scheduler = BackgroundScheduler(
-            timezone=UTC, executors={"default": ThreadPoolExecutor(4)}
+            timezone=UTC, executors={"default": ThreadPoolExecutor(1)}
         )
-        self._armed: dict[str, _Armed] = {}
-        self._handled: dict[str, datetime] = {}  # the latest occurrence handed to the runner
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="timer-sync", daemon=True)
+        self._due = threading.Event()  # claim now
+        self._wake = threading.Event()  # sync now
+        self._full = False  # the last claim took every free slot: claim again when one frees
+        runner.on_free = self._freed
+        self._claimer = threading.Thread(target=self._claim_loop, name="timer-claim", daemon=True)
+        self._syncer = threading.Thread(target=self._sync_loop, name="timer-sync", daemon=True)
         self._reaped_at = 0.0
 
     def start(self) -> None:
         self._scheduler.start()
-        self._thread.start()
+        self._claimer.start()
+        self._syncer.start()
 
     def resync(self) -> None:
         """Read the schedules again now (SIGHUP, or a local apply)."""
         self._wake.set()
 
-    def forget(self, name: str, at: datetime) -> None:
-        """``at`` was handed over but never claimed (no database session): a resync soon
-        finds it still due, and runs it within its grace or records it missed."""
-        with self._lock:
-            if self._handled.get(name) == at:
-                del self._handled[name]
-        retry = threading.Timer(_RETRY_FIRST * 4, self._wake.set)
-        retry.daemon = True
-        retry.start()
-
     def stop(self) -> None:
-        """Fire nothing more; what is armed stays due in the database."""
+        """Claim nothing more; hand back the claims the runner will not start."""
         self._wake.set()
+        self._due.set()
         self._scheduler.shutdown(wait=False)
-        self._thread.join(timeout=5)
+        self._claimer.join(timeout=5)
+        self._syncer.join(timeout=5)
         self._metrics.readiness.set(scheduler=False)
+        self._hand_back()
 
-    def _loop(self) -> None:
+    def _freed(self) -> None:
+        if self._full:
+            self._due.set()
+
+    # --- claiming ---------------------------------------------------------------------------
+
+    def _claim_loop(self) -> None:
+        from reconciler.store.connecting import connect
+
+        delay = _RETRY_FIRST
+        conn: psycopg.Connection[Any] | None = None
+        while not self._stop.is_set():
+            self._due.wait(timeout=self._resync_seconds)
+            self._due.clear()
+            if self._stop.is_set():
+                break
+            try:
+                if conn is None or conn.closed or conn.broken:
+                    conn = connect(self._url, autocommit=True)
+                claimed = self._claim(conn)
+                delay = _RETRY_FIRST
+            except Exception as exc:  # psycopg, StoreError, or a bug: log, back off, go on
+                message = exc.message if isinstance(exc, ReconcileError) else one_line(exc)
+                _log.error("claiming due runs failed; retrying", error=message, retry_in=delay)
+                self._arm_in(delay)
+                delay = min(delay * 2, _RETRY_LAST)
+                continue
+            self._arm(claimed)
+        if conn is not None:
+            conn.close()
+
+    def _claim(self, conn: psycopg.Connection[Any]) -> Claimed:
+        from reconciler.store.claiming import claim_due
+
+        began = time.monotonic()
+        claimed = claim_due(
+            conn, owner=self._owner, worker=worker_name(), now=self._clock(),
+            limit=self._runner.free_slots,
+        )  # fmt: skip
+        self._full = claimed.full
+        for run in claimed.runs:
+            self._runner.start(run)
+        if claimed.full and self._runner.free_slots:  # a slot freed before ``_full`` was set
+            self._due.set()
+        if claimed.missed:
+            self._metrics.runs.labels("schedule", "missed").inc(claimed.missed)
+        if claimed.runs or claimed.missed:
+            _log.debug("claimed", runs=len(claimed.runs), missed=claimed.missed,
+                       seconds=round(time.monotonic() - began, 3))  # fmt: skip
+        return claimed
+
+    def _arm(self, claimed: Claimed) -> None:
+        """Wake up at the earliest next run, or when another replica's claim may be taken over."""
+        waits = [self._resync_seconds]
+        if claimed.next_due is not None and not claimed.full:  # full: a freed slot wakes it
+            waits.append((claimed.next_due - self._clock()).total_seconds())
+        if claimed.handoff_in is not None:
+            waits.append(claimed.handoff_in + 0.05)
+        self._arm_in(min(waits))
+
+    def _arm_in(self, seconds: float) -> None:
+        if seconds <= 0:
+            self._due.set()
+            return
+        at = datetime.now(UTC) + timedelta(seconds=seconds)
+        try:
+            self._scheduler.add_job(
+                self._due.set, "date", run_date=at, id=_WAKE_JOB, replace_existing=True,
+                misfire_grace_time=None, coalesce=True,
+            )  # fmt: skip
+        except Exception:  # the scheduler is shutting down: the stop event ends the loop
+            self._due.set()
+
+    def _hand_back(self) -> None:
+        from reconciler.store.claiming import hand_back
+        from reconciler.store.connecting import connect
+        from reconciler.store.scheduling import notify_changed
+
+        try:
+            with connect(self._url, autocommit=True) as conn:
+                if hand_back(conn, worker_name()):
+                    notify_changed(conn, self._owner)  # the other replicas take them over now
+        except Exception as exc:  # they are taken over once the hand-off time has passed
+            message = exc.message if isinstance(exc, ReconcileError) else one_line(exc)
+            _log.warning("cannot hand back unstarted claims", error=message)
+
+    # --- syncing ----------------------------------------------------------------------------
+
+    def _sync_loop(self) -> None:
         from reconciler.store.connecting import connect
 
         delay = _RETRY_FIRST
@@ -117,9 +197,8 @@ class Timer:
                     delay = _RETRY_FIRST
                     self._serve(conn)
             except Exception as exc:  # psycopg, StoreError, or a bug: log, back off, go on
-                message = exc.message if isinstance(exc, ReconcileError) else str(exc)
-                _log.error("schedule sync failed; retrying", error=" ".join(message.split()),
-                           retry_in=delay)  # fmt: skip
+                message = exc.message if isinstance(exc, ReconcileError) else one_line(exc)
+                _log.error("schedule sync failed; retrying", error=message, retry_in=delay)
                 self._metrics.readiness.set(database=False)
                 self._metrics.database_up.set(0)
                 self._stop.wait(delay)
@@ -148,122 +227,15 @@ class Timer:
 
     def _sync(self, conn: psycopg.Connection[Any]) -> None:
         from reconciler.store.daemon_state import read_state
-        from reconciler.store.scheduling import fetch_timer_rows, store_first_runs
 
-        began = time.monotonic()
-        # Read first: rows fetched after a load on record reflect at least that load, so the
-        # timer is ready only once it holds what the folder declares (not an empty first read).
         state = read_state(conn, self._owner)
         loaded = bool(state and state.loaded_at)
-        now = datetime.now(UTC)
-        rows = fetch_timer_rows(conn, self._owner)
-        first: dict[str, datetime] = {}
-        for row in rows:
-            try:
-                at = self._place(row, now)
-            except ValueError as exc:  # a row edited by hand into timing we cannot read
-                _log.error("cannot schedule", schedule=row.name, error=str(exc))
-                continue
-            if row.next_run_at is None and at is not None:
-                first[row.name] = at
-        store_first_runs(conn, first)
-        names = {row.name for row in rows}
-        with self._lock:
-            gone = [name for name in self._armed if name not in names]
-        for name in gone:
-            self._disarm(name)
+        self._due.set()  # new schedules get their first run, moved ones are seen
         self._metrics.readiness.set(database=True, scheduler=loaded, config_known=loaded)
         if state is not None and state.loaded_at is not None and not self._metrics.leading:
             self._metrics.config_ok.set(0 if state.config_error else 1)  # the leader's last load
         self._metrics.database_up.set(1)
         self._reap(conn)
-        _log.debug("schedules synced", count=len(rows), seconds=round(time.monotonic() - began, 3))
-
-    def _place(self, row: TimerRow, now: datetime) -> datetime | None:
-        """Arm ``row``'s schedule, hand past-due occurrences to the runner; the time armed."""
-        timing = Timing(
-            row.cron_expression, row.interval_seconds, row.timezone, row.interval_anchor
-        )
-        grace = timedelta(seconds=row.misfire_grace_seconds)
-        stored = row.next_run_at
-        if stored is None:
-            at = next_after(timing, now)
-        elif stored > now:
-            at = stored
-        else:
-            with self._lock:
-                handled = self._handled.get(row.name)
-                armed = self._armed.get(row.name)
-            if handled is not None and stored <= handled and armed and armed.timing == timing:
-                return armed.at  # handed over already; the runner stores its next run
-            at = self._catch_up(row.name, timing, grace, stored, now)
-        self._arm(row.name, at, timing, grace)
-        return at
-
-    def _catch_up(
-        self, name: str, timing: Timing, grace: timedelta, since: datetime, now: datetime
-    ) -> datetime | None:
-        due = catch_up(timing, since=since, now=now, grace=grace)
-        if due.older:
-            _log.warning(
-                "occurrences not recorded: only the most recent missed ones are",
-                schedule=name, since=since.isoformat(), recorded=len(due.missed),
-            )  # fmt: skip
-        times = [*due.missed, *([due.run] if due.run else [])]
-        for i, at in enumerate(times):
-            following = times[i + 1] if i + 1 < len(times) else due.next
-            missed = due.run is None or at != due.run
-            self._runner.submit(Occurrence(name, at, grace, following, missed=missed))
-        if times:
-            with self._lock:
-                self._handled[name] = times[-1]
-        return due.next
-
-    def _arm(self, name: str, at: datetime | None, timing: Timing, grace: timedelta) -> None:
-        from apscheduler.jobstores.base import JobLookupError
-
-        with self._lock:
-            old = self._armed.get(name)
-            if old and old.at == at and old.timing == timing and old.grace == grace:
-                return
-            if at is None:
-                self._armed.pop(name, None)
-            else:
-                job_id = f"{name}@{at.isoformat()}"
-                self._armed[name] = _Armed(at, timing, grace, job_id)
-                if old is None or old.job_id != job_id:
-                    self._scheduler.add_job(
-                        self._fire, "date", run_date=at, args=(name, at), id=job_id,
-                        replace_existing=True, misfire_grace_time=None,
-                    )  # fmt: skip
-            if old is not None and (at is None or old.job_id != f"{name}@{at.isoformat()}"):
-                with contextlib.suppress(JobLookupError):  # it has just fired
-                    self._scheduler.remove_job(old.job_id)
-
-    def _disarm(self, name: str) -> None:
-        from apscheduler.jobstores.base import JobLookupError
-
-        with self._lock:
-            old = self._armed.pop(name, None)
-            self._handled.pop(name, None)
-        if old is not None:
-            with contextlib.suppress(JobLookupError):  # it has just fired
-                self._scheduler.remove_job(old.job_id)
-
-    def _fire(self, name: str, at: datetime) -> None:
-        """APScheduler's callback: hand the occurrence over and arm the next; no I/O."""
-        with self._lock:
-            armed = self._armed.get(name)
-            if armed is None or armed.at != at:  # re-armed or removed meanwhile
-                return
-            self._handled[name] = at
-        try:
-            following = next_after(armed.timing, at)
-            self._runner.submit(Occurrence(name, at, armed.grace, following))
-            self._arm(name, following, armed.timing, armed.grace)
-        except Exception as exc:  # never leave a schedule handed over but not armed
-            _log.exception("cannot hand over an occurrence", schedule=name, error=str(exc))
-            self.forget(name, at)
 
     def _reap(self, conn: psycopg.Connection[Any]) -> None:
         """Mark jobs whose runner died ``abandoned``, at most once per resync period."""

@@ -1,18 +1,17 @@
-"""The bounded pool that claims and runs occurrences: the timer hands them over and returns.
+"""The bounded pool that runs what the scheduler claimed: the timer claims and returns.
 
-``daemon.timing`` calls ``Runner.submit`` for every occurrence it fires or catches up on; a slow
-import holds one worker, never the timer. Each worker claims the occurrence in ``cpi_jobs``
-(``imports.runs.running.claim_run``: exactly once across replicas, a ``skipped`` run on overlap),
-then records it as handled (``next_run_at`` moves on) and runs it. An occurrence that cannot be
-claimed (no database session) is handed back to the timer, so a resync runs it within its grace. An
-occurrence that waited longer than its schedule's grace (downtime, or a queue behind slow imports)
-is recorded ``missed`` instead.
+``daemon.timing`` claims due occurrences in ``cpi_schedules`` (``store.claiming``: never more
+than ``free_slots``) and calls ``Runner.start`` for each job it recorded; a slow import holds one
+worker, never the timer. Each worker keeps a session of its own from run to run: it starts the
+claimed job there (``imports.runs.starting``: the run lock, the start stamp) and runs it. A
+claim taken over by another replica meanwhile is dropped. When a worker frees up while
+occurrences wait unclaimed, ``on_free`` tells the timer to claim again.
 
 The HTTP API's manual runs arrive claimed (the job id is already answered): ``run_claimed``
 runs the rest of them in the same pool, counted in the same metrics.
 
-On shutdown ``refuse`` takes no new claims and drops what is queued (a queued occurrence stays
-due in the database, so another replica or the next start handles it; a queued manual run, whose
+On shutdown ``refuse`` takes no new work and drops what is queued (a queued claim is handed
+back by the timer, so another replica starts it within its grace; a queued manual run, whose
 job is recorded already, is recorded failed); ``stop`` then waits for running imports up to the
 grace period, and ``end_unfinished`` records how the ones still running ended.
 
@@ -29,12 +28,10 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from reconciler.errors import NotFound, ReconcileError, StoreError
-from reconciler.logs import get_logger
+from reconciler.errors import NotFound, ReconcileError
+from reconciler.logs import get_logger, one_line
 
 if TYPE_CHECKING:
     import psycopg
@@ -44,8 +41,9 @@ if TYPE_CHECKING:
     from reconciler.imports.runs.running import Claim
     from reconciler.model.results import JobResult
     from reconciler.settings import Settings
+    from reconciler.store.claiming import ClaimedRun
 
-__all__ = ["Occurrence", "Runner", "worker_name"]
+__all__ = ["Runner", "worker_name"]
 
 _log = get_logger("reconciler.daemon")
 
@@ -53,20 +51,6 @@ _log = get_logger("reconciler.daemon")
 def worker_name() -> str:
     """This process as ``cpi_jobs.worker`` and ``cpi_daemon_state.leader`` name it."""
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-@dataclass(frozen=True, slots=True)
-class Occurrence:
-    """One scheduled time of one schedule; ``following`` is the next one, stored when handled.
-
-    ``missed`` is set for occurrences the catch-up already knows are past their grace.
-    """
-
-    schedule: str
-    at: datetime
-    grace: timedelta
-    following: datetime | None
-    missed: bool = False
 
 
 class Runner:
@@ -87,17 +71,22 @@ class Runner:
         self._lock = threading.Lock()
         self._running = 0  # workers in a run now; the rest of ``_futures`` wait for one
         metrics.run_pool(workers, busy=lambda: self._running, queued=self._queued)
-        # Told of an occurrence whose claim could not be recorded (the timer's ``forget``).
-        self.unclaimed: Callable[[str, datetime], None] = lambda name, at: None
+        self.on_free: Callable[[], None] = lambda: None  # a worker freed up (the timer's poke)
 
-    def submit(self, occurrence: Occurrence) -> None:
-        """Queue ``occurrence``; ignored once stopping (it stays due in the database)."""
+    def start(self, run: ClaimedRun) -> None:
+        """Queue claimed job ``run``; ignored once stopping (the timer hands it back)."""
         with self._lock:
             if self._stopping.is_set():
                 return
-            future = self._pool.submit(self._handle, occurrence)
+            future = self._pool.submit(self._start, run)
             self._futures.add(future)
         future.add_done_callback(self._done)
+
+    @property
+    def free_slots(self) -> int:
+        """Workers with nothing to do or queued: how many occurrences the timer may claim."""
+        with self._lock:
+            return 0 if self._stopping.is_set() else max(self._workers - len(self._futures), 0)
 
     @property
     def busy(self) -> bool:
@@ -151,6 +140,8 @@ class Runner:
             except ReconcileError as exc:  # the next run marks it abandoned instead
                 _log.error("cannot record a cancelled run", job_id=claim.job.job_id,
                            error=exc.message)  # fmt: skip
+        if not self._stopping.is_set():
+            self.on_free()
 
     def _connection(self) -> psycopg.Connection[Any]:
         """This worker's bookkeeping session, opened again if it broke."""
@@ -166,113 +157,34 @@ class Runner:
                 self._sessions.append(conn)
         return conn
 
-    def _handle(self, occurrence: Occurrence) -> None:
+    def _start(self, run: ClaimedRun) -> None:
+        import psycopg
+
+        from reconciler.imports.runs.starting import start
+
         if self._stopping.is_set():
             return
-        name = occurrence.schedule
+        name = run.schedule.name
         self._slot(1)
         try:
-            self._run(occurrence)
+            claim = start(
+                self._connection(), run, settings=self._settings, management_url=self._url,
+                worker=worker_name(),
+            )  # fmt: skip
+            if claim is None:
+                _log.info("claim taken over by another replica", schedule=name, job_id=run.job_id)
+                return
+            self._count(claim.run(courier=self._courier))
         except NotFound:
             _log.info("schedule deleted before its run", schedule=name)
         except ReconcileError as exc:
             _log.error("cannot run the occurrence", schedule=name, error=exc.message)
+        except psycopg.Error as exc:  # the claim stays unstarted: another replica takes it over
+            _log.error("cannot start the occurrence", schedule=name, error=one_line(exc))
         except Exception as exc:  # a bug must not take the worker (or the daemon) down
             _log.exception("cannot run the occurrence", schedule=name, error=str(exc))
         finally:
             self._slot(-1)
-
-    def _run(self, occurrence: Occurrence) -> None:
-        from reconciler.imports.runs.running import claim_run
-
-        name, at = occurrence.schedule, occurrence.at
-        late = datetime.now(UTC) - at
-        if occurrence.missed or late > occurrence.grace:
-            try:  # recorded first, then handled: an outage leaves it due for the next resync
-                self._record_missed(self._session(), occurrence, late)
-                self._bookkeeping(occurrence)
-            except StoreError:
-                self.unclaimed(name, at)
-                raise
-            return
-        if self._claimed_elsewhere(occurrence):  # cheap: no new session, no spec to read
-            return
-        if self._disabled(occurrence):  # by an apply since the timer was armed
-            _log.info("schedule disabled since it was armed; not run", schedule=name)
-            return
-        try:
-            claim = claim_run(name, settings=self._settings, trigger="schedule", scheduled_for=at)
-        except StoreError:  # not claimed: it stays due, and a resync runs it within its grace
-            self.unclaimed(name, at)
-            raise
-        try:
-            self._bookkeeping(occurrence)
-        except ReconcileError as exc:  # the claim stands; a resync moves the next run along
-            _log.warning("cannot store the next run", schedule=name, error=exc.message)
-        self._count(claim.run(courier=self._courier))
-
-    def _claimed_elsewhere(self, occurrence: Occurrence) -> bool:
-        """Whether another replica has claimed ``occurrence`` already (its timer fired first)."""
-        import psycopg
-
-        from reconciler.store.jobs import occurrence_claimed
-
-        try:
-            return occurrence_claimed(self._connection(), occurrence.schedule, occurrence.at)
-        except (psycopg.Error, ReconcileError):  # the claim itself decides, and says why
-            return False
-
-    def _disabled(self, occurrence: Occurrence) -> bool:
-        """Whether the schedule was disabled after the timer was armed (its resync pending)."""
-        import psycopg
-
-        from reconciler.store.scheduling import is_enabled
-
-        try:
-            return is_enabled(self._connection(), occurrence.schedule) is False
-        except (psycopg.Error, ReconcileError):  # the claim decides, and says why
-            return False
-
-    def _session(self) -> psycopg.Connection[Any]:
-        """The bookkeeping session; ``StoreError`` when the database does not answer."""
-        import psycopg
-
-        try:
-            return self._connection()
-        except psycopg.Error as exc:
-            raise StoreError(f"PostgreSQL: {' '.join(str(exc).split())}") from exc
-
-    def _bookkeeping(self, occurrence: Occurrence) -> None:
-        """Store that ``occurrence`` is handled (its schedule's next run moves on)."""
-        import psycopg
-
-        from reconciler.store.scheduling import advance_next_run
-
-        conn = self._session()
-        try:
-            advance_next_run(conn, occurrence.schedule, occurrence.at, occurrence.following)
-        except psycopg.Error as exc:
-            raise StoreError(f"PostgreSQL: {' '.join(str(exc).split())}") from exc
-
-    def _record_missed(
-        self, conn: psycopg.Connection[Any], occurrence: Occurrence, late: timedelta
-    ) -> None:
-        from reconciler.store.jobs import record_missed
-        from reconciler.store.schedules import schedule_ref
-
-        reason = (
-            f"not run: {int(late.total_seconds())} s after its time, past the schedule's "
-            f"misfire_grace of {int(occurrence.grace.total_seconds())} s (the daemon was down "
-            "or busy)"
-        )
-        ref = schedule_ref(conn, occurrence.schedule)
-        started = record_missed(conn, ref, occurrence.at, reason)
-        if started.claimed:
-            self._metrics.runs.labels("schedule", "missed").inc()
-            _log.warning(
-                "occurrence missed", schedule=occurrence.schedule,
-                scheduled_for=occurrence.at.isoformat(), reason=reason,
-            )  # fmt: skip
 
     def _count(self, result: JobResult) -> None:
         if not result.claimed:  # another replica runs this occurrence and counts it

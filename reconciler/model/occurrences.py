@@ -1,8 +1,9 @@
-"""Which occurrences of a schedule are due, missed or next: the daemon's decisions, without I/O.
+"""Which occurrences of a schedule are due, missed or next: the scheduler's decisions, without I/O.
 
-``daemon.timing`` calls ``catch_up`` for every schedule whose stored ``next_run_at`` has passed
-(after a restart, an outage, or a queue that waited too long) and ``next_after`` to arm the timer.
-Pure: the caller passes ``now`` and the stored state, and gets data back.
+``store.claiming`` calls ``decide`` for every schedule row it claims (its stored ``next_run_at``
+has passed, or is not set yet): the occurrence to run now, the ones to record ``missed`` with
+their true reason, and the next run to store. Pure: the caller passes ``now`` and the stored
+state, and gets data back, so every rule is tested with an injected clock.
 
 The rules (DESIGN.md §5). The stored ``next_run_at`` is the first occurrence not yet handled. Of
 the occurrences from there up to ``now``, the latest one still within the schedule's
@@ -19,7 +20,17 @@ from datetime import datetime, timedelta
 
 from reconciler.model.timing import fire_times_between, next_fire_times
 
-__all__ = ["LOOKBACK", "MISSED_RECORDED", "Due", "Timing", "catch_up", "next_after"]
+__all__ = [
+    "LOOKBACK",
+    "MISSED_RECORDED",
+    "Decision",
+    "Due",
+    "Missed",
+    "Timing",
+    "catch_up",
+    "decide",
+    "next_after",
+]
 
 LOOKBACK = timedelta(days=1)
 MISSED_RECORDED = 100
@@ -89,3 +100,72 @@ def catch_up(timing: Timing, *, since: datetime, now: datetime, grace: timedelta
         older=start > since or len(times) > MISSED_RECORDED,
         next=next_after(timing, now),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Missed:
+    """An occurrence that is not run: ``superseded_by`` the later one that runs instead, or
+    (when that is none) left ``late`` past its grace."""
+
+    at: datetime
+    late: timedelta
+    grace: timedelta
+    superseded_by: datetime | None
+    timezone: str
+
+    def reason(self, *, ran: bool = True) -> str:
+        """The job's ``error``: why this occurrence did not run. ``ran`` is false when the
+        occurrence that superseded it was itself not run (skipped for an overlap)."""
+        if self.superseded_by is not None:
+            when = _local(self.superseded_by, self.timezone)
+            outcome = "which ran instead" if ran else "which was itself skipped"
+            return (
+                f"not run: superseded by {when}, {outcome} (of the occurrences due at once, "
+                "only the latest within the misfire_grace runs)"
+            )
+        return (
+            f"not run: {int(self.late.total_seconds())} s after its time, past the schedule's "
+            f"misfire_grace of {int(self.grace.total_seconds())} s (the daemon was down or busy)"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What to do with one schedule now: run ``run`` (or nothing), record ``missed`` (oldest
+    first), store ``next`` as its next run. ``older`` as for ``Due``."""
+
+    run: datetime | None
+    missed: tuple[Missed, ...]
+    older: bool
+    next: datetime | None
+
+
+def decide(
+    timing: Timing, *, next_run_at: datetime | None, grace: timedelta, now: datetime
+) -> Decision:
+    """The scheduler's whole decision for one schedule whose stored next run is ``next_run_at``.
+
+    No stored next run (a new schedule, or its timing changed): nothing runs, the next run is
+    the first occurrence after ``now``. A next run still ahead: nothing changes. Otherwise the
+    occurrences from the stored one up to ``now`` are sorted by ``catch_up``: the latest within
+    ``grace`` runs, the earlier ones are superseded by it, and with none within grace each is
+    missed for being past it.
+    """
+    if next_run_at is None:
+        return Decision(None, (), False, next_after(timing, now))
+    if next_run_at > now:
+        return Decision(None, (), False, next_run_at)
+    due = catch_up(timing, since=next_run_at, now=now, grace=grace)
+    missed = tuple(Missed(at, now - at, grace, due.run, timing.timezone) for at in due.missed)
+    return Decision(due.run, missed, due.older, due.next)
+
+
+def _local(moment: datetime, timezone: str) -> str:
+    """``moment`` as the schedule's wall clock reads it: ``14:05 CET``, ``09:30 UTC``."""
+    from zoneinfo import ZoneInfo
+
+    try:
+        local = moment.astimezone(ZoneInfo(timezone))
+    except (ValueError, KeyError):  # a zone stored by hand that this machine does not know
+        local = moment
+    return f"{local:%H:%M} {local.tzname() or 'UTC'}"

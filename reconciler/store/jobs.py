@@ -213,11 +213,15 @@ def _skip(
         "SELECT id::text, started_at FROM cpi_jobs WHERE schedule_name = %s AND status = 'running'",
         (schedule.name,),
     ).fetchone()
-    reason = (
-        f"job {running[0]} of this schedule is still running (since {running[1]:%Y-%m-%d %H:%M %Z})"
-        if running
-        else "another run of this schedule is starting"
-    )
+    if running is None:
+        reason = "another run of this schedule is starting"
+    elif running[1] is None:  # claimed by the scheduler, about to start
+        reason = f"job {running[0]} of this schedule is about to start"
+    else:
+        reason = (
+            f"job {running[0]} of this schedule is still running "
+            f"(since {running[1]:%Y-%m-%d %H:%M %Z})"
+        )
     try:
         job_id, started_at = _insert(
             conn, schedule, "skipped", trigger=trigger, scheduled_for=scheduled_for, error=reason
@@ -375,7 +379,7 @@ def end_worker_jobs(conn: psycopg.Connection[Any], worker: str, error: str) -> l
         rows = conn.execute(
             "UPDATE cpi_jobs j SET status = 'failed', finished_at = now(), heartbeat_at = now(), "
             "rows_imported = " + LANDED_ROWS + ", error = %s "
-            "WHERE j.worker = %s AND j.status = 'running' "
+            "WHERE j.worker = %s AND j.status = 'running' AND j.started_at IS NOT NULL "
             "RETURNING j.id::text, j.schedule_id, j.started_at",
             (_storable(error), worker),
         ).fetchall()

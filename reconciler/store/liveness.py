@@ -77,7 +77,7 @@ def abandon(conn: psycopg.Connection[Any], schedule_name: str, reason: str) -> l
             "UPDATE cpi_jobs j SET status = 'abandoned', error = %s, "
             "finished_at = coalesce(j.heartbeat_at, j.started_at, now()), "
             "rows_imported = " + LANDED_ROWS + " "
-            "WHERE j.schedule_name = %s AND j.status = 'running' "
+            "WHERE j.schedule_name = %s AND j.status = 'running' AND j.started_at IS NOT NULL "
             "RETURNING j.id::text, j.schedule_id, j.started_at",
             (reason, schedule_name),
         ).fetchall()
@@ -92,7 +92,7 @@ def _reap_stale_holder(conn: psycopg.Connection[Any], schedule_name: str, key: i
     """Terminate a lock holder whose heartbeat stopped; true once the lock is ours."""
     row = conn.execute(
         "SELECT id::text, coalesce(heartbeat_at, started_at) FROM cpi_jobs "
-        "WHERE schedule_name = %s AND status = 'running' "
+        "WHERE schedule_name = %s AND status = 'running' AND started_at IS NOT NULL "
         "AND coalesce(heartbeat_at, started_at) < now() - %s",
         (schedule_name, STALE_AFTER),
     ).fetchone()
@@ -127,8 +127,10 @@ def release_job_lock(conn: psycopg.Connection[Any], schedule_name: str) -> None:
 
 def reap_abandoned(conn: psycopg.Connection[Any]) -> list[str]:
     """Abandon every running job whose runner is gone; ``conn`` must be in autocommit mode."""
-    names = [r[0] for r in conn.execute("SELECT DISTINCT schedule_name FROM cpi_jobs "
-                                        "WHERE status = 'running'")]  # fmt: skip
+    started = "SELECT DISTINCT schedule_name FROM cpi_jobs WHERE status = 'running' " + (
+        "AND started_at IS NOT NULL"
+    )
+    names = [r[0] for r in conn.execute(started)]
     reaped: list[str] = []
     for name in names:
         # Under the claim lock, as a claim decides: a claimer must not find the run lock

@@ -1,0 +1,380 @@
+"""Claiming what is due: the one transaction in which a replica takes occurrences to run.
+
+``cpi_schedules.next_run_at`` is the only copy of what is due. ``daemon.timing`` wakes at the
+earliest one and calls ``claim_due`` with the number of run slots it has free; in one transaction
+it:
+
+1. takes over claims another replica made but never started (``handoff`` old: that replica died
+   or stopped between its claim and the start): within grace they run here, past it they are
+   recorded ``missed`` with the reason;
+2. gives every schedule with no next run yet (new, or its timing changed) its first one;
+3. locks the due schedules, earliest first, at most as many as it has free slots
+   (``FOR UPDATE SKIP LOCKED``: replicas claiming at the same instant take disjoint batches),
+   lets ``model.occurrences.decide`` sort each one's occurrences, records the one to run as a
+   job (``running``, not yet started, or ``skipped`` when a run of the schedule is still going)
+   and the others ``missed`` with their true reason, and moves ``next_run_at`` on;
+
+then commits and returns the jobs to start. A replica with no free slot claims nothing, so work
+spreads over the replicas by capacity.
+
+A claimed job is ``running`` with no ``started_at`` and its claimer as ``worker`` until
+``start_claimed`` (the claimer's run slot) takes the schedule's run lock and stamps it started.
+That stamp is conditional on the row being still unstarted and still this worker's, so a claim
+handed over to another replica is started by exactly one of them. ``hand_back`` gives up the
+claims a stopping replica will not start.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from psycopg import errors as pg_errors
+from psycopg.rows import class_row
+
+from reconciler.logs import get_logger
+from reconciler.model.occurrences import Decision, Timing, decide
+from reconciler.store.jobs import ScheduleRef, Started
+from reconciler.store.liveness import abandon, job_lock_key, release_job_lock, take_job_lock
+from reconciler.store.locks import Named, named_key
+
+if TYPE_CHECKING:
+    import psycopg
+
+__all__ = ["HANDOFF", "Claimed", "ClaimedRun", "claim_due", "hand_back", "start_claimed"]
+
+# How long a claim may stay unstarted before another replica takes it over. A replica claims only
+# for free run slots, so its claims start within milliseconds; one that waits this long belongs
+# to a replica that stopped, froze or lost its database session.
+HANDOFF = timedelta(seconds=15)
+_START_LOCK_WAIT = "5s"  # a claim's start waits this long for a skipper or reaper to let go
+_log = get_logger("reconciler.scheduler")
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedRun:
+    """A job recorded by a claim: ``running`` (to start) or ``skipped`` (its callback to send)."""
+
+    job_id: str
+    schedule: ScheduleRef
+    scheduled_for: datetime
+    status: str
+    error: str | None = None
+    recorded_at: datetime | None = None  # when a skip was recorded (a running job: at its start)
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """What one claim took: the jobs to start, what it recorded, when to look again.
+
+    ``full`` is true when the claim took as many schedules as it had slots (more may be due);
+    ``next_due`` is the earliest stored next run left (in the caller's clock), ``handoff_in``
+    the seconds until an unstarted claim of another replica may be taken over (database clock).
+    """
+
+    runs: tuple[ClaimedRun, ...]
+    missed: int
+    full: bool
+    next_due: datetime | None
+    handoff_in: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Due:
+    id: str
+    name: str
+    project_id: str | None
+    project: str | None
+    cron_expression: str | None
+    interval_seconds: int | None
+    timezone: str
+    interval_anchor: datetime | None
+    next_run_at: datetime | None
+    misfire_grace_seconds: int
+
+    @property
+    def ref(self) -> ScheduleRef:
+        return ScheduleRef(self.id, self.name, self.project_id, self.project)
+
+    @property
+    def timing(self) -> Timing:
+        return Timing(
+            self.cron_expression, self.interval_seconds, self.timezone, self.interval_anchor
+        )
+
+
+_COLUMNS = """
+s.id::text, s.name, s.project_id::text, p.name AS project,
+CASE WHEN s.schedule_type = 'cron' THEN s.cron_expression END AS cron_expression,
+CASE WHEN s.schedule_type = 'interval' THEN s.interval_seconds END AS interval_seconds,
+coalesce(s.timezone, 'UTC') AS timezone, s.interval_anchor, s.next_run_at,
+s.misfire_grace_seconds
+"""
+_MANAGED = """
+FROM cpi_schedules s JOIN cpi_projects p ON p.id = s.project_id
+WHERE s.owner = %(owner)s AND coalesce(s.enabled, true)
+"""
+# Rows written by another program (no anchor) get one now, once: the cadence counts from here.
+_ANCHOR = """
+UPDATE cpi_schedules SET interval_anchor = now()
+WHERE owner = %(owner)s AND interval_seconds IS NOT NULL AND interval_anchor IS NULL
+"""
+_UNSET = "SELECT " + _COLUMNS + _MANAGED + " AND s.next_run_at IS NULL FOR UPDATE OF s SKIP LOCKED"
+_DUE = (
+    "SELECT " + _COLUMNS + _MANAGED + " AND s.next_run_at <= %(now)s "
+    "ORDER BY s.next_run_at, s.name LIMIT %(limit)s FOR UPDATE OF s SKIP LOCKED"
+)
+_STALE = (
+    "SELECT j.id::text AS job_id, j.scheduled_for, j.worker, s.misfire_grace_seconds, "
+    + _COLUMNS
+    + """
+FROM cpi_jobs j JOIN cpi_schedules s ON s.name = j.schedule_name
+     JOIN cpi_projects p ON p.id = s.project_id
+WHERE j.status = 'running' AND j.started_at IS NULL AND j.heartbeat_at < now() - %(handoff)s
+  AND s.owner = %(owner)s
+ORDER BY j.scheduled_for LIMIT %(limit)s FOR UPDATE OF j SKIP LOCKED
+"""
+)
+_INSERT = """
+INSERT INTO cpi_jobs (schedule_id, schedule_name, project_id, project_name, trigger, status,
+                      scheduled_for, started_at, heartbeat_at, finished_at, worker, error)
+SELECT x.schedule_id, x.name, x.project_id, x.project, 'schedule', x.status, x.at,
+       CASE WHEN x.status = 'running' THEN NULL ELSE now() END, now(),
+       CASE WHEN x.status = 'running' THEN NULL ELSE now() END, %(worker)s, x.error
+FROM jsonb_to_recordset(%(jobs)s::jsonb) AS x(schedule_id uuid, name text, project_id uuid,
+     project text, status text, at timestamptz, error text)
+ON CONFLICT DO NOTHING
+RETURNING id::text, schedule_name, scheduled_for, status, started_at
+"""
+_ADVANCE = """
+UPDATE cpi_schedules s SET next_run_at = x.next
+FROM jsonb_to_recordset(%(rows)s::jsonb) AS x(name text, next timestamptz)
+WHERE s.name = x.name
+"""
+_WAKE = (
+    "SELECT (SELECT min(s.next_run_at) "
+    + _MANAGED
+    + """),
+       (SELECT extract(epoch FROM min(j.heartbeat_at) + %(handoff)s - now())::float8
+        FROM cpi_jobs j JOIN cpi_schedules s ON s.name = j.schedule_name
+        WHERE j.status = 'running' AND j.started_at IS NULL AND s.owner = %(owner)s
+          AND j.worker <> %(worker)s)
+"""
+)
+
+
+def claim_due(
+    conn: psycopg.Connection[Any],
+    *,
+    owner: str,
+    worker: str,
+    now: datetime,
+    limit: int,
+    handoff: timedelta = HANDOFF,
+) -> Claimed:
+    """Claim up to ``limit`` due occurrences of ``owner``'s schedules for ``worker`` (one
+    transaction); ``now`` is the scheduler's clock. ``conn`` must be in autocommit mode."""
+    params: dict[str, Any] = {
+        "owner": owner, "worker": worker, "now": now, "limit": max(limit, 0), "handoff": handoff,
+    }  # fmt: skip
+    with conn.transaction():
+        taken, missed = _take_over(conn, params, now)
+        conn.execute(_ANCHOR, params)
+        unset = _rows(conn, _UNSET, params)
+        params["limit"] = max(limit - len(taken), 0)
+        due = _rows(conn, _DUE, params) if params["limit"] else []
+        decisions = [(row, decide(row.timing, next_run_at=row.next_run_at, now=now,
+                                  grace=timedelta(seconds=row.misfire_grace_seconds)))
+                     for row in [*unset, *due]]  # fmt: skip
+        runs, recorded = _record(conn, worker, decisions)
+        _advance(conn, decisions)
+        wake = conn.execute(_WAKE, params).fetchone()
+    assert wake is not None
+    return Claimed(
+        runs=(*taken, *runs),
+        missed=missed + recorded,
+        full=len(taken) + len(due) >= limit,  # at the limit, more may be due
+        next_due=wake[0],
+        handoff_in=None if wake[1] is None else max(float(wake[1]), 0.0),
+    )
+
+
+def _rows(conn: psycopg.Connection[Any], query: str, params: dict[str, Any]) -> list[_Due]:
+    with conn.cursor(row_factory=class_row(_Due)) as cur:
+        return cur.execute(query, params).fetchall()
+
+
+def _take_over(
+    conn: psycopg.Connection[Any], params: dict[str, Any], now: datetime
+) -> tuple[list[ClaimedRun], int]:
+    """Claims left unstarted by another replica: ours within grace, else ``missed``."""
+    if not params["limit"]:
+        return [], 0
+    stale = conn.execute(_STALE, params).fetchall()
+    taken: list[ClaimedRun] = []
+    missed = 0
+    for job_id, at, old_worker, grace_seconds, *row in stale:
+        due = _Due(*row)
+        if now - at <= timedelta(seconds=grace_seconds):
+            conn.execute(
+                "UPDATE cpi_jobs SET worker = %s, heartbeat_at = now() WHERE id = %s",
+                (params["worker"], job_id),
+            )
+            taken.append(ClaimedRun(job_id, due.ref, at, "running"))
+            _log.warning("claim taken over", schedule=due.name, job_id=job_id,
+                         scheduled_for=at.isoformat(), claimed_by=old_worker)  # fmt: skip
+            continue
+        reason = (
+            f"not run: claimed by {old_worker}, which stopped before starting it; by "
+            f"{int((now - at).total_seconds())} s after its time it was past the schedule's "
+            f"misfire_grace of {grace_seconds} s"
+        )
+        conn.execute(
+            "UPDATE cpi_jobs SET status = 'missed', started_at = now(), finished_at = now(), "
+            "error = %s WHERE id = %s",
+            (reason, job_id),
+        )
+        missed += 1
+        _log.warning("occurrence missed", schedule=due.name, job_id=job_id,
+                     scheduled_for=at.isoformat(), reason=reason)  # fmt: skip
+    return taken, missed
+
+
+def _busy(conn: psycopg.Connection[Any], names: list[str]) -> dict[str, str]:
+    """Of ``names``, those with a run still going, and why each is busy.
+
+    A run whose lock nobody holds died: it is abandoned here (as the reaper would), so its
+    schedule runs. A claim not yet started is a run about to start.
+    """
+    if not names:
+        return {}
+    busy: dict[str, str] = {}
+    rows = conn.execute(
+        "SELECT schedule_name, id::text, started_at FROM cpi_jobs "
+        "WHERE status = 'running' AND schedule_name = ANY(%s)",
+        (names,),
+    ).fetchall()
+    for name, job_id, started_at in rows:
+        if started_at is None:
+            busy[name] = f"job {job_id} of this schedule is about to start"
+        elif take_job_lock(conn, name):  # nobody alive holds it: that run is gone
+            try:
+                abandon(conn, name, "the process running this job stopped")
+            finally:
+                release_job_lock(conn, name)
+        else:
+            busy[name] = (
+                f"job {job_id} of this schedule is still running "
+                f"(since {started_at:%Y-%m-%d %H:%M %Z})"
+            )
+    return busy
+
+
+def _record(
+    conn: psycopg.Connection[Any], worker: str, decisions: list[tuple[_Due, Decision]]
+) -> tuple[list[ClaimedRun], int]:
+    """Insert the decided jobs in one statement; the runs to start and the number missed."""
+    running = [row.name for row, d in decisions if d.run is not None]
+    if running:  # a manual run deciding run-or-skip for one of these waits for this commit
+        keys = sorted({named_key(Named.CLAIM, name) for name in running})
+        conn.execute("SELECT pg_advisory_xact_lock(k) FROM unnest(%s::bigint[]) AS k", (keys,))
+    busy = _busy(conn, running)
+    jobs: list[dict[str, Any]] = []
+    for row, decision in decisions:
+        base = {"schedule_id": row.id, "name": row.name, "project_id": row.project_id,
+                "project": row.project}  # fmt: skip
+        ran = decision.run is not None and row.name not in busy
+        for gone in decision.missed:
+            jobs.append(base | {"status": "missed", "at": gone.at.isoformat(),
+                                "error": gone.reason(ran=ran)})  # fmt: skip
+        if decision.run is not None:
+            status = "skipped" if row.name in busy else "running"
+            jobs.append(base | {"status": status, "at": decision.run.isoformat(),
+                                "error": busy.get(row.name)})  # fmt: skip
+        if decision.older:
+            _log.warning("occurrences not recorded: only the most recent missed ones are",
+                         schedule=row.name, recorded=len(decision.missed))  # fmt: skip
+    if not jobs:
+        return [], 0
+    inserted = conn.execute(_INSERT, {"worker": worker, "jobs": json.dumps(jobs)}).fetchall()
+    refs = {row.name: row.ref for row, _ in decisions}
+    errors = {(j["name"], j["at"]): j["error"] for j in jobs}
+    runs: list[ClaimedRun] = []
+    missed = 0
+    for job_id, name, at, status, recorded_at in inserted:
+        error = errors.get((name, at.isoformat()))
+        if status == "missed":
+            missed += 1
+            _log.warning("occurrence missed", schedule=name, job_id=job_id,
+                         scheduled_for=at.isoformat(), reason=error)  # fmt: skip
+        else:
+            runs.append(ClaimedRun(job_id, refs[name], at, status, error, recorded_at))
+            if status == "skipped":
+                _log.warning("run skipped", schedule=name, job_id=job_id, reason=error)
+    return runs, missed
+
+
+def _advance(conn: psycopg.Connection[Any], decisions: list[tuple[_Due, Decision]]) -> None:
+    moved = [
+        {"name": row.name, "next": None if d.next is None else d.next.isoformat()}
+        for row, d in decisions
+        if d.next != row.next_run_at
+    ]
+    if moved:
+        conn.execute(_ADVANCE, {"rows": json.dumps(moved)})
+
+
+def start_claimed(conn: psycopg.Connection[Any], run: ClaimedRun, worker: str) -> Started | None:
+    """Start claimed job ``run`` on ``conn`` (autocommit, kept for the whole run): take the
+    schedule's run lock and stamp the job started. ``None`` when the claim is no longer
+    ``worker``'s (taken over by another replica, or ended meanwhile): nothing was done.
+
+    The lock is taken at once but for a moment (a manual run deciding to skip, a reaper
+    checking), so the start waits briefly for it. A lock held longer belongs to a run outside
+    this scheduler (an older program's): the job is then recorded ``skipped``.
+    """
+    name = run.schedule.name
+    if not (take_job_lock(conn, name) or _wait_for_lock(conn, name)):
+        reason = "another run of this schedule held its run lock"
+        with conn.transaction():
+            row = conn.execute(
+                "UPDATE cpi_jobs SET status = 'skipped', started_at = now(), finished_at = now(), "
+                "error = %s WHERE id = %s AND status = 'running' AND started_at IS NULL "
+                "AND worker = %s RETURNING started_at",
+                (reason, run.job_id, worker),
+            ).fetchone()
+        return None if row is None else Started(run.job_id, "skipped", row[0], error=reason)
+    row = conn.execute(
+        "UPDATE cpi_jobs SET started_at = now(), heartbeat_at = now() "
+        "WHERE id = %s AND status = 'running' AND started_at IS NULL AND worker = %s "
+        "RETURNING started_at",
+        (run.job_id, worker),
+    ).fetchone()
+    if row is None:
+        release_job_lock(conn, name)
+        return None
+    return Started(run.job_id, "running", row[0])
+
+
+def _wait_for_lock(conn: psycopg.Connection[Any], name: str) -> bool:
+    """Wait up to ``_START_LOCK_WAIT`` for the run lock (a session lock: kept after commit)."""
+    try:
+        with conn.transaction():
+            conn.execute(f"SET LOCAL lock_timeout = '{_START_LOCK_WAIT}'")
+            conn.execute("SELECT pg_advisory_lock(%s)", (job_lock_key(name),))
+    except pg_errors.LockNotAvailable:
+        return False
+    return True
+
+
+def hand_back(conn: psycopg.Connection[Any], worker: str) -> int:
+    """Make ``worker``'s unstarted claims free for another replica to take over at once."""
+    with conn.transaction():
+        cur = conn.execute(
+            "UPDATE cpi_jobs SET heartbeat_at = now() - %s - interval '1 second' "
+            "WHERE worker = %s AND status = 'running' AND started_at IS NULL",
+            (HANDOFF, worker),
+        )
+    return cur.rowcount
