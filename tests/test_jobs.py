@@ -24,7 +24,6 @@ from reconciler.store.jobs import (
     finish_job,
     job_lock_key,
     reap_abandoned,
-    record_missed,
     start_job,
 )
 
@@ -171,26 +170,6 @@ def test_an_occurrence_is_claimed_once(
         again = start_job(other, schedule, trigger="schedule", scheduled_for=when)
     assert (again.claimed, again.id) == (False, first.id)
     assert len(jobs(database_url)) == 1
-
-
-def test_a_missed_occurrence_is_recorded_once(
-    database_url: str, schedule: ScheduleRef, session: psycopg.Connection[Any]
-) -> None:
-    """A missed occurrence is one row across replicas, and it does not count as a run."""
-    when = datetime(2026, 11, 2, tzinfo=UTC)
-    first = record_missed(session, schedule, when, "missed by 2h (grace 300 s)")
-    again = record_missed(session, schedule, when, "missed by 2h (grace 300 s)")
-    assert (first.status, first.claimed, again.claimed, again.id) == (
-        "missed",
-        True,
-        False,
-        first.id,
-    )
-    (row,) = jobs(database_url)
-    assert (row["status"], row["trigger"], row["error"]) == (
-        "missed", "schedule", "missed by 2h (grace 300 s)"
-    )  # fmt: skip
-    assert _stats(database_url)[:3] == (0, 0, 0)
 
 
 def test_finishing_a_wrongly_abandoned_run_corrects_the_counters(

@@ -94,7 +94,7 @@ PINNED: dict[str, list[str]] = {
     "reconciler.daemon.serving": ["serve"],
     "reconciler.daemon.timing": ["Timer"],
     "reconciler.daemon.watching": ["Watcher"],
-    "reconciler.daemon.working": ["Occurrence", "Runner", "worker_name"],
+    "reconciler.daemon.working": ["Runner", "worker_name"],
     "reconciler.escaping": [
         "TEXT_LIMIT",
         "capped",
@@ -193,6 +193,7 @@ PINNED: dict[str, list[str]] = {
     "reconciler.imports.sources.pipelining": ["REQUESTS", "REQUEST_SIZE", "PipelinedReader"],
     "reconciler.imports.runs.resolving": ["ImportSpec", "load_import", "open_source", "target_url"],
     "reconciler.imports.runs.transferring": ["Outage", "transfer"],
+    "reconciler.imports.runs.starting": ["start"],
     "reconciler.imports.runs.running": [
         "RECONNECT_WITHIN",
         "Claim",
@@ -230,9 +231,12 @@ PINNED: dict[str, list[str]] = {
     "reconciler.model.occurrences": [
         "LOOKBACK",
         "MISSED_RECORDED",
+        "Decision",
         "Due",
+        "Missed",
         "Timing",
         "catch_up",
+        "decide",
         "next_after",
     ],
     "reconciler.model.parsing": [
@@ -347,7 +351,6 @@ PINNED: dict[str, list[str]] = {
         "occurrence_claimed",
         "reap_abandoned",
         "record_callback",
-        "record_missed",
         "start_job",
     ],
     "reconciler.store.ledger": ["CLAIM_WAIT", "EXTERNAL_LEDGER", "Known", "Ledger", "file_key"],
@@ -382,14 +385,14 @@ PINNED: dict[str, list[str]] = {
         "list_schedules",
         "schedule_ref",
     ],
-    "reconciler.store.scheduling": [
-        "CHANNEL",
-        "TimerRow",
-        "advance_next_run",
-        "fetch_timer_rows",
-        "is_enabled",
-        "notify_changed",
-        "store_first_runs",
+    "reconciler.store.scheduling": ["CHANNEL", "notify_changed"],
+    "reconciler.store.claiming": [
+        "HANDOFF",
+        "Claimed",
+        "ClaimedRun",
+        "claim_due",
+        "hand_back",
+        "start_claimed",
     ],
     "reconciler.store.statistics": [
         "LANDED_ROWS",

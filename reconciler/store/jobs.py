@@ -2,7 +2,7 @@
 
 ``imports.runs.running`` calls ``start_job`` before a run, keeps a ``Heartbeat`` going during it and
 calls ``finish_job`` at the end, or ``fail_lost_job`` over a new session when PostgreSQL went away
-mid-run and came back; the daemon calls ``record_missed`` for occurrences past their grace and may
+mid-run and came back; the daemon's scheduler records its claims in ``store.claiming`` and may
 call ``reap_abandoned`` on its own. Whether a runner is alive (the run's advisory lock, the
 heartbeat, reaping) is ``store.liveness``; its names are part of this module's surface, as a run
 needs both. A run is counted in the schedule's statistics exactly once, in the transaction that
@@ -53,7 +53,6 @@ __all__ = [
     "occurrence_claimed",
     "reap_abandoned",
     "record_callback",
-    "record_missed",
     "start_job",
 ]
 
@@ -230,23 +229,6 @@ def _skip(
         return _claimed_elsewhere(conn, schedule.name, scheduled_for)
     _log.warning("run skipped", schedule=schedule.name, job_id=job_id, reason=reason)
     return Started(job_id, "skipped", started_at, error=reason)
-
-
-def record_missed(
-    conn: psycopg.Connection[Any], schedule: ScheduleRef, scheduled_for: datetime, reason: str
-) -> Started:
-    """Record an occurrence that was not run (downtime beyond its grace) as ``missed``.
-
-    The occurrence index makes this exactly once across replicas: if another replica already
-    recorded or ran it, nothing is written and ``claimed`` is false.
-    """
-    try:
-        job_id, started_at = _insert(
-            conn, schedule, "missed", trigger="schedule", scheduled_for=scheduled_for, error=reason
-        )
-    except pg_errors.UniqueViolation:
-        return _claimed_elsewhere(conn, schedule.name, scheduled_for)
-    return Started(job_id, "missed", started_at, error=reason)
 
 
 def _claimed_elsewhere(
