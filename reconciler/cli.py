@@ -5,11 +5,16 @@ exit code (``--debug`` shows the traceback); with ``--output json`` stdout also 
 document. argparse's own complaints become ``UsageError`` (exit 1, never 2, which means "changes
 present"). Command modules are imported only when their command runs, so ``--help`` and
 ``validate`` never import psycopg, paramiko, APScheduler or watchfiles.
+
+Run as the program (the console script, ``python -m reconciler``), ``main`` also spares the
+process the garbage collector's walks over what start-up built (``_started``): a fifth less
+time for a short command such as ``reconcile run`` of a small file.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import itertools
 import sys
@@ -308,14 +313,42 @@ def _fail(exc: BaseException, message: str, exit_code: int, *, as_json: bool, pr
     return exit_code
 
 
+def _started(command: str) -> None:
+    """Start-up is over (the command's module is imported, logging set up): collect again, never
+    walking what start-up made.
+
+    Most objects of a short command are its modules, classes and models, made while importing
+    and kept until the process ends. Collections while they are made walk them again and again,
+    and CPython's exit walks them all once more while it tears the modules down: some 60 ms of
+    `reconcile run`'s 0.32 s. Frozen (``gc.freeze``), they are left out of every later walk. The
+    daemon runs for days: what start-up made and dropped is collected before the rest is frozen.
+    """
+    if command == "serve":
+        gc.collect()
+    gc.freeze()
+    gc.enable()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit code (the console script exits with it).
 
     Errors print ``error: ...`` on stderr and, with ``--output json``, an ``Error`` document on
-    stdout unless the command already printed its own document there.
+    stdout unless the command already printed its own document there. Without ``argv`` this is
+    the program itself, ending when this returns: the collector waits until start-up is over
+    (``_started``), and what the command leaves is not walked at exit either.
     """
+    whole_process = argv is None
+    if whole_process:
+        gc.disable()
+    try:
+        return _main(sys.argv[1:] if argv is None else list(argv), whole_process=whole_process)
+    finally:
+        if whole_process:
+            gc.freeze()
+
+
+def _main(arguments: list[str], *, whole_process: bool) -> int:
     _tolerate_unencodable()
-    arguments = list(sys.argv[1:] if argv is None else argv)
     as_json = _wants_json(arguments)
     debug = "--debug" in arguments
     printed = output.documents_printed()
@@ -330,7 +363,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             logs.configure(
                 log_format=settings.log_format, level=settings.log_level, color=settings.color
             )
-        return _resolve(command)(args, settings)
+        handler = _resolve(command)
+        if whole_process:
+            _started(command)
+        return handler(args, settings)
     except ReconcileError as exc:
         if debug:
             raise
