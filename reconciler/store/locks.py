@@ -16,14 +16,21 @@ here. Every key is a signed 64-bit ``bigint`` (``pg_advisory_lock(bigint)``).
 
 Existing values never change: during a rolling upgrade a replica of the previous version must
 still take the same lock as the new one.
+
+``lock_holder`` says which backend holds a session lock (``pg_locks``): ``store.daemon_state``
+asks it of a frozen leader's lock.
 """
 
 from __future__ import annotations
 
 import enum
 import hashlib
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["RESERVED_RANGE", "Fixed", "Named", "named_key"]
+if TYPE_CHECKING:
+    import psycopg
+
+__all__ = ["RESERVED_RANGE", "Fixed", "Named", "lock_holder", "named_key"]
 
 _PREFIX = 0x7265636F6E  # b"recon"
 RESERVED_RANGE = range(_PREFIX << 8, (_PREFIX + 1) << 8)
@@ -57,3 +64,16 @@ def named_key(purpose: Named, name: str) -> int:
 def _outside_reserved(key: int) -> int:
     # One hash in 2**56 lands in the reserved range; flipping a bit of the prefix moves it out.
     return key ^ (1 << 40) if key in RESERVED_RANGE else key
+
+
+def lock_holder(conn: psycopg.Connection[Any], key: int) -> int | None:
+    """The backend pid holding the session advisory lock ``key`` in this database, if any."""
+    # pg_locks shows a bigint key as two oids: its high and low 32 bits, with objsubid 1.
+    unsigned = key & 0xFFFFFFFFFFFFFFFF
+    row = conn.execute(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 "
+        "AND classid = %s::bigint::oid AND objid = %s::bigint::oid AND database = "
+        "(SELECT oid FROM pg_database WHERE datname = current_database())",
+        (unsigned >> 32, unsigned & 0xFFFFFFFF),
+    ).fetchone()
+    return int(row[0]) if row else None
