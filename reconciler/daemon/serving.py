@@ -44,7 +44,9 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     """Run the daemon in this process until it is stopped; 0 after a clean shutdown."""
     from reconciler.daemon.connections import connection_cap, raise_descriptor_limit
     from reconciler.daemon.http import HttpServer, build_app
+    from reconciler.store.connecting import set_role
 
+    set_role("serve")  # its sessions show as reconcile/serve/..., its threads' by their role
     stop, rescan = threading.Event(), threading.Event()
     _signals(stop, rescan)  # first: a signal during the start-up below is handled, not fatal
     raise_descriptor_limit()

