@@ -168,6 +168,18 @@ PINNED: dict[str, list[str]] = {
         "import_files",
     ],
     "reconciler.imports.engine.quoting": ["Quotes", "Records"],
+    "reconciler.model.durations": [
+        "DURATION_TEXT",
+        "INT4_MAX",
+        "RETRIES_MAX",
+        "RETRY_BACKOFF_DEFAULT",
+        "RETRY_DELAY_MAX",
+        "RetryBackoff",
+        "Seconds",
+        "Timeout",
+        "parse_duration",
+        "retry_delay",
+    ],
     "reconciler.model.destinations": [
         "METADATA_HOSTS",
         "Destinations",

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from reconciler.model.durations import RETRY_BACKOFF_DEFAULT
 from reconciler.model.specs import ProjectDocument, ScheduleDocument
 
 if TYPE_CHECKING:
@@ -125,9 +126,20 @@ class Plan:
         return [c for c in self.changes if c.op is op and c.kind is kind]
 
 
+# Schedule fields added after rows were first hashed, with their defaults: counted in the hash
+# only when they differ, so a row hashed before they existed keeps its hash, and an edit behind
+# the reconciler's back is still told apart from a change of its document.
+_LATER_FIELDS: dict[str, Any] = {
+    "timeout_seconds": None,
+    "retries": 0,
+    "retry_backoff_seconds": RETRY_BACKOFF_DEFAULT,
+}
+
+
 def spec_hash(fields: Mapping[str, Any]) -> str:
     """A stable hash of a row's compared fields."""
-    text = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
+    hashed = {k: v for k, v in fields.items() if k not in _LATER_FIELDS or v != _LATER_FIELDS[k]}
+    text = json.dumps(hashed, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -155,10 +167,15 @@ def schedule_fields(
     sftp_override: Mapping[str, Any] | None,
     local_files: Sequence[str] | None,
     misfire_grace_seconds: int | None,
+    timeout_seconds: int | None = None,
+    retries: int | None = None,
+    retry_backoff_seconds: int | None = None,
 ) -> dict[str, Any]:
     """The compared fields of a schedule, in normal form, from either side.
 
     ``local_files`` are relative to the schedules folder (``resolve_local_files``), as stored.
+    A missing ``timeout_seconds`` is no limit; missing ``retries`` and ``retry_backoff_seconds``
+    are their defaults (none, 30 s).
     """
     return {
         "project": project,
@@ -171,6 +188,11 @@ def schedule_fields(
         "sftp_override": dict(sftp_override) if sftp_override else None,
         "local_files": None if local_files is None else list(local_files),
         "misfire_grace_seconds": 300 if misfire_grace_seconds is None else misfire_grace_seconds,
+        "timeout_seconds": timeout_seconds,
+        "retries": 0 if retries is None else retries,
+        "retry_backoff_seconds": RETRY_BACKOFF_DEFAULT
+        if retry_backoff_seconds is None
+        else retry_backoff_seconds,
     }
 
 
@@ -207,6 +229,9 @@ def _desired(loaded: LoadedDocument, owner: str) -> Row:
         else None,
         local_files=resolve_local_files(s.local_files, loaded.source),
         misfire_grace_seconds=s.misfire_grace,
+        timeout_seconds=s.timeout,
+        retries=s.retries,
+        retry_backoff_seconds=s.retry_backoff,
     )
     return Row(Kind.SCHEDULE, doc.metadata.name, fields, owner, loaded.source, loaded.line)
 

@@ -5,9 +5,10 @@ schema`` prints their JSON Schema. Everything here is pure: no I/O, no clock, no
 (``ZoneInfo`` reads the time zone database, which is data, not state).
 Secrets are ``${VAR}`` references, kept verbatim; only the import engine resolves them.
 
-What validates here also fits the database: durations fit PostgreSQL's ``integer``, the canonical
-cron its ``VARCHAR(100)``, a time zone its ``VARCHAR(50)``; and a target is never a system catalog
-or one of reconcile's own tables (``reserved_target``, which the import engine checks again).
+What validates here also fits the database: durations (``model.durations``) fit PostgreSQL's
+``integer``, the canonical cron its ``VARCHAR(100)``, a time zone its ``VARCHAR(50)``; and a target
+is never a system catalog or one of reconcile's own tables (``reserved_target``, which the import
+engine checks again).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import (
     AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -31,6 +31,17 @@ from pydantic import (
 )
 
 from reconciler.model import destinations, timing
+from reconciler.model.durations import (
+    DURATION_TEXT,
+    INT4_MAX,
+    RETRIES_MAX,
+    RETRY_BACKOFF_DEFAULT,
+    RETRY_DELAY_MAX,
+    RetryBackoff,
+    Seconds,
+    Timeout,
+    parse_duration,
+)
 from reconciler.model.scalars import excerpt
 
 __all__ = [
@@ -56,7 +67,6 @@ __all__ = [
 
 API_VERSION = "reconciler/v1"
 MIN_INTERVAL_SECONDS = 3600  # the seed's CHECK (interval_seconds >= 3600)
-INT4_MAX = 2_147_483_647  # PostgreSQL integer: interval_seconds, misfire_grace_seconds
 # Tables reconcile itself writes (store/schema.sql, store.ledger, the COPY engine's stage): an
 # import into one would corrupt schedules, jobs or the exactly-once record.
 TOOL_TABLES = frozenset(
@@ -77,13 +87,6 @@ _ZONE_MAX = 50  # cpi_schedules.timezone VARCHAR(50)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
 _SECRET_REF = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
-# Whole seconds, or number-unit pairs; unambiguous, so a failed match is linear in the text.
-_DURATION = re.compile(r"[0-9]+|(?:[0-9]+[dhms])+")
-_DURATION_PART = re.compile(r"([0-9]+)([dhms])")
-# Far longer than any duration needs ('24855d3h14m7s' is 13); checked before any pattern runs.
-_DURATION_MAX = 64
-_DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-_DURATION_DIGITS = len(str(INT4_MAX))  # more (leading zeros aside) is out of range in any unit
 # IANA zone names: ASCII letters, digits, '_', '-', '+' between slashes. This leaves out what the
 # database's folder holds beside the zones (zone.tab, tzdata.zi, the tzdata package's files).
 _ZONE_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_+-]*(?:/[A-Za-z][A-Za-z0-9_+-]*)*")
@@ -222,44 +225,6 @@ def _single_char(value: str) -> str:
     return value
 
 
-def parse_duration(value: object) -> int:
-    """Whole seconds from ``3600``, ``"90s"``, ``"2h"``, ``"1h30m"`` or ``"1d"``.
-
-    At most ``INT4_MAX`` (about 68 years): the database stores durations as ``integer``.
-    """
-    if isinstance(value, bool):
-        raise ValueError("a duration is a number of seconds or a string like '2h' or '300s'")
-    too_long = f"a duration must be at most {INT4_MAX} seconds (about 68 years)"
-    if isinstance(value, int):
-        seconds = value
-        if seconds > INT4_MAX:
-            raise ValueError(f"{too_long}, got {seconds}")
-    elif isinstance(value, str):
-        if len(value) > _DURATION_MAX:
-            raise ValueError(
-                f"{excerpt(value)} is not a duration: it is {len(value)} characters long, and a "
-                f"duration takes at most {_DURATION_MAX}; write one such as '2h' or '1h30m'"
-            )
-        text = value.strip().lower()
-        if not _DURATION.fullmatch(text):
-            raise ValueError(
-                f"{excerpt(value)} is not a duration: write whole seconds or units d, h, m, s "
-                "such as '2h', '90m' or '1h30m'"
-            )
-        parts = [(text, "s")] if text.isdigit() else _DURATION_PART.findall(text)
-        # Bounded before int(): leading zeros aside, more digits are out of range in any unit.
-        if any(len(n.lstrip("0")) > _DURATION_DIGITS for n, _ in parts):
-            raise ValueError(f"{too_long}, got {excerpt(value)}")
-        seconds = sum(int(n) * _DURATION_UNITS[u] for n, u in parts)
-        if seconds > INT4_MAX:
-            raise ValueError(f"{too_long}, got {excerpt(value)}")
-    else:
-        raise ValueError("a duration is a number of seconds or a string like '2h' or '300s'")
-    if seconds < 0:
-        raise ValueError("a duration cannot be negative")
-    return seconds
-
-
 def _cron(value: str) -> str:
     canonical = timing.normalize_cron(value)
     if len(canonical) > _CRON_MAX:
@@ -276,12 +241,6 @@ Identifier = Annotated[StrictStr, AfterValidator(_identifier)]
 TableName = Annotated[StrictStr, AfterValidator(_table)]
 TimeZone = Annotated[StrictStr, AfterValidator(_timezone)]
 Char = Annotated[StrictStr, AfterValidator(_single_char)]
-# The JSON Schema shows what users may write ("2h" or 7200), not the whole seconds it becomes.
-_DURATION_INPUT = (
-    Annotated[int, Field(ge=0, le=INT4_MAX)]
-    | Annotated[str, Field(pattern=r"^\s*([0-9]+|([0-9]+[dhmsDHMS])+)\s*$")]
-)
-Seconds = Annotated[int, BeforeValidator(parse_duration, json_schema_input_type=_DURATION_INPUT)]
 
 
 def _interval(seconds: int) -> int:
@@ -469,6 +428,19 @@ class ScheduleSpec(_Frozen):
     sftp_override: SftpOverride | None = None
     local_files: tuple[NonEmpty, ...] | None = Field(default=None, min_length=1)
     misfire_grace: Seconds = 300
+    timeout: Timeout | None = Field(
+        default=None,
+        description="How long a run may take ('30m', '2h' or whole seconds): a run still going "
+        "then stops, rolls back the file it was loading and fails. Default: no limit.",
+    )
+    retries: Annotated[StrictInt, Field(ge=0, le=RETRIES_MAX)] = Field(
+        default=0, description=f"How often a failed run is tried again, 0 to {RETRIES_MAX}."
+    )
+    retry_backoff: RetryBackoff = Field(
+        default=RETRY_BACKOFF_DEFAULT,
+        description="The wait before the first retry; each later retry waits twice as long as "
+        f"the one before, at most {RETRY_DELAY_MAX // 3600}h.",
+    )
 
     @model_validator(mode="after")
     def _one_timing_one_source(self) -> ScheduleSpec:
@@ -517,7 +489,6 @@ def _whole(regex: str) -> str:
 
 _PORT = r"6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}"
 _URL_HOST = r"\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%!$&'()*+,;=-]+"  # no '@': never credentials
-_DURATION_TEXT = r"\s*(?:0*[0-9]{1,10}|(?:0*[0-9]{1,10}[dhmsDHMS])+)\s*"  # no 11-digit part fits
 _NAME_TEXT = {"pattern": _whole(_NAME.pattern)}
 _REFERENCE = {"pattern": _whole(_SECRET_REF.pattern)}
 _ONE_CHAR = {"minLength": 1, "maxLength": 1}
@@ -548,9 +519,13 @@ _NARROWED: dict[tuple[str, str, str], dict[str, Any]] = {
         "pattern": _whole(f"https?://(?:{_URL_HOST})(?::(?:{_PORT})?)?(?:[/?#][!-~]*)?")
     },
     ("ScheduleSpec", "interval", "integer"): {"minimum": MIN_INTERVAL_SECONDS},
-    ("ScheduleSpec", "interval", "string"): {"pattern": _whole(_DURATION_TEXT)},
-    ("ScheduleSpec", "misfire_grace", "string"): {"pattern": _whole(_DURATION_TEXT)},
-    ("Delivery", "settle", "string"): {"pattern": _whole(_DURATION_TEXT)},
+    ("ScheduleSpec", "interval", "string"): {"pattern": _whole(DURATION_TEXT)},
+    ("ScheduleSpec", "misfire_grace", "string"): {"pattern": _whole(DURATION_TEXT)},
+    ("ScheduleSpec", "timeout", "integer"): {"minimum": 1},
+    ("ScheduleSpec", "timeout", "string"): {"pattern": _whole(DURATION_TEXT)},
+    ("ScheduleSpec", "retry_backoff", "integer"): {"minimum": 1, "maximum": RETRY_DELAY_MAX},
+    ("ScheduleSpec", "retry_backoff", "string"): {"pattern": _whole(DURATION_TEXT)},
+    ("Delivery", "settle", "string"): {"pattern": _whole(DURATION_TEXT)},
 }
 
 
