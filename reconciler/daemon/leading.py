@@ -21,6 +21,10 @@ nothing: the last good state keeps running, the error (with ``file:line:col``) g
 the next event. The guards' overrides are settings (``max_deletes``, ``allow_empty``: the
 ``RECONCILER_*`` variables or ``serve``'s flags), and a refusal's message names them.
 
+Each load is recorded (``cpi_daemon_state.loaded_at``) in the transaction of its apply, and the
+notice every replica resyncs on (``store.scheduling.notify_changed``) is sent at that commit: a
+follower that resyncs on it finds the load on record, so it is ready within moments.
+
 Once every resync the leader also prunes the job history past its retention
 (``store.pruning``), within a budget of ``_PRUNE_SECONDS``.
 """
@@ -245,19 +249,25 @@ class Leader:
 
         owner = self._settings.owner
         began = time.monotonic()
-        try:
-            plan = apply_plan(
-                conn, desired, owner=owner, max_deletes=max_deletes,
-                allow_empty=self._settings.allow_empty,
-            )  # fmt: skip
-        except StoreError:
-            raise
-        except ReconcileError as exc:  # a guard, a conflict: nothing applied
-            self._refused(conn, exc)
+        refused: ReconcileError | None = None
+        # One transaction: the notice (one, however many are sent in it) goes out with the load
+        # on record, so a replica that resyncs on it finds the load there.
+        with conn.transaction():
+            try:
+                plan = apply_plan(
+                    conn, desired, owner=owner, max_deletes=max_deletes,
+                    allow_empty=self._settings.allow_empty,
+                )  # fmt: skip
+            except StoreError:
+                raise
+            except ReconcileError as exc:  # a guard, a conflict: nothing applied
+                refused = exc
+            else:
+                record_load(conn, owner, error=None)
+                notify_changed(conn, owner)
+        if refused is not None:
+            self._refused(conn, refused)
             return
-        record_load(conn, owner, error=None)
-        if plan.empty:  # an apply with changes has notified the replicas at its commit
-            notify_changed(conn, owner)
         self._metrics.passes.labels("succeeded").inc()
         self._metrics.config_ok.set(1)
         self._metrics.readiness.set(config_known=True)
@@ -281,8 +291,9 @@ class Leader:
 
         owner = self._settings.owner
         message = exc.daemon_message if isinstance(exc, GuardRefused) else exc.message
-        record_load(conn, owner, error=message)
-        notify_changed(conn, owner)  # every replica's readiness and metrics follow
+        with conn.transaction():
+            record_load(conn, owner, error=message)
+            notify_changed(conn, owner)  # every replica's readiness and metrics follow
         self._metrics.passes.labels("failed").inc()
         self._metrics.config_ok.set(0)
         self._metrics.readiness.set(config_known=True)
