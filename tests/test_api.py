@@ -159,7 +159,8 @@ def test_list_in_the_original_shape_with_filters_and_pages(client: httpx.Client)
     assert first["local_files"] == ["../data/sales_*.csv"]
     for key in ("id", "schedule_type", "cron_expression", "interval_seconds", "timezone",
                 "enabled", "callback_url", "sftp_override", "last_run_at", "next_run_at",
-                "last_job_id", "created_at", "updated_at", "misfire_grace_seconds"):  # fmt: skip
+                "last_job_id", "created_at", "updated_at", "misfire_grace_seconds",
+                "timeout_seconds", "retries", "retry_backoff_seconds"):  # fmt: skip
         assert key in first
 
     def names(query: str) -> list[str]:

@@ -24,6 +24,7 @@ import yaml
 from reconciler.commands.output import emit_json
 from reconciler.escaping import terminal
 from reconciler.logs import get_logger
+from reconciler.model.durations import RETRY_BACKOFF_DEFAULT
 from reconciler.model.specs import API_VERSION
 from reconciler.settings import Settings
 from reconciler.store.schedules import ScheduleRecord, fetch_unowned
@@ -84,6 +85,13 @@ def _schedule_spec(
     grace = row.misfire_grace_seconds
     if grace is not None and grace != 300:
         spec["misfire_grace"] = grace
+    if row.timeout_seconds is not None:
+        spec["timeout"] = row.timeout_seconds
+    if row.retries:
+        spec["retries"] = row.retries
+    backoff = row.retry_backoff_seconds
+    if backoff is not None and backoff != RETRY_BACKOFF_DEFAULT:
+        spec["retry_backoff"] = backoff
     return spec
 
 

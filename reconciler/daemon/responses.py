@@ -65,6 +65,11 @@ class ScheduleResponse(_Body):
     source_file: str | None = Field(description="the YAML file that declares the schedule")
     source_line: int | None = Field(description="the line of its document in that file")
     misfire_grace_seconds: int | None
+    timeout_seconds: int | None = Field(description="how long a run may take; null: no limit")
+    retries: int | None = Field(description="how often a failed run is tried again")
+    retry_backoff_seconds: int | None = Field(
+        description="the wait before the first retry, doubled for each later one (at most 1 h)"
+    )
     last_status: str | None = Field(description="the status of the last job")
 
     @classmethod
@@ -82,6 +87,8 @@ class ScheduleResponse(_Body):
             created_at=row.created_at, updated_at=row.updated_at, owner=row.owner,
             managed=row.owner == owner, source_file=row.source_file,
             source_line=row.source_line, misfire_grace_seconds=row.misfire_grace_seconds,
+            timeout_seconds=row.timeout_seconds, retries=row.retries,
+            retry_backoff_seconds=row.retry_backoff_seconds,
             last_status=row.last_status,
         )  # fmt: skip
 

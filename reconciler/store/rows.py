@@ -31,6 +31,7 @@ __all__ = ["execute_plan", "fetch_rows", "refresh_sources"]
 _SCHEDULES = """
 SELECT s.name, p.name AS project, s.cron_expression, s.interval_seconds, s.timezone, s.enabled,
        s.callback_url, s.sftp_override, s.local_files, s.misfire_grace_seconds,
+       s.timeout_seconds, s.retries, s.retry_backoff_seconds,
        s.owner, s.source_file, s.source_line, s.spec_hash
 FROM cpi_schedules s LEFT JOIN cpi_projects p ON p.id = s.project_id
 """
@@ -59,6 +60,9 @@ class _StoredSchedule:
     sftp_override: Any
     local_files: Any
     misfire_grace_seconds: int | None
+    timeout_seconds: int | None
+    retries: int | None
+    retry_backoff_seconds: int | None
     owner: str | None
     source_file: str | None
     source_line: int | None
@@ -93,6 +97,9 @@ def _schedule_row(s: _StoredSchedule) -> Row:
         sftp_override=s.sftp_override,
         local_files=globs,
         misfire_grace_seconds=s.misfire_grace_seconds,
+        timeout_seconds=s.timeout_seconds,
+        retries=s.retries,
+        retry_backoff_seconds=s.retry_backoff_seconds,
     )
     if s.cron_expression is None and s.interval_seconds is None:
         fields["schedule_type"] = None
@@ -146,6 +153,9 @@ def _schedule_record(row: Row, owner: str) -> dict[str, Any]:
         "sftp_override": f["sftp_override"],
         "local_files": f["local_files"],
         "misfire_grace_seconds": f["misfire_grace_seconds"],
+        "timeout_seconds": f["timeout_seconds"],
+        "retries": f["retries"],
+        "retry_backoff_seconds": f["retry_backoff_seconds"],
         "owner": owner,
         "source_file": row.source,
         "source_line": row.line,
@@ -160,7 +170,8 @@ _PROJECT_COLS = (
 _SCHEDULE_COLS = (
     "name text, project text, schedule_type text, cron_expression text, interval_seconds int, "
     "timezone text, enabled bool, callback_url text, sftp_override jsonb, local_files jsonb, "
-    "misfire_grace_seconds int, owner text, source_file text, source_line int, spec_hash text)"
+    "misfire_grace_seconds int, timeout_seconds int, retries int, retry_backoff_seconds int, "
+    "owner text, source_file text, source_line int, spec_hash text)"
 )
 
 _INSERT_PROJECTS = f"""
@@ -179,11 +190,13 @@ FROM {_RECORDSET}{_PROJECT_COLS} WHERE p.name = x.name
 # a reconcile that leaves the timing alone never moves the next run.
 _INSERT_SCHEDULES = f"""
 INSERT INTO cpi_schedules (name, project_id, schedule_type, cron_expression, interval_seconds,
-    timezone, enabled, callback_url, sftp_override, local_files, misfire_grace_seconds, owner,
-    source_file, source_line, spec_hash, interval_anchor, next_run_at)
+    timezone, enabled, callback_url, sftp_override, local_files, misfire_grace_seconds,
+    timeout_seconds, retries, retry_backoff_seconds, owner, source_file, source_line, spec_hash,
+    interval_anchor, next_run_at)
 SELECT x.name, p.id, x.schedule_type, x.cron_expression, x.interval_seconds, x.timezone,
-    x.enabled, x.callback_url, x.sftp_override, x.local_files, x.misfire_grace_seconds, x.owner,
-    x.source_file, x.source_line, x.spec_hash, now(), NULL
+    x.enabled, x.callback_url, x.sftp_override, x.local_files, x.misfire_grace_seconds,
+    x.timeout_seconds, x.retries, x.retry_backoff_seconds, x.owner, x.source_file, x.source_line,
+    x.spec_hash, now(), NULL
 FROM {_RECORDSET}{_SCHEDULE_COLS} JOIN cpi_projects p ON p.name = x.project
 """
 _SAME_TIMING = """(s.schedule_type, s.cron_expression, s.interval_seconds, s.timezone)
@@ -193,7 +206,8 @@ UPDATE cpi_schedules s SET project_id = p.id, schedule_type = x.schedule_type,
     cron_expression = x.cron_expression, interval_seconds = x.interval_seconds,
     timezone = x.timezone, enabled = x.enabled, callback_url = x.callback_url,
     sftp_override = x.sftp_override, local_files = x.local_files,
-    misfire_grace_seconds = x.misfire_grace_seconds, owner = x.owner,
+    misfire_grace_seconds = x.misfire_grace_seconds, timeout_seconds = x.timeout_seconds,
+    retries = x.retries, retry_backoff_seconds = x.retry_backoff_seconds, owner = x.owner,
     source_file = x.source_file, source_line = x.source_line, spec_hash = x.spec_hash,
     interval_anchor = CASE WHEN {_SAME_TIMING} THEN s.interval_anchor ELSE now() END,
     next_run_at = CASE WHEN {_SAME_TIMING} AND coalesce(s.enabled, true) = x.enabled

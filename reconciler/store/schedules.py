@@ -41,7 +41,8 @@ _SELECT = """
 SELECT s.id::text AS id, s.name, p.id::text AS project_id, p.name AS project,
        p.spec AS project_spec, s.schedule_type, s.cron_expression, s.interval_seconds,
        s.timezone, s.enabled, s.callback_url, s.sftp_override, s.local_files,
-       s.misfire_grace_seconds, s.owner, s.source_file, s.source_line, s.interval_anchor,
+       s.misfire_grace_seconds, s.timeout_seconds, s.retries, s.retry_backoff_seconds,
+       s.owner, s.source_file, s.source_line, s.interval_anchor,
        s.next_run_at, s.last_run_at, s.last_job_id::text AS last_job_id, s.total_runs,
        s.successful_runs, s.failed_runs, s.created_at, s.updated_at, j.status AS last_status
 FROM cpi_schedules s
@@ -73,6 +74,9 @@ class ScheduleRecord:
     sftp_override: Any
     local_files: Any
     misfire_grace_seconds: int | None
+    timeout_seconds: int | None
+    retries: int | None
+    retry_backoff_seconds: int | None
     owner: str | None
     source_file: str | None
     source_line: int | None

@@ -38,6 +38,11 @@ ALTER TABLE cpi_jobs ADD COLUMN IF NOT EXISTS error TEXT;
 ALTER TABLE cpi_jobs ADD COLUMN IF NOT EXISTS callback JSONB;
 -- Files a run skipped unread as already imported: counted here, not listed in files.
 ALTER TABLE cpi_jobs ADD COLUMN IF NOT EXISTS skipped_files INTEGER NOT NULL DEFAULT 0;
+-- A run retried after a failure (its schedule's retries): which try this is (1 is the run
+-- itself), and the job whose failure it retries.
+ALTER TABLE cpi_jobs ADD COLUMN IF NOT EXISTS attempt INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE cpi_jobs ADD COLUMN IF NOT EXISTS retry_of UUID
+    REFERENCES cpi_jobs(id) ON DELETE SET NULL;
 
 -- The seed's DDL, column for column and constraint for constraint: other programs read this table.
 CREATE TABLE IF NOT EXISTS cpi_schedules (
@@ -75,6 +80,11 @@ ALTER TABLE cpi_schedules ADD COLUMN IF NOT EXISTS spec_hash TEXT;
 ALTER TABLE cpi_schedules ADD COLUMN IF NOT EXISTS misfire_grace_seconds INTEGER NOT NULL DEFAULT 300;
 -- The instant interval cadence is counted from: kept across restarts and timing-neutral reconciles.
 ALTER TABLE cpi_schedules ADD COLUMN IF NOT EXISTS interval_anchor TIMESTAMP WITH TIME ZONE;
+-- How long a run may take (NULL: no limit), and how often and how soon a failed run is retried
+-- (reconciler.model.durations.retry_delay: the backoff before the first retry, doubled after).
+ALTER TABLE cpi_schedules ADD COLUMN IF NOT EXISTS timeout_seconds INTEGER;
+ALTER TABLE cpi_schedules ADD COLUMN IF NOT EXISTS retries INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE cpi_schedules ADD COLUMN IF NOT EXISTS retry_backoff_seconds INTEGER NOT NULL DEFAULT 30;
 
 ALTER TABLE cpi_jobs ADD COLUMN IF NOT EXISTS schedule_id UUID
     REFERENCES cpi_schedules(id) ON DELETE SET NULL;
@@ -113,6 +123,9 @@ CREATE INDEX IF NOT EXISTS cpi_imported_files_path ON cpi_imported_files(project
 CREATE INDEX IF NOT EXISTS idx_cpi_schedules_project_id ON cpi_schedules(project_id);
 CREATE INDEX IF NOT EXISTS idx_cpi_schedules_enabled ON cpi_schedules(enabled);
 CREATE INDEX IF NOT EXISTS idx_cpi_schedules_owner ON cpi_schedules(owner);
+-- The scheduler's claim query: the schedules due first.
+CREATE INDEX IF NOT EXISTS idx_cpi_schedules_due ON cpi_schedules(next_run_at)
+    WHERE next_run_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS idx_cpi_projects_owner ON cpi_projects(owner);
 CREATE INDEX IF NOT EXISTS idx_cpi_jobs_schedule_id ON cpi_jobs(schedule_id);
 CREATE INDEX IF NOT EXISTS idx_cpi_jobs_schedule_name ON cpi_jobs(schedule_name, started_at DESC);
@@ -128,6 +141,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS idx_cpi_jobs_occurrence
 -- reference it by these two, instead of scanning both tables once per job.
 CREATE INDEX IF NOT EXISTS idx_cpi_schedules_last_job_id ON cpi_schedules(last_job_id);
 CREATE INDEX IF NOT EXISTS idx_cpi_imported_files_job_id ON cpi_imported_files(job_id);
+-- A deleted job's retries are found by this one (few jobs are retries: only they are indexed).
+CREATE INDEX IF NOT EXISTS idx_cpi_jobs_retry_of ON cpi_jobs(retry_of) WHERE retry_of IS NOT NULL;
 
 -- What `reconcile serve` keeps for `reconcile status`, one row per owner (several folders may
 -- share the database, each with its own leader): which replica leads and applies, when the folder

@@ -5,6 +5,9 @@ the apply left them, read by ``store.schedules``), then ``open_source`` and ``ta
 job row exists, so that an unreachable SFTP server or an unset ``${VAR}`` is recorded on the job
 rather than lost. A row edited by hand into something the documents cannot say is a ``TargetError``
 naming the row.
+
+The run's limits (``timeout_seconds``, ``retries``, ``retry_backoff_seconds``) are read with the
+row; the scheduler reads them from the same ``ImportSpec``.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ from pydantic import BaseModel, ValidationError
 from reconciler.errors import NotFound, TargetError
 from reconciler.imports import sources
 from reconciler.logs import get_logger
+from reconciler.model.durations import RETRIES_MAX, RETRY_BACKOFF_DEFAULT, RETRY_DELAY_MAX
 from reconciler.model.files import LocalFiles, merge_sftp
 from reconciler.model.specs import ProjectSpec, SftpOverride, Target
 from reconciler.store.jobs import ScheduleRef
-from reconciler.store.schedules import fetch_schedule
+from reconciler.store.schedules import ScheduleRecord, fetch_schedule
 
 if TYPE_CHECKING:
     import psycopg
@@ -39,6 +43,8 @@ class ImportSpec:
     """A schedule row and its project's spec, parsed back into the document models.
 
     ``local_files`` are relative to the schedules folder, as apply stores them.
+    ``timeout_seconds`` (None: no limit), ``retries`` and ``retry_backoff_seconds`` are the
+    schedule's columns of those names.
     """
 
     schedule: ScheduleRef
@@ -48,6 +54,9 @@ class ImportSpec:
     sftp_override: SftpOverride | None
     local_files: tuple[str, ...] | None
     source_file: str | None
+    timeout_seconds: int | None = None
+    retries: int = 0
+    retry_backoff_seconds: int = RETRY_BACKOFF_DEFAULT
 
     @property
     def target(self) -> Target:
@@ -86,7 +95,23 @@ def load_import(conn: psycopg.Connection[Any], name: str) -> ImportSpec:
         sftp_override=_parsed(SftpOverride, row.sftp_override, schedule, field="sftp_override"),
         local_files=tuple(local) if local else None,
         source_file=row.source_file,
+        **_limits(row, schedule),
     )
+
+
+def _limits(row: ScheduleRecord, schedule: str) -> dict[str, Any]:
+    """The row's timeout and retries, checked as the documents check them."""
+    timeout, retries, backoff = row.timeout_seconds, row.retries, row.retry_backoff_seconds
+    problems = []
+    if timeout is not None and timeout < 1:
+        problems.append(f"timeout_seconds: {timeout} is not a limit (at least 1, or NULL)")
+    if retries is None or not 0 <= retries <= RETRIES_MAX:
+        problems.append(f"retries: {retries} is not from 0 to {RETRIES_MAX}")
+    if backoff is None or not 1 <= backoff <= RETRY_DELAY_MAX:
+        problems.append(f"retry_backoff_seconds: {backoff} is not from 1 to {RETRY_DELAY_MAX}")
+    if problems:
+        raise _invalid(schedule, "; ".join(problems))
+    return {"timeout_seconds": timeout, "retries": retries, "retry_backoff_seconds": backoff}
 
 
 def _parsed(model: type[_M], value: Any, row: str, *, field: str) -> _M | None:
