@@ -109,6 +109,7 @@ def test_a_run_and_the_api_read_the_limits(database_url: str) -> None:
         spec = load_import(conn, "daily")
         record = fetch_schedule(conn, "daily")
     assert (spec.timeout_seconds, spec.retries, spec.retry_backoff_seconds) == (90, 4, 120)
+    assert spec.deadline is None  # set by the run itself
     assert record is not None
     body = ScheduleResponse.of(record, owner=OWNER).model_dump()
     assert {k: body[k] for k in LIMITS} == dict(zip(LIMITS, (90, 4, 120), strict=True))

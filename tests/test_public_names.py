@@ -203,7 +203,13 @@ PINNED: dict[str, list[str]] = {
         "parse_known_hosts",
     ],
     "reconciler.imports.sources.pipelining": ["REQUESTS", "REQUEST_SIZE", "PipelinedReader"],
-    "reconciler.imports.runs.resolving": ["ImportSpec", "load_import", "open_source", "target_url"],
+    "reconciler.imports.runs.resolving": [
+        "Deadline",
+        "ImportSpec",
+        "load_import",
+        "open_source",
+        "target_url",
+    ],
     "reconciler.imports.runs.transferring": ["Outage", "transfer"],
     "reconciler.imports.runs.starting": ["start"],
     "reconciler.imports.runs.running": [

@@ -6,18 +6,24 @@ job row exists, so that an unreachable SFTP server or an unset ``${VAR}`` is rec
 rather than lost. A row edited by hand into something the documents cannot say is a ``TargetError``
 naming the row.
 
-The run's limits (``timeout_seconds``, ``retries``, ``retry_backoff_seconds``) are read with the
-row; the scheduler reads them from the same ``ImportSpec``.
+A schedule with a ``timeout`` runs with a ``Deadline``: past it, the source opens no more files and
+a file being read stops at its next block, which aborts its COPY, so its transaction rolls back
+and the import ledger never records it. The scheduler reads ``retries`` and
+``retry_backoff_seconds`` from the same ``ImportSpec``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from reconciler.errors import NotFound, TargetError
+from reconciler.errors import NotFound, SourceError, TargetError
 from reconciler.imports import sources
 from reconciler.logs import get_logger
 from reconciler.model.durations import RETRIES_MAX, RETRY_BACKOFF_DEFAULT, RETRY_DELAY_MAX
@@ -27,15 +33,45 @@ from reconciler.store.jobs import ScheduleRef
 from reconciler.store.schedules import ScheduleRecord, fetch_schedule
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     import psycopg
 
-    from reconciler.model.files import Source
+    from reconciler.model.files import Opened, Source, SourceFile
     from reconciler.settings import Settings
 
-__all__ = ["ImportSpec", "load_import", "open_source", "target_url"]
+__all__ = ["Deadline", "ImportSpec", "load_import", "open_source", "target_url"]
 
 _log = get_logger("reconciler.imports")
 _M = TypeVar("_M", bound=BaseModel)
+
+
+class Deadline:
+    """When a run must have ended: its schedule's ``timeout``, counted from the run's start.
+
+    Shared by the run's threads: ``check`` raises ``SourceError`` once it has passed (the file
+    being loaded then fails and rolls back), and ``cut`` tells whether it ever did.
+    """
+
+    def __init__(self, seconds: int) -> None:
+        self.seconds = seconds
+        self._at = time.monotonic() + seconds
+        self._cut = threading.Event()
+
+    @property
+    def reason(self) -> str:
+        return f"timed out after {self.seconds} s (the schedule's timeout)"
+
+    @property
+    def cut(self) -> bool:
+        """Whether the deadline stopped a file (one being read, or one not yet opened)."""
+        return self._cut.is_set()
+
+    def check(self, then: str) -> None:
+        """``SourceError`` (the reason, then ``then``) once the deadline has passed."""
+        if time.monotonic() >= self._at:
+            self._cut.set()
+            raise SourceError(f"{self.reason}: {then}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +80,7 @@ class ImportSpec:
 
     ``local_files`` are relative to the schedules folder, as apply stores them.
     ``timeout_seconds`` (None: no limit), ``retries`` and ``retry_backoff_seconds`` are the
-    schedule's columns of those names.
+    schedule's columns of those names; ``deadline`` is set by the run that uses the spec.
     """
 
     schedule: ScheduleRef
@@ -57,6 +93,7 @@ class ImportSpec:
     timeout_seconds: int | None = None
     retries: int = 0
     retry_backoff_seconds: int = RETRY_BACKOFF_DEFAULT
+    deadline: Deadline | None = field(default=None, compare=False)
 
     @property
     def target(self) -> Target:
@@ -136,14 +173,64 @@ def _invalid(row: str, problems: str) -> TargetError:
 
 
 def open_source(spec: ImportSpec, settings: Settings) -> Source:
-    """The schedule's source: its ``local_files``, else the project's SFTP with the override."""
+    """The schedule's source: its ``local_files``, else the project's SFTP with the override;
+    with a ``deadline``, one that reads nothing past it."""
     if spec.local_files:
         local = LocalFiles(
             spec.local_files, schedule=spec.schedule.name, declared_in=spec.source_file
         )
-        return sources.open_source(local, settings)
-    project_sftp = spec.project_spec.sftp if spec.project_spec else None
-    return sources.open_source(merge_sftp(project_sftp, spec.sftp_override), settings)
+        source = sources.open_source(local, settings)
+    else:
+        project_sftp = spec.project_spec.sftp if spec.project_spec else None
+        source = sources.open_source(merge_sftp(project_sftp, spec.sftp_override), settings)
+    return source if spec.deadline is None else _Bounded(source, spec.deadline)
+
+
+class _Bounded:
+    """A source that reads nothing past a deadline: a file is not opened, and a file being read
+    fails at its next block. The failure aborts the file's COPY: its transaction rolls back and
+    the ledger does not record it, so the next run loads it whole."""
+
+    def __init__(self, source: Source, deadline: Deadline) -> None:
+        self._source, self._deadline = source, deadline
+        self.key = source.key
+
+    def list_files(self) -> list[SourceFile]:
+        return self._source.list_files()
+
+    def modified(self, path: str) -> datetime | None:
+        return self._source.modified(path)
+
+    @contextmanager
+    def open(self, f: SourceFile) -> Iterator[Opened]:
+        self._deadline.check("not started; the next run loads it")
+        with self._source.open(f) as opened:
+            yield _BoundedFile(opened, self._deadline)
+
+    def finish(self, f: SourceFile) -> str | None:
+        return self._source.finish(f)  # its data is committed: the action completes the load
+
+    def close(self) -> None:
+        self._source.close()
+
+    def __enter__(self) -> _Bounded:
+        self._source.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._source.__exit__(*exc)
+
+
+class _BoundedFile:
+    def __init__(self, opened: Opened, deadline: Deadline) -> None:
+        self._opened, self._deadline = opened, deadline
+
+    def read(self, n: int = -1, /) -> bytes:
+        self._deadline.check("its transaction was rolled back; the next run loads it whole")
+        return self._opened.read(n)
+
+    def stat(self) -> tuple[int, datetime]:
+        return self._opened.stat()
 
 
 def target_url(spec: ImportSpec, settings: Settings, management_url: str) -> tuple[str, bool]:

@@ -10,6 +10,9 @@ hands it to its ``callbacks.Courier``, so the run ends at once). Everything that
 go wrong after the job row exists becomes a one-line ``error`` on the job and in the log, never a
 traceback.
 
+A schedule's ``timeout`` gives the run a ``Deadline`` (``resolving``): past it the source reads no
+more, the file being loaded rolls back, and the job ends ``failed`` saying it timed out.
+
 PostgreSQL stopping mid-run ends the session that holds the run's lock. The run then waits a
 short, bounded window (``RECONNECT_WITHIN``, with backoff) for the server to answer again: back in
 time, it reads the import ledger for files whose COMMIT went unanswered, records the job
@@ -32,7 +35,7 @@ import psycopg
 from reconciler.errors import ReconcileError, StoreError, Terminated
 from reconciler.imports.engine.importing import Meter, Progress
 from reconciler.imports.runs import callbacks
-from reconciler.imports.runs.resolving import ImportSpec, load_import
+from reconciler.imports.runs.resolving import Deadline, ImportSpec, load_import
 from reconciler.imports.runs.transferring import Outage, transfer
 from reconciler.logs import get_logger, one_line
 from reconciler.model.results import FileResult, JobResult, JobStatus
@@ -218,12 +221,13 @@ def _run(
     files: list[FileResult] = []
     error: str | None = None
     began = time.monotonic()
+    deadline = None if spec.timeout_seconds is None else Deadline(spec.timeout_seconds)
     _log.info("import started", schedule=spec.schedule.name, job_id=started.id)
     try:
         with Heartbeat(conn, started.id, meter.totals):
             transfer(
-                spec, settings, job_id=started.id, management_url=management_url,
-                meter=meter, results=files, outage=outage,
+                replace(spec, deadline=deadline), settings, job_id=started.id,
+                management_url=management_url, meter=meter, results=files, outage=outage,
             )  # fmt: skip
     except ReconcileError as exc:
         error = exc.message
@@ -243,6 +247,9 @@ def _run(
             _log.error("cannot record the job's end", job_id=started.id, error=str(again))
         raise
     failed = [f for f in files if f.status == "failed"]
+    if deadline is not None and deadline.cut:  # what the files then say follows from it
+        cut = f"{deadline.reason}: its transaction was rolled back; the next run loads the rest"
+        error = cut if error is None else f"{cut}; then: {error}"
     if error is None and failed:
         first = failed[0]
         where = f"{first.path}" + (f" line {first.line}" if first.line else "")
