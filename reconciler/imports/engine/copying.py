@@ -422,14 +422,14 @@ def _stream(
     on_block: Callable[[int, int], None] | None,
 ) -> tuple[int, int]:
     statement = copy_statement(table, columns, dialect)
-    read = 0
+    read = lines = 0
     with conn.cursor() as cur:
         with cur.copy(statement) as copy:
             for block in framed.blocks():
                 copy.write(block)
-                if on_block is not None:
-                    on_block(framed.bytes_read - read, block.count(b"\n"))
-                read = framed.bytes_read
+                if on_block is not None:  # framing counted the line ends: not counted again
+                    on_block(framed.bytes_read - read, framed.lines - lines)
+                read, lines = framed.bytes_read, framed.lines
         return cur.rowcount, framed.bytes_read
 
 
