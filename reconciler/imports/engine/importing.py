@@ -144,9 +144,7 @@ class Connections:
         try:
             conn = self._idle.get_nowait()
         except queue.Empty:
-            conn = connect(self._url)
-            conn.execute("SELECT set_config('application_name', 'reconcile import', false)")
-            conn.commit()
+            conn = connect(self._url)  # named for its role, as every session is
             with self._lock:
                 self._all.append(conn)
         try:
