@@ -58,6 +58,18 @@ _PRIVILEGES = {
     "replace": ("INSERT", "DELETE"),
     "upsert": ("INSERT", "UPDATE"),
 }
+# The table, the columns COPY can fill, the privileges the mode needs and the encoding's number,
+# in one round trip: a row of NULLs but the encoding when there is no such table.
+_INSPECT = (
+    "SELECT c.oid, n.nspname, c.relname, c.relkind, "
+    "ARRAY(SELECT a.attname::text FROM pg_attribute a WHERE a.attrelid = c.oid "
+    "AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' ORDER BY a.attnum), "
+    "ARRAY(SELECT has_table_privilege(c.oid, p.name) "
+    "FROM unnest(%(privileges)s::text[]) WITH ORDINALITY AS p(name, i) ORDER BY p.i), "
+    "pg_char_to_encoding(%(encoding)s) "
+    "FROM (SELECT to_regclass(%(table)s) AS oid) AS t "
+    "LEFT JOIN pg_class c ON c.oid = t.oid LEFT JOIN pg_namespace n ON n.oid = c.relnamespace"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,23 +136,15 @@ def inspect_target(
 
 def _inspect(conn: psycopg.Connection[Any], target: Target, dialect: CsvDialect) -> TargetTable:
     name = sql.Identifier(*target.table.split(".")).as_string(conn)
+    privileges = _PRIVILEGES[target.mode]
     row = conn.execute(
-        "SELECT c.oid, n.nspname, c.relname, c.relkind FROM pg_class c "
-        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass(%s)",
-        (name,),
+        _INSPECT, {"table": name, "privileges": list(privileges), "encoding": dialect.encoding}
     ).fetchone()
-    if row is None:
+    assert row is not None  # one row, of NULLs but the encoding when there is no such table
+    oid, schema, relname, relkind, found, allowed, encoding = row
+    if oid is None:
         raise TargetError(f"table {target.table} does not exist in the target database")
-    oid, schema, relname, relkind = row
     _refuse_reserved(target.table, schema, relname, relkind)
-    found = [
-        r[0]
-        for r in conn.execute(
-            "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0 "
-            "AND NOT attisdropped AND attgenerated = '' ORDER BY attnum",
-            (oid,),
-        )
-    ]
     columns = tuple(target.columns or found)
     missing = [c for c in columns if c not in found]
     if missing:
@@ -151,15 +155,13 @@ def _inspect(conn: psycopg.Connection[Any], target: Target, dialect: CsvDialect)
     nulls_merge = key_not_null = False
     if target.mode == "upsert":
         nulls_merge, key_not_null = _check_key(conn, oid, target.table, key, columns)
-    for privilege in _PRIVILEGES[target.mode]:
-        allowed = conn.execute("SELECT has_table_privilege(%s, %s)", (oid, privilege)).fetchone()
-        if not (allowed and allowed[0]):
+    for privilege, granted in zip(privileges, allowed, strict=True):
+        if not granted:
             raise TargetError(
                 f"the target database user may not {privilege} into {target.table}, "
                 f"which mode {target.mode!r} needs"
             )
-    encoding = conn.execute("SELECT pg_char_to_encoding(%s)", (dialect.encoding,)).fetchone()
-    if not encoding or encoding[0] < 0:
+    if encoding is None or encoding < 0:
         raise TargetError(f"csv.encoding {dialect.encoding!r} is not an encoding PostgreSQL knows")
     return TargetTable(
         target.table,
