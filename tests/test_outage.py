@@ -367,6 +367,7 @@ def test_a_server_that_stays_down_ends_the_run_and_the_next_run_abandons_it(
     assert count(scene.url) == 50
     dead, good = jobs(scene.url)
     assert (dead["status"], good["status"]) == ("abandoned", "succeeded")
+    assert dead["error"].startswith("cut off by a restart of the database at ")  # not "stopped"
 
 
 @pytest.mark.parametrize("target", MODES)

@@ -7,7 +7,8 @@ it:
 1. takes over claims another replica made but never started (``handoff`` old: that replica died
    or stopped between its claim and the start): within grace they run here, past it they are
    recorded ``missed`` with the reason;
-2. gives every schedule with no next run yet (new, or its timing changed) its first one;
+2. gives every schedule with no next run yet (new, or its timing changed) its first one, and
+   tells the other replicas (``NOTIFY``), which may have looked while these rows were locked;
 3. locks the due schedules, earliest first, at most as many as it has free slots
    (``FOR UPDATE SKIP LOCKED``: replicas claiming at the same instant take disjoint batches),
    lets ``model.occurrences.decide`` sort each one's occurrences, records the one to run as a
@@ -39,6 +40,7 @@ from reconciler.model.occurrences import Decision, Timing, decide
 from reconciler.store.jobs import ScheduleRef, Started
 from reconciler.store.liveness import abandon, job_lock_key, release_job_lock, take_job_lock
 from reconciler.store.locks import Named, named_key
+from reconciler.store.scheduling import notify_changed
 
 if TYPE_CHECKING:
     import psycopg
@@ -190,6 +192,10 @@ def claim_due(
                      for row in [*unset, *due]]  # fmt: skip
         runs, recorded = _record(conn, worker, decisions)
         _advance(conn, decisions)
+        if unset:
+            # Another replica that looked while these rows were locked here saw neither a next
+            # run nor a row to set: it looks again on the notice, and wakes at the right time.
+            notify_changed(conn, owner)
         wake = conn.execute(_WAKE, params).fetchone()
     assert wake is not None
     return Claimed(

@@ -70,21 +70,26 @@ def abandon(conn: psycopg.Connection[Any], schedule_name: str, reason: str) -> l
     """Mark the schedule's running rows abandoned and count them as failed runs, atomically.
 
     The job ends at its last heartbeat (the last sign of life), with the rows that landed
-    (``LANDED_ROWS``).
+    (``LANDED_ROWS``). A run the database itself cut off (the server started again after the
+    run began: every session and lock ended with the old one) says so instead of ``reason``.
     """
     with conn.transaction():
         rows = conn.execute(
-            "UPDATE cpi_jobs j SET status = 'abandoned', error = %s, "
+            "UPDATE cpi_jobs j SET status = 'abandoned', error = CASE "
+            "WHEN pg_postmaster_start_time() > j.started_at THEN 'cut off by a restart of the "
+            "database at ' || to_char(pg_postmaster_start_time() AT TIME ZONE 'UTC', "
+            "'YYYY-MM-DD HH24:MI:SS') || ' UTC: its session ended, its open transaction rolled "
+            "back, and its runner did not record the end in time' ELSE %s END, "
             "finished_at = coalesce(j.heartbeat_at, j.started_at, now()), "
             "rows_imported = " + LANDED_ROWS + " "
             "WHERE j.schedule_name = %s AND j.status = 'running' AND j.started_at IS NOT NULL "
-            "RETURNING j.id::text, j.schedule_id, j.started_at",
+            "RETURNING j.id::text, j.schedule_id, j.started_at, j.error",
             (reason, schedule_name),
         ).fetchall()
-        for job_id, schedule_id, started_at in rows:
+        for job_id, schedule_id, started_at, _ in rows:
             count_run(conn, schedule_id, job_id, started_at, new_run=1, succeeded=0, failed=1)
     for row in rows:
-        _log.warning("job abandoned", job_id=row[0], schedule=schedule_name, reason=reason)
+        _log.warning("job abandoned", job_id=row[0], schedule=schedule_name, reason=row[3])
     return [row[0] for row in rows]
 
 
