@@ -50,8 +50,8 @@ _COMMANDS: dict[str, str] = {
 # Output formats beyond text and json, and the commands that write them.
 _SPECIAL_OUTPUTS = {"github": ("validate",), "markdown": ("plan", "apply")}
 
-# Commands that never log: skipping structlog's import (and asyncio's, through it) keeps CI's
-# `reconcile validate` start-up about 0.1 s shorter.
+# Commands that never log: logging is not set up at all (``logs`` and the ``logging`` module it
+# routes stay unimported; structlog itself is loaded only when a line is written).
 _SILENT = frozenset({"validate", "schema", "completion"})
 
 

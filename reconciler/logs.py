@@ -1,5 +1,10 @@
 """structlog set-up and secret redaction; the CLI calls ``configure`` once per process.
 
+structlog (with what it imports: asyncio, and rich where installed) takes a fifth of a short
+command's start, so it is loaded with the first line written at the configured level or above,
+not before: ``reconcile status`` or ``history`` at the default level write none and never load
+it. ``get_logger`` gives a small stand-in that drops lines below that level on its own.
+
 Logs go to stderr: readable on a terminal, one JSON object per line otherwise. A redaction
 processor masks passwords in every form libpq accepts (URI user info, ``?password=``, keyword/value
 ``password=...`` quoted or not) and every secret value registered with ``register_secret`` (the
@@ -22,10 +27,9 @@ import re
 import sys
 import threading
 from collections.abc import MutableMapping
-from typing import Any
+from types import ModuleType
+from typing import IO, Any
 from urllib.parse import unquote
-
-import structlog
 
 from reconciler.escaping import capped, terminal
 
@@ -61,6 +65,21 @@ _PATTERNS = (
 _CONNINFO_SECRETS = ("password", "sslpassword")  # libpq keywords whose values are secrets
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
+_LEVELS = logging.getLevelNamesMapping()
+
+
+class _Setup:
+    """What ``configure`` asked for: the configuration not yet given to structlog (not loaded
+    yet), and the level below which a line is dropped without loading it (0 until configured:
+    structlog's defaults decide then, as they always did)."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, Any] | None = None
+        self.threshold = 0
+        self.lock = threading.Lock()
+
+
+_setup = _Setup()
 
 
 def register_secret(value: str) -> None:
@@ -166,6 +185,56 @@ def _escape_event(
     return event
 
 
+def _structlog() -> ModuleType:
+    """structlog, loaded and given the configuration ``configure`` asked for, on first need."""
+    import structlog
+
+    if _setup.pending is not None:
+        with _setup.lock:
+            if _setup.pending is not None:
+                _apply(structlog, **_setup.pending)
+                _setup.pending = None
+    return structlog
+
+
+class _Logger:
+    """What ``get_logger`` gives: structlog's logger for a name, structlog loaded only once a
+    line is to be written (at the configured level or above)."""
+
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def log(self, level: int, event: Any = None, *args: Any, **kw: Any) -> Any:
+        if level < _setup.threshold:
+            return None
+        return _structlog().get_logger(logger_name=self._name).log(level, event, *args, **kw)
+
+    def _write(self, method: str, level: int, event: Any, args: Any, kw: Any) -> Any:
+        if level < _setup.threshold:
+            return None
+        return getattr(_structlog().get_logger(logger_name=self._name), method)(event, *args, **kw)
+
+    def debug(self, event: Any = None, *args: Any, **kw: Any) -> Any:
+        return self._write("debug", logging.DEBUG, event, args, kw)
+
+    def info(self, event: Any = None, *args: Any, **kw: Any) -> Any:
+        return self._write("info", logging.INFO, event, args, kw)
+
+    def warning(self, event: Any = None, *args: Any, **kw: Any) -> Any:
+        return self._write("warning", logging.WARNING, event, args, kw)
+
+    def error(self, event: Any = None, *args: Any, **kw: Any) -> Any:
+        return self._write("error", logging.ERROR, event, args, kw)
+
+    def exception(self, event: Any = None, *args: Any, **kw: Any) -> Any:
+        return self._write("exception", logging.ERROR, event, args, kw)
+
+    def critical(self, event: Any = None, *args: Any, **kw: Any) -> Any:
+        return self._write("critical", logging.CRITICAL, event, args, kw)
+
+
 class _ToStructlog(logging.Handler):
     """Hands the records of the ``logging`` module (other libraries') to structlog."""
 
@@ -174,9 +243,7 @@ class _ToStructlog(logging.Handler):
             fields: dict[str, Any] = {}
             if record.exc_info:
                 fields["exc_info"] = record.exc_info
-            structlog.get_logger(logger_name=record.name).log(
-                record.levelno, record.getMessage(), **fields
-            )
+            _Logger(record.name).log(record.levelno, record.getMessage(), **fields)
         except Exception:  # a logging failure must not break the caller; logging reports it
             self.handleError(record)
 
@@ -191,7 +258,21 @@ def _route_logging() -> None:
 
 def configure(*, log_format: str = "console", level: str = "info", color: bool = False) -> None:
     """Route structlog, the ``logging`` module and ``warnings`` to stderr in the chosen format;
-    idempotent."""
+    idempotent. structlog gets this configuration when it is first loaded, or now if it is."""
+    with _setup.lock:
+        _setup.threshold = _LEVELS[level.upper()]
+        # This stderr, bound now as when structlog was set up here at once.
+        _setup.pending = {
+            "log_format": log_format, "level": _setup.threshold, "color": color, "file": sys.stderr
+        }  # fmt: skip
+    _route_logging()
+    if "structlog" in sys.modules:  # loaded already (a test capturing logs): set up now, so a
+        _structlog()  # configuration made after this one is not overwritten by this one
+
+
+def _apply(
+    structlog: ModuleType, *, log_format: str, level: int, color: bool, file: IO[str]
+) -> None:
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if log_format == "json"
@@ -209,19 +290,16 @@ def configure(*, log_format: str = "console", level: str = "info", color: bool =
             *escape,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(file=file),
         cache_logger_on_first_use=False,
     )
-    _route_logging()
 
 
 def get_logger(name: str) -> Any:
-    """A structlog logger carrying ``logger_name=name``.
+    """A logger whose lines carry ``logger_name=name``.
 
-    It is a lazy proxy: modules call this at import time, before ``configure`` has run, and the
-    logger still follows the configuration in force when it first logs.
+    Modules call this at import time, before ``configure`` has run: the logger follows the
+    configuration in force when it writes a line, and loads structlog then.
     """
-    return structlog.get_logger(logger_name=name)
+    return _Logger(name)
