@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,13 @@ from reconciler.daemon.metrics import Metrics
 from reconciler.daemon.timing import Timer
 from reconciler.daemon.working import Runner
 from reconciler.settings import load_settings
-from reconciler.store.claiming import Claimed, claim_due, hand_back, start_claimed
+from reconciler.store.claiming import (
+    Claimed,
+    claim_due,
+    hand_back,
+    schedule_retry,
+    start_claimed,
+)
 from reconciler.store.liveness import job_lock_key
 
 OWNER = "reconcile"
@@ -294,6 +302,38 @@ def sales_folder(tmp_path: Path, database_url: str) -> Path:
     return tmp_path
 
 
+@contextmanager
+def _serving(folder: Path, url: str, offset: timedelta) -> Iterator[None]:
+    """The timer and runner of one replica in-process, on the clock ``now + offset``."""
+    settings = load_settings(
+        schedules_dir=str(folder / "schedules.d"), database_url=url,
+        state_dir=str(folder / "state"),
+        environ={"RECONCILER_LOG_LEVEL": "error", "RECONCILER_SETTLE_SECONDS": "0"},
+    )  # fmt: skip
+    metrics = Metrics()
+    runner = Runner(settings, metrics, url=url, workers=2)
+    stop = threading.Event()
+    timer = Timer(
+        metrics, runner, url=url, owner=OWNER, resync_seconds=60, stop=stop,
+        clock=lambda: datetime.now(UTC) + offset,
+    )  # fmt: skip
+    timer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        runner.refuse()
+        timer.stop()
+        runner.stop(10)
+
+
+def _second_before_a_minute() -> tuple[datetime, timedelta]:
+    """A clock offset that puts the next minute one second away, and that minute."""
+    real = datetime.now(UTC)
+    minute = real.replace(second=0, microsecond=0) + timedelta(minutes=1)
+    return minute, minute - timedelta(seconds=1) - real
+
+
 def test_the_timer_claims_at_the_minute_and_the_runner_imports(
     sales_folder: Path, database_url: str
 ) -> None:
@@ -303,37 +343,119 @@ def test_the_timer_claims_at_the_minute_and_the_runner_imports(
     add_schedule(database_url, "s", local_files=["../data/sales_*.csv"])
     with psycopg.connect(database_url) as conn:
         conn.execute("UPDATE cpi_schedules SET cron_expression = '* * * * *'")
-    real = datetime.now(UTC)
-    offset = (real.replace(second=0, microsecond=0) + timedelta(minutes=1, seconds=-1)) - real
-    settings = load_settings(
-        schedules_dir=str(sales_folder / "schedules.d"), database_url=database_url,
-        state_dir=str(sales_folder / "state"),
-        environ={"RECONCILER_LOG_LEVEL": "error", "RECONCILER_SETTLE_SECONDS": "0"},
-    )  # fmt: skip
-    metrics = Metrics()
-    runner = Runner(settings, metrics, url=database_url, workers=2)
-    stop = threading.Event()
-    timer = Timer(
-        metrics, runner, url=database_url, owner=OWNER, resync_seconds=60, stop=stop,
-        clock=lambda: datetime.now(UTC) + offset,
-    )  # fmt: skip
-    timer.start()
-    try:
-        (job,) = wait_until(lambda: jobs(database_url, "s"), timeout=20, what="the claimed job")
+    minute, offset = _second_before_a_minute()
+    with _serving(sales_folder, database_url, offset):
         wait_until(
-            lambda: jobs(database_url, "s")[0]["status"] == "succeeded", timeout=20,
+            lambda: [j["status"] for j in jobs(database_url, "s")] == ["succeeded"], timeout=20,
             what="the run to succeed",
         )  # fmt: skip
-    finally:
-        stop.set()
-        runner.refuse()
-        timer.stop()
-        runner.stop(10)
     (job,) = jobs(database_url, "s")
     assert job["trigger"] == "schedule"
     assert job["rows_imported"] == 3
-    assert job["scheduled_for"] == (real + offset + timedelta(seconds=1)).replace(
-        second=0, microsecond=0
-    )
+    assert job["scheduled_for"] == minute
     with psycopg.connect(database_url) as conn:
         assert conn.execute("SELECT count(*) FROM public.sales").fetchone() == (3,)
+
+
+def test_the_runner_retries_a_failed_run_after_its_backoff(
+    sales_folder: Path, database_url: str
+) -> None:
+    """The target table is missing: the run fails, its retry a second later is a job of its
+    own for the same occurrence; once the table exists, the retry loads the file."""
+    add_project(database_url, target={"table": "public.later"})
+    add_schedule(database_url, "s", local_files=["../data/sales_*.csv"])
+    with psycopg.connect(database_url) as conn:
+        conn.execute(
+            "UPDATE cpi_schedules SET cron_expression = '* * * * *', retries = 3, "
+            "retry_backoff_seconds = 1"
+        )
+    minute, offset = _second_before_a_minute()
+    with _serving(sales_folder, database_url, offset):
+        wait_until(
+            lambda: "failed" in [j["status"] for j in jobs(database_url, "s")], timeout=20,
+            what="the first try to fail",
+        )  # fmt: skip
+        with psycopg.connect(database_url) as conn:
+            conn.execute("CREATE TABLE public.later (LIKE public.sales)")
+        wait_until(
+            lambda: "succeeded" in [j["status"] for j in jobs(database_url, "s")], timeout=20,
+            what="a retry to succeed",
+        )  # fmt: skip
+    tries = sorted(jobs(database_url, "s"), key=lambda j: j["attempt"])
+    assert {j["scheduled_for"] for j in tries} == {minute}
+    assert [j["status"] for j in tries][-1] == "succeeded"
+    assert all(j["status"] == "failed" for j in tries[:-1])
+    assert [j["retry_of"] for j in tries[1:]] == [j["id"] for j in tries[:-1]]
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM public.later").fetchone() == (3,)
+
+
+def _fail(url: str, job_id: str) -> None:
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            "UPDATE cpi_jobs SET status = 'failed', finished_at = now(), error = 'boom' "
+            "WHERE id = %s",
+            (job_id,),
+        )
+
+
+def test_a_failed_run_is_retried_after_its_backoff_until_its_retries_are_used(
+    database_url: str,
+) -> None:
+    """retries: 2, retry_backoff: 1s. Each retry is a job of its own for the same occurrence,
+    with the next attempt and a link to the try it follows; a new occurrence that comes while
+    a retry waits is skipped, saying so; after the last try no retry is recorded."""
+    _every_minute(database_url, "s")
+    with psycopg.connect(database_url) as conn:
+        conn.execute("UPDATE cpi_schedules SET retries = 2, retry_backoff_seconds = 1")
+    _claim(database_url, _minute(0, 20))
+    (run,) = _claim(database_url, _minute(1, 0.1)).runs
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        assert start_claimed(conn, run, "a:1") is not None
+        conn.execute("SELECT pg_advisory_unlock_all()")
+        _fail(database_url, run.job_id)
+        retry = schedule_retry(conn, run.job_id)
+        assert retry is not None
+        waiting = _claim(database_url, _minute(2, 0.1))  # the retry waits; the new one is skipped
+        assert [(r.status, r.scheduled_for) for r in waiting.runs] == [("skipped", _minute(2))]
+        assert waiting.runs[0].error is not None
+        assert "a retry of this schedule, waits until" in waiting.runs[0].error
+        assert waiting.retry_in is not None
+        assert 0 < waiting.retry_in <= 1
+        (second,) = wait_until(
+            lambda: _claim(database_url, _minute(2, 2)).runs, timeout=5, what="the retry"
+        )
+        assert (second.job_id, second.attempt, second.scheduled_for) == (retry[0], 2, _minute(1))
+        assert start_claimed(conn, second, "a:1") is not None
+        conn.execute("SELECT pg_advisory_unlock_all()")
+        _fail(database_url, second.job_id)
+        third = schedule_retry(conn, second.job_id)
+        assert third is not None
+        assert third[1] - retry[1] >= timedelta(seconds=1)  # the backoff doubled: 2 s
+        conn.execute("UPDATE cpi_jobs SET retry_at = now() WHERE id = %s", (third[0],))
+        (last,) = _claim(database_url, _minute(2, 3)).runs
+        assert last.attempt == 3
+        assert start_claimed(conn, last, "a:1") is not None
+        _fail(database_url, last.job_id)
+        assert schedule_retry(conn, last.job_id) is None  # two retries: used up
+    chain = [
+        (j["attempt"], j["status"], str(j["retry_of"]) if j["retry_of"] else None)
+        for j in _by_time(database_url, "s")
+        if j["scheduled_for"] == _minute(1)
+    ]
+    assert sorted(chain, key=lambda c: c[0]) == [
+        (1, "failed", None), (2, "failed", run.job_id), (3, "failed", second.job_id)
+    ]  # fmt: skip
+
+
+def test_a_manual_run_that_fails_is_not_retried(database_url: str) -> None:
+    from reconciler.store.jobs import ScheduleRef, start_job
+
+    _every_minute(database_url, "s")
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("UPDATE cpi_schedules SET retries = 3")
+        sid = conn.execute("SELECT id::text FROM cpi_schedules").fetchone()
+        assert sid is not None
+        started = start_job(conn, ScheduleRef(sid[0], "s", None, None), trigger="manual")
+        _fail(database_url, started.id)
+        assert schedule_retry(conn, started.id) is None

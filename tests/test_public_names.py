@@ -410,6 +410,7 @@ PINNED: dict[str, list[str]] = {
         "ClaimedRun",
         "claim_due",
         "hand_back",
+        "schedule_retry",
         "start_claimed",
     ],
     "reconciler.store.statistics": [

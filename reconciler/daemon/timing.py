@@ -75,6 +75,7 @@ class Timer:
         self._wake = threading.Event()  # sync now
         self._full = False  # the last claim took every free slot: claim again when one frees
         runner.on_free = self._freed
+        runner.on_retry = self._due.set  # a claim pass arms the wake-up for the retry
         self._claimer = threading.Thread(target=self._claim_loop, name="timer-claim", daemon=True)
         self._syncer = threading.Thread(target=self._sync_loop, name="timer-sync", daemon=True)
         self._reaped_at = 0.0
@@ -150,12 +151,15 @@ class Timer:
         return claimed
 
     def _arm(self, claimed: Claimed) -> None:
-        """Wake up at the earliest next run, or when another replica's claim may be taken over."""
+        """Wake up at the earliest next run, retry, or moment another replica's claim may be
+        taken over."""
         waits = [self._resync_seconds]
         if claimed.next_due is not None and not claimed.full:  # full: a freed slot wakes it
             waits.append((claimed.next_due - self._clock()).total_seconds())
         if claimed.handoff_in is not None:
             waits.append(claimed.handoff_in + 0.05)
+        if claimed.retry_in is not None:
+            waits.append(claimed.retry_in + 0.01)
         self._arm_in(min(waits))
 
     def _arm_in(self, seconds: float) -> None:

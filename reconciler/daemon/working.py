@@ -5,7 +5,9 @@ than ``free_slots``) and calls ``Runner.start`` for each job it recorded; a slow
 worker, never the timer. Each worker keeps a session of its own from run to run: it starts the
 claimed job there (``imports.runs.starting``: the run lock, the start stamp) and runs it. A
 claim taken over by another replica meanwhile is dropped. When a worker frees up while
-occurrences wait unclaimed, ``on_free`` tells the timer to claim again.
+occurrences wait unclaimed, ``on_free`` tells the timer to claim again. A scheduled run that
+failed, of a schedule with ``retries`` left, is followed by its next attempt
+(``store.claiming.schedule_retry``), which the timer claims once its backoff is over.
 
 The HTTP API's manual runs arrive claimed (the job id is already answered): ``run_claimed``
 runs the rest of them in the same pool, counted in the same metrics.
@@ -72,6 +74,7 @@ class Runner:
         self._running = 0  # workers in a run now; the rest of ``_futures`` wait for one
         metrics.run_pool(workers, busy=lambda: self._running, queued=self._queued)
         self.on_free: Callable[[], None] = lambda: None  # a worker freed up (the timer's poke)
+        self.on_retry: Callable[[], None] = lambda: None  # a retry was recorded: re-arm
 
     def start(self, run: ClaimedRun) -> None:
         """Queue claimed job ``run``; ignored once stopping (the timer hands it back)."""
@@ -174,7 +177,10 @@ class Runner:
             if claim is None:
                 _log.info("claim taken over by another replica", schedule=name, job_id=run.job_id)
                 return
-            self._count(claim.run(courier=self._courier))
+            result = claim.run(courier=self._courier)
+            self._count(result, first=run.attempt == 1)
+            if result.status == "failed" and result.job_id is not None:
+                self._retry(result.job_id, name)
         except NotFound:
             _log.info("schedule deleted before its run", schedule=name)
         except ReconcileError as exc:
@@ -186,12 +192,22 @@ class Runner:
         finally:
             self._slot(-1)
 
-    def _count(self, result: JobResult) -> None:
+    def _retry(self, job_id: str, name: str) -> None:
+        """Record the next attempt of a failed run when its schedule has retries left."""
+        from reconciler.store.claiming import schedule_retry
+
+        retry = schedule_retry(self._connection(), job_id)
+        if retry is not None:
+            self.on_retry()
+            _log.warning("run failed; retry scheduled", schedule=name, job_id=job_id,
+                         retry_job_id=retry[0], retry_at=retry[1].isoformat())  # fmt: skip
+
+    def _count(self, result: JobResult, *, first: bool = True) -> None:
         if not result.claimed:  # another replica runs this occurrence and counts it
             return
         m = self._metrics
         m.runs.labels(result.trigger, result.status).inc()
-        if result.started_at and result.scheduled_for:
+        if first and result.started_at and result.scheduled_for:  # a retry waited on purpose
             m.lateness.observe((result.started_at - result.scheduled_for).total_seconds())
         if result.status in ("succeeded", "failed"):
             m.rows.inc(result.rows_imported)

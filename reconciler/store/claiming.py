@@ -6,7 +6,9 @@ it:
 
 1. takes over claims another replica made but never started (``handoff`` old: that replica died
    or stopped between its claim and the start): within grace they run here, past it they are
-   recorded ``missed`` with the reason;
+   recorded ``missed`` with the reason; then the retries whose backoff is over (a failed run
+   of a schedule with ``retries`` left is followed by a job of the same occurrence with the
+   next ``attempt``, waiting unclaimed until its ``retry_at``: ``schedule_retry``);
 2. gives every schedule with no next run yet (new, or its timing changed) its first one, and
    tells the other replicas (``NOTIFY``), which may have looked while these rows were locked;
 3. locks the due schedules, earliest first, at most as many as it has free slots
@@ -36,6 +38,7 @@ from psycopg import errors as pg_errors
 from psycopg.rows import class_row
 
 from reconciler.logs import get_logger
+from reconciler.model.durations import retry_delay
 from reconciler.model.occurrences import Decision, Timing, decide
 from reconciler.store.jobs import ScheduleRef, Started
 from reconciler.store.liveness import abandon, job_lock_key, release_job_lock, take_job_lock
@@ -45,7 +48,15 @@ from reconciler.store.scheduling import notify_changed
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["HANDOFF", "Claimed", "ClaimedRun", "claim_due", "hand_back", "start_claimed"]
+__all__ = [
+    "HANDOFF",
+    "Claimed",
+    "ClaimedRun",
+    "claim_due",
+    "hand_back",
+    "schedule_retry",
+    "start_claimed",
+]
 
 # How long a claim may stay unstarted before another replica takes it over. A replica claims only
 # for free run slots, so its claims start within milliseconds; one that waits this long belongs
@@ -65,6 +76,7 @@ class ClaimedRun:
     status: str
     error: str | None = None
     recorded_at: datetime | None = None  # when a skip was recorded (a running job: at its start)
+    attempt: int = 1  # 2 and more: a retry of the occurrence
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +85,8 @@ class Claimed:
 
     ``full`` is true when the claim took as many schedules as it had slots (more may be due);
     ``next_due`` is the earliest stored next run left (in the caller's clock), ``handoff_in``
-    the seconds until an unstarted claim of another replica may be taken over (database clock).
+    the seconds until an unstarted claim of another replica may be taken over, ``retry_in``
+    until the next retry may start (both by the database's clock).
     """
 
     runs: tuple[ClaimedRun, ...]
@@ -81,6 +94,7 @@ class Claimed:
     full: bool
     next_due: datetime | None
     handoff_in: float | None
+    retry_in: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,11 +148,21 @@ _STALE = (
     + """
 FROM cpi_jobs j JOIN cpi_schedules s ON s.name = j.schedule_name
      JOIN cpi_projects p ON p.id = s.project_id
-WHERE j.status = 'running' AND j.started_at IS NULL AND j.heartbeat_at < now() - %(handoff)s
-  AND s.owner = %(owner)s
+WHERE j.status = 'running' AND j.started_at IS NULL AND j.worker IS NOT NULL
+  AND j.heartbeat_at < now() - %(handoff)s AND s.owner = %(owner)s
 ORDER BY j.scheduled_for LIMIT %(limit)s FOR UPDATE OF j SKIP LOCKED
 """
 )
+_RETRIES = """
+UPDATE cpi_jobs j SET worker = %(worker)s, heartbeat_at = now()
+FROM cpi_schedules s, cpi_projects p
+WHERE j.id IN (SELECT r.id FROM cpi_jobs r JOIN cpi_schedules rs ON rs.name = r.schedule_name
+               WHERE r.status = 'running' AND r.started_at IS NULL AND r.worker IS NULL
+                 AND r.retry_at <= now() AND rs.owner = %(owner)s
+               ORDER BY r.retry_at LIMIT %(limit)s FOR UPDATE OF r SKIP LOCKED)
+  AND s.name = j.schedule_name AND p.id = s.project_id
+RETURNING j.id::text, s.id::text, s.name, p.id::text, p.name, j.scheduled_for, j.attempt
+"""
 _INSERT = """
 INSERT INTO cpi_jobs (schedule_id, schedule_name, project_id, project_name, trigger, status,
                       scheduled_for, started_at, heartbeat_at, finished_at, worker, error)
@@ -162,7 +186,11 @@ _WAKE = (
        (SELECT extract(epoch FROM min(j.heartbeat_at) + %(handoff)s - now())::float8
         FROM cpi_jobs j JOIN cpi_schedules s ON s.name = j.schedule_name
         WHERE j.status = 'running' AND j.started_at IS NULL AND s.owner = %(owner)s
-          AND j.worker <> %(worker)s)
+          AND j.worker <> %(worker)s),
+       (SELECT extract(epoch FROM min(j.retry_at) - now())::float8
+        FROM cpi_jobs j JOIN cpi_schedules s ON s.name = j.schedule_name
+        WHERE j.status = 'running' AND j.started_at IS NULL AND j.worker IS NULL
+          AND s.owner = %(owner)s)
 """
 )
 
@@ -183,6 +211,8 @@ def claim_due(
     }  # fmt: skip
     with conn.transaction():
         taken, missed = _take_over(conn, params, now)
+        params["limit"] = max(limit - len(taken), 0)
+        taken += _take_retries(conn, params)
         conn.execute(_ANCHOR, params)
         unset = _rows(conn, _UNSET, params)
         params["limit"] = max(limit - len(taken), 0)
@@ -204,6 +234,7 @@ def claim_due(
         full=len(taken) + len(due) >= limit,  # at the limit, more may be due
         next_due=wake[0],
         handoff_in=None if wake[1] is None else max(float(wake[1]), 0.0),
+        retry_in=None if wake[2] is None else max(float(wake[2]), 0.0),
     )
 
 
@@ -248,6 +279,16 @@ def _take_over(
     return taken, missed
 
 
+def _take_retries(conn: psycopg.Connection[Any], params: dict[str, Any]) -> list[ClaimedRun]:
+    """The retries whose backoff is over, claimed for this worker."""
+    if not params["limit"]:
+        return []
+    return [
+        ClaimedRun(job_id, ScheduleRef(sid, name, pid, project), at, "running", attempt=attempt)
+        for job_id, sid, name, pid, project, at, attempt in conn.execute(_RETRIES, params)
+    ]
+
+
 def _busy(conn: psycopg.Connection[Any], names: list[str]) -> dict[str, str]:
     """Of ``names``, those with a run still going, and why each is busy.
 
@@ -258,12 +299,16 @@ def _busy(conn: psycopg.Connection[Any], names: list[str]) -> dict[str, str]:
         return {}
     busy: dict[str, str] = {}
     rows = conn.execute(
-        "SELECT schedule_name, id::text, started_at FROM cpi_jobs "
+        "SELECT schedule_name, id::text, started_at, worker, retry_at FROM cpi_jobs "
         "WHERE status = 'running' AND schedule_name = ANY(%s)",
         (names,),
     ).fetchall()
-    for name, job_id, started_at in rows:
-        if started_at is None:
+    for name, job_id, started_at, worker, retry_at in rows:
+        if started_at is None and worker is None:
+            busy[name] = (
+                f"job {job_id}, a retry of this schedule, waits until {retry_at:%H:%M:%S %Z}"
+            )
+        elif started_at is None:
             busy[name] = f"job {job_id} of this schedule is about to start"
         elif take_job_lock(conn, name):  # nobody alive holds it: that run is gone
             try:
@@ -373,6 +418,33 @@ def _wait_for_lock(conn: psycopg.Connection[Any], name: str) -> bool:
     except pg_errors.LockNotAvailable:
         return False
     return True
+
+
+def schedule_retry(conn: psycopg.Connection[Any], job_id: str) -> tuple[str, datetime] | None:
+    """After failed job ``job_id``, the next attempt of its occurrence when its schedule has
+    retries left: recorded waiting (no worker) until its backoff is over. Its id and when it
+    may start; ``None`` when no retry is due (a manual run, retries used up, the schedule
+    disabled or deleted meanwhile)."""
+    with conn.transaction():
+        row = conn.execute(
+            "SELECT j.attempt, s.retries, s.retry_backoff_seconds FROM cpi_jobs j "
+            "JOIN cpi_schedules s ON s.id = j.schedule_id "
+            "WHERE j.id = %s AND j.status = 'failed' AND j.trigger = 'schedule' "
+            "AND coalesce(s.enabled, true) AND j.attempt <= s.retries",
+            (job_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        attempt, _, backoff = row
+        retry = conn.execute(
+            "INSERT INTO cpi_jobs (schedule_id, schedule_name, project_id, project_name, trigger, "
+            "status, scheduled_for, attempt, retry_of, retry_at) "
+            "SELECT schedule_id, schedule_name, project_id, project_name, 'schedule', 'running', "
+            "scheduled_for, %s, id, now() + %s * interval '1 second' FROM cpi_jobs WHERE id = %s "
+            "ON CONFLICT DO NOTHING RETURNING id::text, retry_at",
+            (attempt + 1, retry_delay(attempt + 1, backoff), job_id),
+        ).fetchone()
+    return None if retry is None else (retry[0], retry[1])
 
 
 def hand_back(conn: psycopg.Connection[Any], worker: str) -> int:

@@ -195,7 +195,7 @@ def _decide(
             return Started(job_id, "running", started_at)
         except pg_errors.UniqueViolation as exc:
             release_job_lock(conn, schedule.name)
-            if exc.diag.constraint_name == "idx_cpi_jobs_occurrence":
+            if exc.diag.constraint_name == "idx_cpi_jobs_occurrence_attempt":
                 return _claimed_elsewhere(conn, schedule.name, scheduled_for)
             # else: a runner that does not take the lock (an older program) holds the row
     return _skip(conn, schedule, trigger=trigger, scheduled_for=scheduled_for)

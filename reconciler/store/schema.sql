@@ -43,6 +43,8 @@ ALTER TABLE cpi_jobs ADD COLUMN IF NOT EXISTS skipped_files INTEGER NOT NULL DEF
 ALTER TABLE cpi_jobs ADD COLUMN IF NOT EXISTS attempt INTEGER NOT NULL DEFAULT 1;
 ALTER TABLE cpi_jobs ADD COLUMN IF NOT EXISTS retry_of UUID
     REFERENCES cpi_jobs(id) ON DELETE SET NULL;
+-- When a retry waiting for its backoff may start (reconciler.store.claiming claims it then).
+ALTER TABLE cpi_jobs ADD COLUMN IF NOT EXISTS retry_at TIMESTAMP WITH TIME ZONE;
 
 -- The seed's DDL, column for column and constraint for constraint: other programs read this table.
 CREATE TABLE IF NOT EXISTS cpi_schedules (
@@ -133,9 +135,10 @@ CREATE INDEX IF NOT EXISTS idx_cpi_jobs_status ON cpi_jobs(status) WHERE status 
 -- At most one running job per schedule: the database, not the process, prevents overlap.
 CREATE UNIQUE INDEX IF NOT EXISTS idx_cpi_jobs_one_running
     ON cpi_jobs(schedule_name) WHERE status = 'running';
--- Each scheduled occurrence is claimed exactly once across replicas.
-CREATE UNIQUE INDEX IF NOT EXISTS idx_cpi_jobs_occurrence
-    ON cpi_jobs(schedule_name, scheduled_for) WHERE trigger = 'schedule';
+-- Each scheduled occurrence, and each retry of it, is claimed exactly once across replicas.
+DROP INDEX IF EXISTS idx_cpi_jobs_occurrence;  -- the same, before retries: one job per occurrence
+CREATE UNIQUE INDEX IF NOT EXISTS idx_cpi_jobs_occurrence_attempt
+    ON cpi_jobs(schedule_name, scheduled_for, attempt) WHERE trigger = 'schedule';
 -- Pruning the job history (reconciler.store.pruning) reads each schedule's range by
 -- idx_cpi_jobs_schedule_name; the ON DELETE SET NULL of each deleted job finds the rows that
 -- reference it by these two, instead of scanning both tables once per job.
