@@ -127,6 +127,8 @@ def environment(url: str, work: Path, *, bytecode: bool) -> dict[str, str]:
         "RECONCILER_LOCAL_ROOTS": str(work),
         "RECONCILER_SETTLE_SECONDS": "0",
         "RECONCILER_LOG_FORMAT": "json",
+        # Its own owner: on a database given with --database-url, apply leaves others' rows be.
+        "RECONCILER_OWNER": "bench-run",
     }
     for name in ("RECONCILER_LOG_LEVEL", "COLUMNS"):
         env.pop(name, None)
