@@ -22,22 +22,38 @@ def _leader(url: str) -> str | None:
 def test_three_replicas_run_each_occurrence_once_while_the_leader_is_killed(
     cli: Cli, database_url: str
 ) -> None:
-    """50 every-minute schedules on three replicas for two minute boundaries (100+ occurrences),
-    the leader SIGKILLed after the first: every occurrence has exactly one job, and another
-    replica leads."""
+    """50 every-minute schedules on three replicas for two minute boundaries (100 occurrences),
+    each with a new file of its own before each: every occurrence has exactly one job, every
+    file lands exactly once (rows and ledger), the leader is SIGKILLed after the first minute
+    and another replica leads."""
     with psycopg.connect(database_url) as conn:
         conn.execute("CREATE TABLE public.sales (sale_id int, sold_at date, amount numeric)")
-    (cli.cwd / "data").mkdir()
+    data = cli.cwd / "data"
+    data.mkdir()
+
+    def deliver(minute: int) -> None:  # two rows per schedule and minute, ids unique overall
+        for i in range(SCHEDULES):
+            rows = [f"{i * 100 + minute * 10 + r},2026-11-0{minute},1.5" for r in range(2)]
+            (data / f"s{i:02}-{minute}.csv").write_text(
+                "sale_id,sold_at,amount\n" + "\n".join(rows) + "\n"
+            )
+
     documents = [project_yaml()]
-    documents += [schedule_yaml(f"s{i:02}", cron="* * * * *") for i in range(SCHEDULES)]
+    documents += [
+        schedule_yaml(f"s{i:02}", cron="* * * * *", local_files=f"../data/s{i:02}-*.csv")
+        for i in range(SCHEDULES)
+    ]
     (cli.cwd / "schedules.d" / "all.yaml").write_text("".join(documents))
     env = {**cli.env, "RECONCILER_RESYNC_SECONDS": "5"}
     daemons = [Daemon(cli.cwd, env, name=f"replica{i}") for i in range(3)]
     try:
         for daemon in daemons:
             daemon.wait_ready()
+        deliver(1)
         started = datetime.now(UTC)
         first = started.replace(second=0, microsecond=0) + timedelta(minutes=1)
+        if (first - started).total_seconds() < 2:  # the files must be there before it
+            first += timedelta(minutes=1)
         second = first + timedelta(minutes=1)
         leader = wait_until(lambda: _leader(database_url), what="a leader")
         wait_until(
@@ -45,6 +61,7 @@ def test_three_replicas_run_each_occurrence_once_while_the_leader_is_killed(
                         "AND status <> 'running'", (first,)) == SCHEDULES,
             timeout=90, what="the first minute's runs",
         )  # fmt: skip
+        deliver(2)
         killed = next(d for d in daemons if leader.endswith(f":{d.process.pid}"))
         killed.process.send_signal(signal.SIGKILL)
         killed.process.wait(timeout=10)
@@ -77,7 +94,12 @@ def test_three_replicas_run_each_occurrence_once_while_the_leader_is_killed(
     assert len(rows) == 2 * SCHEDULES
     assert {r[3] for r in rows} == {"schedule"}
     assert {r[2] for r in rows} <= {"succeeded", "abandoned"}
-    assert sum(r[2] == "succeeded" for r in rows) >= 2 * SCHEDULES - 8  # the killed one's runs
+    succeeded = sum(r[2] == "succeeded" for r in rows)
+    assert succeeded >= 2 * SCHEDULES - 8  # the killed one's runs
+    # Each succeeded run loaded its schedule's one new file, once: in the ledger and the table.
+    assert one(database_url, "SELECT count(*) FROM cpi_imported_files WHERE loaded") == succeeded
+    assert one(database_url, "SELECT count(*) FROM public.sales") == 2 * succeeded
+    assert one(database_url, "SELECT count(DISTINCT sale_id) FROM public.sales") == 2 * succeeded
 
 
 @pytest.mark.parametrize(("grace", "ends"), [(1, "failed"), (60, "succeeded")])
