@@ -95,6 +95,7 @@ PINNED: dict[str, list[str]] = {
     "reconciler.daemon.timing": ["Timer"],
     "reconciler.daemon.watching": ["Watcher"],
     "reconciler.daemon.working": ["Runner", "worker_name"],
+    "reconciler.backoff": ["Backoff"],
     "reconciler.escaping": [
         "TEXT_LIMIT",
         "capped",

@@ -23,6 +23,7 @@ import time
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from reconciler.backoff import Backoff
 from reconciler.daemon.metrics import Metrics
 from reconciler.errors import EXIT_ERROR, EXIT_OK, EmbeddedServerError, StoreError
 from reconciler.logs import get_logger
@@ -86,7 +87,7 @@ def _wait_for_database(settings: Settings, stop: threading.Event, metrics: Metri
     from reconciler.store.connecting import connect, database_url
     from reconciler.store.migrating import migrate
 
-    delay = _WAIT_FIRST
+    backoff = Backoff(_WAIT_FIRST, _WAIT_LAST)
     while not stop.is_set():
         try:
             url = database_url(settings)  # starts the embedded server when none is configured
@@ -95,9 +96,9 @@ def _wait_for_database(settings: Settings, stop: threading.Event, metrics: Metri
         except EmbeddedServerError:  # not installed, or cannot start: waiting will not help
             raise
         except StoreError as exc:
+            delay = backoff.next()
             _log.warning("waiting for PostgreSQL", error=exc.message, retry_in=delay)
             stop.wait(delay)
-            delay = min(delay * 2, _WAIT_LAST)
             continue
         metrics.database_up.set(1)
         metrics.readiness.set(database=True)

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from reconciler.backoff import Backoff
 from reconciler.daemon.working import worker_name
 from reconciler.errors import ReconcileError
 from reconciler.logs import get_logger, one_line
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
 __all__ = ["Timer"]
 
 _log = get_logger("reconciler.daemon")
-_RETRY_FIRST, _RETRY_LAST = 0.5, 10.0  # seconds between reconnection attempts
 _WAKE_JOB = "wake"
 
 
@@ -108,7 +108,7 @@ class Timer:
     def _claim_loop(self) -> None:
         from reconciler.store.connecting import connect
 
-        delay = _RETRY_FIRST
+        backoff = Backoff()
         conn: psycopg.Connection[Any] | None = None
         while not self._stop.is_set():
             self._due.wait(timeout=self._resync_seconds)
@@ -119,12 +119,12 @@ class Timer:
                 if conn is None or conn.closed or conn.broken:
                     conn = connect(self._url, autocommit=True)
                 claimed = self._claim(conn)
-                delay = _RETRY_FIRST
+                backoff.reset()
             except Exception as exc:  # psycopg, StoreError, or a bug: log, back off, go on
                 message = exc.message if isinstance(exc, ReconcileError) else one_line(exc)
+                delay = backoff.next()
                 _log.error("claiming due runs failed; retrying", error=message, retry_in=delay)
                 self._arm_in(delay)
-                delay = min(delay * 2, _RETRY_LAST)
                 continue
             self._arm(claimed)
         if conn is not None:
@@ -193,20 +193,20 @@ class Timer:
     def _sync_loop(self) -> None:
         from reconciler.store.connecting import connect
 
-        delay = _RETRY_FIRST
+        backoff = Backoff()
         while not self._stop.is_set():
             try:
                 with connect(self._url, autocommit=True) as conn:
                     self._listen(conn)
-                    delay = _RETRY_FIRST
+                    backoff.reset()
                     self._serve(conn)
             except Exception as exc:  # psycopg, StoreError, or a bug: log, back off, go on
                 message = exc.message if isinstance(exc, ReconcileError) else one_line(exc)
+                delay = backoff.next()
                 _log.error("schedule sync failed; retrying", error=message, retry_in=delay)
                 self._metrics.readiness.set(database=False)
                 self._metrics.database_up.set(0)
                 self._stop.wait(delay)
-                delay = min(delay * 2, _RETRY_LAST)
 
     def _listen(self, conn: psycopg.Connection[Any]) -> None:
         from psycopg import sql
