@@ -418,6 +418,7 @@ PINNED: dict[str, list[str]] = {
         "LANDED_ROWS",
         "ScheduleGauges",
         "count_run",
+        "end_running",
         "schedule_gauges",
     ],
 }

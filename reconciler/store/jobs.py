@@ -34,7 +34,7 @@ from reconciler.store.liveness import (
     take_job_lock,
 )
 from reconciler.store.locks import Named, named_key
-from reconciler.store.statistics import LANDED_ROWS, count_run
+from reconciler.store.statistics import LANDED_ROWS, count_run, end_running
 
 if TYPE_CHECKING:
     import psycopg
@@ -321,17 +321,12 @@ def fail_lost_job(
     ``finish_job`` committed but the answer was lost with the connection).
     """
     with conn.transaction():
-        row = conn.execute(
-            "UPDATE cpi_jobs SET " + _END + " WHERE id = %(id)s AND status = 'running' "
-            "RETURNING finished_at",
-            _end(started, "failed", files, error),
-        ).fetchone()
-        if row is not None:
-            count_run(
-                conn, schedule.id, started.id, started.started_at,
-                new_run=1, succeeded=0, failed=1,
-            )  # fmt: skip
-            return Ended("failed", _storable(error), row[0], ours=True)
+        ended = end_running(
+            conn, set_=_END, where="j.id = %(id)s", params=_end(started, "failed", files, error)
+        )
+        if ended:
+            ((_, finished_at, stored),) = ended
+            return Ended("failed", stored, finished_at, ours=True)
         row = conn.execute(
             "SELECT status, error, finished_at FROM cpi_jobs WHERE id = %s", (started.id,)
         ).fetchone()
@@ -358,16 +353,14 @@ def end_worker_jobs(conn: psycopg.Connection[Any], worker: str, error: str) -> l
     that ends meanwhile keeps its own record: ``finish_job`` counts it once.
     """
     with conn.transaction():
-        rows = conn.execute(
-            "UPDATE cpi_jobs j SET status = 'failed', finished_at = now(), heartbeat_at = now(), "
-            "rows_imported = " + LANDED_ROWS + ", error = %s "
-            "WHERE j.worker = %s AND j.status = 'running' AND j.started_at IS NOT NULL "
-            "RETURNING j.id::text, j.schedule_id, j.started_at",
-            (_storable(error), worker),
-        ).fetchall()
-        for job_id, schedule_id, started_at in rows:
-            count_run(conn, schedule_id, job_id, started_at, new_run=1, succeeded=0, failed=1)
-    return [row[0] for row in rows]
+        ended = end_running(
+            conn,
+            set_="status = 'failed', finished_at = now(), heartbeat_at = now(), "
+            "rows_imported = " + LANDED_ROWS + ", error = %(error)s",
+            where="j.worker = %(worker)s AND j.started_at IS NOT NULL",
+            params={"error": _storable(error), "worker": worker},
+        )
+    return [job_id for job_id, _, _ in ended]
 
 
 def record_callback(conn: psycopg.Connection[Any], job_id: str, outcome: dict[str, Any]) -> None:

@@ -23,7 +23,7 @@ from psycopg import errors as pg_errors
 
 from reconciler.logs import get_logger
 from reconciler.store.locks import Named, named_key
-from reconciler.store.statistics import LANDED_ROWS, count_run
+from reconciler.store.statistics import LANDED_ROWS, end_running
 
 if TYPE_CHECKING:
     import psycopg
@@ -74,23 +74,21 @@ def abandon(conn: psycopg.Connection[Any], schedule_name: str, reason: str) -> l
     run began: every session and lock ended with the old one) says so instead of ``reason``.
     """
     with conn.transaction():
-        rows = conn.execute(
-            "UPDATE cpi_jobs j SET status = 'abandoned', error = CASE "
+        ended = end_running(
+            conn,
+            set_="status = 'abandoned', error = CASE "
             "WHEN pg_postmaster_start_time() > j.started_at THEN 'cut off by a restart of the "
             "database at ' || to_char(pg_postmaster_start_time() AT TIME ZONE 'UTC', "
             "'YYYY-MM-DD HH24:MI:SS') || ' UTC: its session ended, its open transaction rolled "
-            "back, and its runner did not record the end in time' ELSE %s END, "
+            "back, and its runner did not record the end in time' ELSE %(reason)s END, "
             "finished_at = coalesce(j.heartbeat_at, j.started_at, now()), "
-            "rows_imported = " + LANDED_ROWS + " "
-            "WHERE j.schedule_name = %s AND j.status = 'running' AND j.started_at IS NOT NULL "
-            "RETURNING j.id::text, j.schedule_id, j.started_at, j.error",
-            (reason, schedule_name),
-        ).fetchall()
-        for job_id, schedule_id, started_at, _ in rows:
-            count_run(conn, schedule_id, job_id, started_at, new_run=1, succeeded=0, failed=1)
-    for row in rows:
-        _log.warning("job abandoned", job_id=row[0], schedule=schedule_name, reason=row[3])
-    return [row[0] for row in rows]
+            "rows_imported = " + LANDED_ROWS,
+            where="j.schedule_name = %(name)s AND j.started_at IS NOT NULL",
+            params={"reason": reason, "name": schedule_name},
+        )
+    for job_id, _, error in ended:
+        _log.warning("job abandoned", job_id=job_id, schedule=schedule_name, reason=error)
+    return [job_id for job_id, _, _ in ended]
 
 
 def _reap_stale_holder(conn: psycopg.Connection[Any], schedule_name: str, key: int) -> bool:

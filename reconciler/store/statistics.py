@@ -17,7 +17,7 @@ from psycopg.rows import class_row
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["LANDED_ROWS", "ScheduleGauges", "count_run", "schedule_gauges"]
+__all__ = ["LANDED_ROWS", "ScheduleGauges", "count_run", "end_running", "schedule_gauges"]
 
 # A job's rows when it ended without its runner (abandoned, or cut off by a shutdown): those the
 # import ledger records for it, not the running totals its heartbeat kept, which include rows of
@@ -50,6 +50,23 @@ def count_run(
         {"new": new_run, "ok": succeeded, "failed": failed, "started": started_at,
          "job": job_id, "id": schedule_id},
     )  # fmt: skip
+
+
+def end_running(
+    conn: psycopg.Connection[Any], *, set_: str, where: str, params: Any
+) -> list[tuple[str, datetime | None, str | None]]:
+    """End the ``running`` jobs matching ``where`` (alias ``j``) with ``set_`` and count each as
+    a failed run, in the caller's transaction: how a run that did not record its own end is
+    ended (abandoned, cut off by a shutdown, or lost with its session). Each ended job's id,
+    ``finished_at`` and ``error``."""
+    rows = conn.execute(
+        "UPDATE cpi_jobs j SET " + set_ + " WHERE j.status = 'running' AND " + where + " "
+        "RETURNING j.id::text, j.schedule_id, j.started_at, j.finished_at, j.error",
+        params,
+    ).fetchall()
+    for job_id, schedule_id, started_at, _, _ in rows:
+        count_run(conn, schedule_id, job_id, started_at, new_run=1, succeeded=0, failed=1)
+    return [(job_id, finished_at, error) for job_id, _, _, finished_at, error in rows]
 
 
 @dataclass(frozen=True, slots=True)
