@@ -35,14 +35,14 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from psycopg import errors as pg_errors
-from psycopg.rows import class_row
 
 from reconciler.logs import get_logger
 from reconciler.model.durations import retry_delay
-from reconciler.model.occurrences import Decision, Timing, decide
+from reconciler.model.occurrences import Decision, decide
 from reconciler.store.jobs import ScheduleRef, Started
 from reconciler.store.liveness import abandon, job_lock_key, release_job_lock, take_job_lock
 from reconciler.store.locks import Named, named_key
+from reconciler.store.schedules import ScheduleRecord, records
 from reconciler.store.scheduling import notify_changed
 
 if TYPE_CHECKING:
@@ -62,6 +62,7 @@ __all__ = [
 # for free run slots, so its claims start within milliseconds; one that waits this long belongs
 # to a replica that stopped, froze or lost its database session.
 HANDOFF = timedelta(seconds=15)
+_DEFAULT_GRACE = 300  # seconds: the seed's misfire grace
 _START_LOCK_WAIT = "5s"  # a claim's start waits this long for a skipper or reaper to let go
 _log = get_logger("reconciler.scheduler")
 
@@ -97,62 +98,28 @@ class Claimed:
     retry_in: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class _Due:
-    id: str
-    name: str
-    project_id: str | None
-    project: str | None
-    cron_expression: str | None
-    interval_seconds: int | None
-    timezone: str
-    interval_anchor: datetime | None
-    next_run_at: datetime | None
-    misfire_grace_seconds: int
-
-    @property
-    def ref(self) -> ScheduleRef:
-        return ScheduleRef(self.id, self.name, self.project_id, self.project)
-
-    @property
-    def timing(self) -> Timing:
-        return Timing(
-            self.cron_expression, self.interval_seconds, self.timezone, self.interval_anchor
-        )
-
-
-_COLUMNS = """
-s.id::text, s.name, s.project_id::text, p.name AS project,
-CASE WHEN s.schedule_type = 'cron' THEN s.cron_expression END AS cron_expression,
-CASE WHEN s.schedule_type = 'interval' THEN s.interval_seconds END AS interval_seconds,
-coalesce(s.timezone, 'UTC') AS timezone, s.interval_anchor, s.next_run_at,
-s.misfire_grace_seconds
-"""
-_MANAGED = """
-FROM cpi_schedules s JOIN cpi_projects p ON p.id = s.project_id
-WHERE s.owner = %(owner)s AND coalesce(s.enabled, true)
-"""
+# The schedules this replica's owner manages and runs: enabled, their project present (the rest
+# of the statement after the FROM clause of ``store.schedules.records``).
+_MANAGED = "WHERE s.owner = %(owner)s AND coalesce(s.enabled, true) AND p.id IS NOT NULL "
+_UNSET = _MANAGED + "AND s.next_run_at IS NULL FOR UPDATE OF s SKIP LOCKED"
+_DUE = (
+    _MANAGED + "AND s.next_run_at <= %(now)s "
+    "ORDER BY s.next_run_at, s.name LIMIT %(limit)s FOR UPDATE OF s SKIP LOCKED"
+)
 # Rows written by another program (no anchor) get one now, once: the cadence counts from here.
 _ANCHOR = """
 UPDATE cpi_schedules SET interval_anchor = now()
 WHERE owner = %(owner)s AND interval_seconds IS NOT NULL AND interval_anchor IS NULL
 """
-_UNSET = "SELECT " + _COLUMNS + _MANAGED + " AND s.next_run_at IS NULL FOR UPDATE OF s SKIP LOCKED"
-_DUE = (
-    "SELECT " + _COLUMNS + _MANAGED + " AND s.next_run_at <= %(now)s "
-    "ORDER BY s.next_run_at, s.name LIMIT %(limit)s FOR UPDATE OF s SKIP LOCKED"
-)
-_STALE = (
-    "SELECT j.id::text AS job_id, j.scheduled_for, j.worker, s.misfire_grace_seconds, "
-    + _COLUMNS
-    + """
+_STALE = """
+SELECT j.id::text, j.scheduled_for, j.worker, s.misfire_grace_seconds, s.id::text, s.name,
+       p.id::text, p.name
 FROM cpi_jobs j JOIN cpi_schedules s ON s.name = j.schedule_name
      JOIN cpi_projects p ON p.id = s.project_id
 WHERE j.status = 'running' AND j.started_at IS NULL AND j.worker IS NOT NULL
   AND j.heartbeat_at < now() - %(handoff)s AND s.owner = %(owner)s
 ORDER BY j.scheduled_for LIMIT %(limit)s FOR UPDATE OF j SKIP LOCKED
 """
-)
 _RETRIES = """
 UPDATE cpi_jobs j SET worker = %(worker)s, heartbeat_at = now()
 FROM cpi_schedules s, cpi_projects p
@@ -180,7 +147,8 @@ FROM jsonb_to_recordset(%(rows)s::jsonb) AS x(name text, next timestamptz)
 WHERE s.name = x.name
 """
 _WAKE = (
-    "SELECT (SELECT min(s.next_run_at) "
+    "SELECT (SELECT min(s.next_run_at) FROM cpi_schedules s "
+    "LEFT JOIN cpi_projects p ON p.id = s.project_id "
     + _MANAGED
     + """),
        (SELECT extract(epoch FROM min(j.heartbeat_at) + %(handoff)s - now())::float8
@@ -214,12 +182,13 @@ def claim_due(
         params["limit"] = max(limit - len(taken), 0)
         taken += _take_retries(conn, params)
         conn.execute(_ANCHOR, params)
-        unset = _rows(conn, _UNSET, params)
+        unset = records(conn, _UNSET, params)
         params["limit"] = max(limit - len(taken), 0)
-        due = _rows(conn, _DUE, params) if params["limit"] else []
-        decisions = [(row, decide(row.timing, next_run_at=row.next_run_at, now=now,
-                                  grace=timedelta(seconds=row.misfire_grace_seconds)))
-                     for row in [*unset, *due]]  # fmt: skip
+        due = records(conn, _DUE, params) if params["limit"] else []
+        decisions = [
+            (row, decide(row.timing, next_run_at=row.next_run_at, grace=_grace(row), now=now))
+            for row in [*unset, *due]
+        ]
         runs, recorded = _record(conn, worker, decisions)
         _advance(conn, decisions)
         if unset:
@@ -238,9 +207,10 @@ def claim_due(
     )
 
 
-def _rows(conn: psycopg.Connection[Any], query: str, params: dict[str, Any]) -> list[_Due]:
-    with conn.cursor(row_factory=class_row(_Due)) as cur:
-        return cur.execute(query, params).fetchall()
+def _grace(row: ScheduleRecord) -> timedelta:
+    """The schedule's misfire grace (the seed's default where another program left none)."""
+    grace = row.misfire_grace_seconds
+    return timedelta(seconds=_DEFAULT_GRACE if grace is None else grace)
 
 
 def _take_over(
@@ -252,15 +222,16 @@ def _take_over(
     stale = conn.execute(_STALE, params).fetchall()
     taken: list[ClaimedRun] = []
     missed = 0
-    for job_id, at, old_worker, grace_seconds, *row in stale:
-        due = _Due(*row)
+    for job_id, at, old_worker, stored_grace, *ref in stale:
+        schedule = ScheduleRef(*ref)
+        grace_seconds = _DEFAULT_GRACE if stored_grace is None else stored_grace
         if now - at <= timedelta(seconds=grace_seconds):
             conn.execute(
                 "UPDATE cpi_jobs SET worker = %s, heartbeat_at = now() WHERE id = %s",
                 (params["worker"], job_id),
             )
-            taken.append(ClaimedRun(job_id, due.ref, at, "running"))
-            _log.warning("claim taken over", schedule=due.name, job_id=job_id,
+            taken.append(ClaimedRun(job_id, schedule, at, "running"))
+            _log.warning("claim taken over", schedule=schedule.name, job_id=job_id,
                          scheduled_for=at.isoformat(), claimed_by=old_worker)  # fmt: skip
             continue
         reason = (
@@ -274,7 +245,7 @@ def _take_over(
             (reason, job_id),
         )
         missed += 1
-        _log.warning("occurrence missed", schedule=due.name, job_id=job_id,
+        _log.warning("occurrence missed", schedule=schedule.name, job_id=job_id,
                      scheduled_for=at.isoformat(), reason=reason)  # fmt: skip
     return taken, missed
 
@@ -324,7 +295,7 @@ def _busy(conn: psycopg.Connection[Any], names: list[str]) -> dict[str, str]:
 
 
 def _record(
-    conn: psycopg.Connection[Any], worker: str, decisions: list[tuple[_Due, Decision]]
+    conn: psycopg.Connection[Any], worker: str, decisions: list[tuple[ScheduleRecord, Decision]]
 ) -> tuple[list[ClaimedRun], int]:
     """Insert the decided jobs in one statement; the runs to start and the number missed."""
     running = [row.name for row, d in decisions if d.run is not None]
@@ -367,7 +338,9 @@ def _record(
     return runs, missed
 
 
-def _advance(conn: psycopg.Connection[Any], decisions: list[tuple[_Due, Decision]]) -> None:
+def _advance(
+    conn: psycopg.Connection[Any], decisions: list[tuple[ScheduleRecord, Decision]]
+) -> None:
     moved = [
         {"name": row.name, "next": None if d.next is None else d.next.isoformat()}
         for row, d in decisions

@@ -22,19 +22,13 @@ from reconciler.model.plans import (
     schedule_fields,
     spec_hash,
 )
+from reconciler.store.schedules import ScheduleRecord, fetch_schedules
 
 if TYPE_CHECKING:
     import psycopg
 
 __all__ = ["execute_plan", "fetch_rows", "refresh_sources"]
 
-_SCHEDULES = """
-SELECT s.name, p.name AS project, s.cron_expression, s.interval_seconds, s.timezone, s.enabled,
-       s.callback_url, s.sftp_override, s.local_files, s.misfire_grace_seconds,
-       s.timeout_seconds, s.retries, s.retry_backoff_seconds,
-       s.owner, s.source_file, s.source_line, s.spec_hash
-FROM cpi_schedules s LEFT JOIN cpi_projects p ON p.id = s.project_id
-"""
 _PROJECTS = "SELECT name, spec, owner, source_file, source_line, spec_hash FROM cpi_projects"
 
 
@@ -48,34 +42,12 @@ class _StoredProject:
     spec_hash: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class _StoredSchedule:
-    name: str
-    project: str | None
-    cron_expression: str | None
-    interval_seconds: int | None
-    timezone: str | None
-    enabled: bool | None
-    callback_url: str | None
-    sftp_override: Any
-    local_files: Any
-    misfire_grace_seconds: int | None
-    timeout_seconds: int | None
-    retries: int | None
-    retry_backoff_seconds: int | None
-    owner: str | None
-    source_file: str | None
-    source_line: int | None
-    spec_hash: str | None
-
-
 def fetch_rows(conn: psycopg.Connection[Any]) -> list[Row]:
     """Every project and schedule in the database, as comparable rows."""
     rows: list[Row] = []
     with conn.cursor(row_factory=class_row(_StoredProject)) as cur:
         rows.extend(_project_row(p) for p in cur.execute(_PROJECTS))
-    with conn.cursor(row_factory=class_row(_StoredSchedule)) as cur:
-        rows.extend(_schedule_row(s) for s in cur.execute(_SCHEDULES))
+    rows.extend(_schedule_row(s) for s in fetch_schedules(conn))
     return rows
 
 
@@ -84,7 +56,7 @@ def _project_row(p: _StoredProject) -> Row:
     return Row(Kind.PROJECT, p.name, {"spec": p.spec}, p.owner, p.source_file, line, p.spec_hash)
 
 
-def _schedule_row(s: _StoredSchedule) -> Row:
+def _schedule_row(s: ScheduleRecord) -> Row:
     local, source, stored = s.local_files, s.source_file, s.spec_hash
     globs = local if _is_globs(local) else None
     fields = schedule_fields(

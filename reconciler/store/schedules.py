@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from psycopg.rows import class_row
 
 from reconciler.errors import NotFound
+from reconciler.model.occurrences import Timing
 from reconciler.store.jobs import ScheduleRef
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ __all__ = [
     "fetch_unowned",
     "find_schedule",
     "list_schedules",
+    "records",
     "schedule_ref",
 ]
 
@@ -42,7 +44,7 @@ SELECT s.id::text AS id, s.name, p.id::text AS project_id, p.name AS project,
        p.spec AS project_spec, s.schedule_type, s.cron_expression, s.interval_seconds,
        s.timezone, s.enabled, s.callback_url, s.sftp_override, s.local_files,
        s.misfire_grace_seconds, s.timeout_seconds, s.retries, s.retry_backoff_seconds,
-       s.owner, s.source_file, s.source_line, s.interval_anchor,
+       s.owner, s.source_file, s.source_line, s.spec_hash, s.interval_anchor,
        s.next_run_at, s.last_run_at, s.last_job_id::text AS last_job_id, s.total_runs,
        s.successful_runs, s.failed_runs, s.created_at, s.updated_at, j.status AS last_status
 FROM cpi_schedules s
@@ -80,6 +82,7 @@ class ScheduleRecord:
     owner: str | None
     source_file: str | None
     source_line: int | None
+    spec_hash: str | None
     interval_anchor: datetime | None
     next_run_at: datetime | None
     last_run_at: datetime | None
@@ -96,10 +99,22 @@ class ScheduleRecord:
         """The identity a job row keeps of this schedule and its project."""
         return ScheduleRef(self.id, self.name, self.project_id, self.project)
 
+    @property
+    def timing(self) -> Timing:
+        """When it fires, as the scheduler reads it: the kind ``schedule_type`` names."""
+        return Timing(
+            self.cron_expression if self.schedule_type == "cron" else None,
+            self.interval_seconds if self.schedule_type == "interval" else None,
+            self.timezone or "UTC",
+            self.interval_anchor,
+        )
 
-def _records(
+
+def records(
     conn: psycopg.Connection[Any], where: str, params: dict[str, Any]
 ) -> list[ScheduleRecord]:
+    """The schedules ``where`` selects (SQL after the FROM clause: ``s`` is the schedule, ``p``
+    its project, ``j`` its last job), as records: the one way every module reads the table."""
     with conn.cursor(row_factory=class_row(ScheduleRecord)) as cur:
         return cur.execute(_SELECT + where, params).fetchall()
 
@@ -108,14 +123,14 @@ def fetch_schedules(
     conn: psycopg.Connection[Any], *, name: str | None = None
 ) -> list[ScheduleRecord]:
     """Every schedule (or only ``name``, if given), sorted by name."""
-    return _records(
+    return records(
         conn, "WHERE %(name)s::text IS NULL OR s.name = %(name)s ORDER BY s.name", {"name": name}
     )
 
 
 def fetch_unowned(conn: psycopg.Connection[Any], *, owner: str) -> list[ScheduleRecord]:
     """The schedules with a project that ``owner`` does not own, by project then name."""
-    return _records(
+    return records(
         conn,
         "WHERE p.id IS NOT NULL AND s.owner IS DISTINCT FROM %(owner)s ORDER BY p.name, s.name",
         {"owner": owner},
@@ -124,7 +139,7 @@ def fetch_unowned(conn: psycopg.Connection[Any], *, owner: str) -> list[Schedule
 
 def fetch_schedule(conn: psycopg.Connection[Any], name: str) -> ScheduleRecord | None:
     """The schedule ``name``, or None if the database has no such row."""
-    found = _records(conn, "WHERE s.name = %(name)s", {"name": name})
+    found = records(conn, "WHERE s.name = %(name)s", {"name": name})
     return found[0] if found else None
 
 
@@ -146,7 +161,7 @@ def list_schedules(
 ) -> tuple[list[ScheduleRecord], int]:
     """One page of schedules by name, and how many match the filters in all."""
     params = {"project": project, "enabled": enabled, "limit": limit, "offset": offset}
-    rows = _records(conn, _FILTER + "ORDER BY s.name LIMIT %(limit)s OFFSET %(offset)s", params)
+    rows = records(conn, _FILTER + "ORDER BY s.name LIMIT %(limit)s OFFSET %(offset)s", params)
     if offset == 0 and len(rows) < limit:  # the whole set is on this page
         return rows, len(rows)
     counted = conn.execute(
@@ -163,7 +178,7 @@ def find_schedule(conn: psycopg.Connection[Any], key: str) -> ScheduleRecord | N
         by_id = uuid.UUID(key)  # the database is never asked to cast user text
     except ValueError:
         by_id = None
-    found = _records(
+    found = records(
         conn,
         "WHERE s.name = %(key)s OR s.id = %(id)s ORDER BY s.name = %(key)s DESC LIMIT 1",
         {"key": key, "id": by_id},
