@@ -28,6 +28,7 @@ load the same bytes again on purpose.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from fnmatch import fnmatchcase
@@ -184,17 +185,21 @@ class Ledger:
         """Inside the file's transaction, after its COPY: true if these bytes are new to the
         project (now recorded), false if they were loaded before (the caller rolls back). A
         concurrent run committing the same bytes is waited for, at most ``CLAIM_WAIT``."""
+        import psycopg as pg
+
         columns, names = self._columns()
-        conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(CLAIM_WAIT)))
-        row = conn.execute(
-            sql.SQL(
-                "INSERT INTO {} ({}, rows_imported) VALUES ({}, %s) "
-                "ON CONFLICT (project, digest) WHERE loaded DO NOTHING RETURNING 1"
-            ).format(self._table, columns, sql.SQL(", ").join(sql.Placeholder() * len(names))),
-            [*self._values(f, digest, job_id, loaded=True), rows],
-        ).fetchone()
-        conn.execute("SET LOCAL lock_timeout = DEFAULT")
-        return row is not None
+        # The three statements go in one round trip where libpq can pipeline them.
+        with conn.pipeline() if pg.Pipeline.is_supported() else nullcontext():
+            conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(CLAIM_WAIT)))
+            inserted = conn.execute(
+                sql.SQL(
+                    "INSERT INTO {} ({}, rows_imported) VALUES ({}, %s) "
+                    "ON CONFLICT (project, digest) WHERE loaded DO NOTHING RETURNING 1"
+                ).format(self._table, columns, sql.SQL(", ").join(sql.Placeholder() * len(names))),
+                [*self._values(f, digest, job_id, loaded=True), rows],
+            )
+            conn.execute("SET LOCAL lock_timeout = DEFAULT")
+        return inserted.fetchone() is not None
 
     def sight(
         self, conn: psycopg.Connection[Any], f: SourceFile, digest: bytes, job_id: str
