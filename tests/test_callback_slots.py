@@ -15,12 +15,13 @@ from daemons import wait_until
 from import_rows import SALES, add_project, add_schedule, jobs, write_sales
 
 from reconciler.daemon.metrics import Metrics
-from reconciler.daemon.working import Runner, worker_name
+from reconciler.daemon.working import Runner
 from reconciler.imports.runs import callbacks
 from reconciler.imports.runs.callbacks import Callback, Courier
 from reconciler.imports.runs.running import run_schedule
 from reconciler.settings import Settings, load_settings
 from reconciler.store.claiming import claim_due
+from reconciler.store.connecting import process_name
 
 
 @pytest.fixture
@@ -100,7 +101,7 @@ def test_a_trickling_receiver_holds_no_run_slot(
             "next_run_at = date_trunc('minute', now())"
         )
         claimed = claim_due(
-            conn, owner="reconcile", worker=worker_name(), now=datetime.now(UTC), limit=2
+            conn, owner="reconcile", worker=process_name(), now=datetime.now(UTC), limit=2
         )
     assert len(claimed.runs) == 2
     began = time.monotonic()

@@ -94,7 +94,7 @@ PINNED: dict[str, list[str]] = {
     "reconciler.daemon.serving": ["serve"],
     "reconciler.daemon.timing": ["Timer"],
     "reconciler.daemon.watching": ["Watcher"],
-    "reconciler.daemon.working": ["Runner", "worker_name"],
+    "reconciler.daemon.working": ["Runner"],
     "reconciler.backoff": ["Backoff"],
     "reconciler.escaping": [
         "TEXT_LIMIT",
@@ -351,6 +351,7 @@ PINNED: dict[str, list[str]] = {
         "connect",
         "database_url",
         "open_store",
+        "process_name",
         "session_name",
         "set_role",
     ],

@@ -49,11 +49,11 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from reconciler.daemon.watching import Watcher
-from reconciler.daemon.working import worker_name
 from reconciler.errors import GuardRefused, ReconcileError, StoreError, UsageError
 from reconciler.logs import get_logger
 from reconciler.model.plans import Op
 from reconciler.model.settling import SETTLE_SECONDS, Read, digest, observe, settle
+from reconciler.store.connecting import process_name
 
 if TYPE_CHECKING:
     import psycopg
@@ -170,7 +170,7 @@ class Leader:
 
         from reconciler.store.daemon_state import LeaderHeartbeat, claim_leadership
 
-        me = worker_name()
+        me = process_name()
         owner = self._settings.owner
         claim_leadership(conn, owner, me)
         self._metrics.leader.set(1)

@@ -27,9 +27,9 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from reconciler.backoff import Backoff
-from reconciler.daemon.working import worker_name
 from reconciler.errors import ReconcileError
 from reconciler.logs import get_logger, one_line
+from reconciler.store.connecting import process_name
 
 if TYPE_CHECKING:
     import psycopg
@@ -135,7 +135,7 @@ class Timer:
 
         began = time.monotonic()
         claimed = claim_due(
-            conn, owner=self._owner, worker=worker_name(), now=self._clock(),
+            conn, owner=self._owner, worker=process_name(), now=self._clock(),
             limit=self._runner.free_slots,
         )  # fmt: skip
         self._full = claimed.full
@@ -182,7 +182,7 @@ class Timer:
 
         try:
             with connect(self._url, autocommit=True) as conn:
-                if hand_back(conn, worker_name()):
+                if hand_back(conn, process_name()):
                     notify_changed(conn, self._owner)  # the other replicas take them over now
         except Exception as exc:  # they are taken over once the hand-off time has passed
             message = exc.message if isinstance(exc, ReconcileError) else one_line(exc)

@@ -24,8 +24,6 @@ what is left of the grace period and records the callbacks still waiting as not 
 
 from __future__ import annotations
 
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from reconciler.errors import NotFound, ReconcileError
 from reconciler.logs import get_logger, one_line
+from reconciler.store.connecting import process_name
 
 if TYPE_CHECKING:
     import psycopg
@@ -45,14 +44,9 @@ if TYPE_CHECKING:
     from reconciler.settings import Settings
     from reconciler.store.claiming import ClaimedRun
 
-__all__ = ["Runner", "worker_name"]
+__all__ = ["Runner"]
 
 _log = get_logger("reconciler.daemon")
-
-
-def worker_name() -> str:
-    """This process as ``cpi_jobs.worker`` and ``cpi_daemon_state.leader`` name it."""
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class Runner:
@@ -172,7 +166,7 @@ class Runner:
         try:
             claim = start(
                 self._connection(), run, settings=self._settings, management_url=self._url,
-                worker=worker_name(),
+                worker=process_name(),
             )  # fmt: skip
             if claim is None:
                 _log.info("claim taken over by another replica", schedule=name, job_id=run.job_id)
@@ -249,7 +243,7 @@ class Runner:
             f"the {grace:g} s shutdown grace; its file transactions were rolled back"
         )
         with connect(self._url, autocommit=True) as conn:
-            ended = end_worker_jobs(conn, worker_name(), error)
+            ended = end_worker_jobs(conn, process_name(), error)
         for job_id in ended:
             _log.error("import interrupted by shutdown", job_id=job_id, error=error)
         return ended

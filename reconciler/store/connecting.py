@@ -35,7 +35,7 @@ from reconciler.settings import Settings
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["connect", "database_url", "open_store", "session_name", "set_role"]
+__all__ = ["connect", "database_url", "open_store", "process_name", "session_name", "set_role"]
 
 _log = get_logger("reconciler.store")
 _embedded: dict[Path, Any] = {}  # one server handle per data folder and process
@@ -60,6 +60,12 @@ def set_role(role: str) -> None:
     _process["role"] = role
 
 
+def process_name() -> str:
+    """This process as ``cpi_jobs.worker``, ``cpi_daemon_state.leader`` and session names say:
+    ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 def session_name(role: str | None = None, *, process: str | None = None) -> str:
     """The ``application_name`` of a session: ``reconcile/<role>/<host:pid>``.
 
@@ -71,7 +77,7 @@ def session_name(role: str | None = None, *, process: str | None = None) -> str:
     if role is None:
         thread = threading.current_thread().name
         role = next((r for start, r in _THREAD_ROLES if thread.startswith(start)), _process["role"])
-    process = process or f"{socket.gethostname()}:{os.getpid()}"
+    process = process or process_name()
     return f"reconcile/{role}/{process}".encode()[:_NAME_BYTES].decode(errors="ignore")
 
 

@@ -11,9 +11,7 @@ writes its end, whichever session writes it first.
 
 from __future__ import annotations
 
-import os
 import re
-import socket
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -23,6 +21,7 @@ from psycopg.types.json import Jsonb
 
 from reconciler.logs import get_logger
 from reconciler.model.results import FileResult, JobStatus, fold
+from reconciler.store.connecting import process_name
 from reconciler.store.liveness import (
     HEARTBEAT_SECONDS,
     STALE_AFTER,
@@ -147,7 +146,7 @@ def _insert(
             "CASE WHEN %s = 'running' THEN NULL ELSE now() END, %s, %s) "
             "RETURNING id::text, started_at",
             (schedule.id, schedule.name, schedule.project_id, schedule.project, trigger, status,
-             scheduled_for, status, f"{socket.gethostname()}:{os.getpid()}", _storable(error)),
+             scheduled_for, status, process_name(), _storable(error)),
         ).fetchone()  # fmt: skip
     assert row is not None
     return row[0], row[1]

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from psycopg import errors as pg_errors
 
 from reconciler.logs import get_logger
-from reconciler.store.locks import Named, named_key
+from reconciler.store.locks import Named, lock_holder, named_key
 from reconciler.store.statistics import LANDED_ROWS, end_running
 
 if TYPE_CHECKING:
@@ -48,17 +48,6 @@ _log = get_logger("reconciler.jobs")
 def job_lock_key(schedule_name: str) -> int:
     """The advisory lock a runner holds for the whole run (signed 64-bit, stable across hosts)."""
     return named_key(Named.JOB, schedule_name)
-
-
-def _lock_holder(conn: psycopg.Connection[Any], key: int) -> int | None:
-    unsigned = key & 0xFFFFFFFFFFFFFFFF
-    row = conn.execute(
-        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 "
-        "AND classid = %s::bigint::oid AND objid = %s::bigint::oid AND database = "
-        "(SELECT oid FROM pg_database WHERE datname = current_database())",
-        (unsigned >> 32, unsigned & 0xFFFFFFFF),
-    ).fetchone()
-    return int(row[0]) if row else None
 
 
 def _try_lock(conn: psycopg.Connection[Any], key: int) -> bool:
@@ -99,7 +88,7 @@ def _reap_stale_holder(conn: psycopg.Connection[Any], schedule_name: str, key: i
         "AND coalesce(heartbeat_at, started_at) < now() - %s",
         (schedule_name, STALE_AFTER),
     ).fetchone()
-    holder = _lock_holder(conn, key)
+    holder = lock_holder(conn, key)
     if row is None or holder is None:
         return False
     _log.warning("terminating a stalled run", job_id=row[0], backend=holder, last_beat=row[1])
