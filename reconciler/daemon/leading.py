@@ -48,6 +48,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from reconciler.backoff import Backoff
 from reconciler.daemon.watching import Watcher
 from reconciler.errors import GuardRefused, ReconcileError, StoreError, UsageError
 from reconciler.logs import get_logger
@@ -69,7 +70,6 @@ ELECT_SECONDS = 2.0  # how often a follower tries the lock: the longest a dead l
 _SEEN_SECONDS = 5.0  # the longest between two beats of the leader in cpi_daemon_state
 _BEATS_PER_FENCE = 6  # beats within the fence bound: a late beat or two is not a frozen leader
 _PRUNE_SECONDS = 2.0  # the job history pruning's budget per pass (store.pruning)
-_RETRY_FIRST, _RETRY_LAST = 0.5, 10.0
 _log = get_logger("reconciler.daemon")
 
 
@@ -111,19 +111,19 @@ class Leader:
     def _loop(self) -> None:
         from reconciler.store.connecting import connect
 
-        delay = _RETRY_FIRST
+        backoff = Backoff()
         while not self._stop.is_set():
             try:
                 with connect(self._url, autocommit=True, role="leader") as conn:
-                    delay = _RETRY_FIRST
+                    backoff.reset()
                     self._campaign(conn)
             except Exception as exc:  # a lost session ends the leadership with it
                 message = exc.message if isinstance(exc, ReconcileError) else str(exc)
+                delay = backoff.next()
                 _log.error("leader election failed; retrying", error=" ".join(message.split()),
                            retry_in=delay)  # fmt: skip
                 self._metrics.leader.set(0)
                 self._stop.wait(delay)
-                delay = min(delay * 2, _RETRY_LAST)
 
     def _campaign(self, conn: psycopg.Connection[Any]) -> None:
         from reconciler.store.daemon_state import release_leadership, take_leadership
