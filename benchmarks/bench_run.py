@@ -19,9 +19,11 @@ Two figures, each measured on both sides in this one run:
 Without --database-url an embedded server is started in a temporary folder. Every run is a
 child process (the ``reconcile`` console script of this Python, with the log at its default,
 info, as JSON on stderr, which is not a terminal), timed from before the fork to after its exit;
-its CPU seconds (user + system) come from ``wait4``. Before each 1 M-row run the table is
-dropped and created again, the run's import records are removed, and a CHECKPOINT flushes the
-previous run's dirty pages (else each run pays for its predecessor's writes).
+its CPU seconds (user + system) are what the children's usage grew by while it ran. Before each
+1 M-row run the table is dropped and created again, the run's import records are removed, and a
+CHECKPOINT flushes the previous run's dirty pages (else each run pays for its predecessor's
+writes). On two cores any other busy process shows in both figures: measure on a quiet
+machine, and read the CPU seconds, which swing less than the times.
 
 Bytecode: an installed package has its modules compiled (pip writes ``.pyc`` files); a checkout
 run with ``PYTHONDONTWRITEBYTECODE=1`` compiles every module of the package from source at every
