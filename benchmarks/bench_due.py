@@ -425,7 +425,7 @@ def print_row(fig: Figure, before: Value, after: Value) -> None:
     )
 
 
-def figures(o: Outcome, *, p99: float, cpu: bool) -> Rows:
+def figures(o: Outcome, *, p99: float | None, cpu: bool) -> Rows:
     rows = [
         (Figure("lateness p50", "s", None), o.lateness(50)),
         (Figure("lateness p99", "s", p99), o.lateness(99)),
@@ -476,7 +476,7 @@ class Scenario(NamedTuple):
     size: int
     quick: int  # the count with --quick
     replicas: int
-    p99: float  # target, s
+    p99: float | None  # target, s
     cpu: bool  # CPU per run is a figure with a target
 
     def title(self, count: int) -> str:
@@ -488,7 +488,7 @@ SCENARIOS = {
     "1": Scenario(100, 20, 1, 0.5, True),
     "2": Scenario(1000, 100, 1, 5.0, True),
     "3": Scenario(300, 30, 3, 2.0, False),
-    "4": Scenario(1000, 100, 3, 5.0, False),
+    "4": Scenario(1000, 100, 3, None, False),  # its target: faster than scenario 2
 }
 
 
