@@ -23,13 +23,8 @@ from reconciler.daemon.metrics import Metrics
 from reconciler.daemon.timing import Timer
 from reconciler.daemon.working import Runner
 from reconciler.settings import load_settings
-from reconciler.store.claiming import (
-    Claimed,
-    claim_due,
-    hand_back,
-    schedule_retry,
-    start_claimed,
-)
+from reconciler.store.claimed import hand_back, schedule_retry, start_claimed
+from reconciler.store.claiming import Claimed, claim_due
 from reconciler.store.liveness import job_lock_key
 
 OWNER = "reconcile"

@@ -419,15 +419,8 @@ PINNED: dict[str, list[str]] = {
         "schedule_ref",
     ],
     "reconciler.store.scheduling": ["CHANNEL", "notify_changed"],
-    "reconciler.store.claiming": [
-        "HANDOFF",
-        "Claimed",
-        "ClaimedRun",
-        "claim_due",
-        "hand_back",
-        "schedule_retry",
-        "start_claimed",
-    ],
+    "reconciler.store.claiming": ["HANDOFF", "Claimed", "ClaimedRun", "claim_due"],
+    "reconciler.store.claimed": ["hand_back", "schedule_retry", "start_claimed"],
     "reconciler.store.statistics": [
         "LANDED_ROWS",
         "ScheduleGauges",

@@ -176,7 +176,7 @@ class Timer:
             self._due.set()
 
     def _hand_back(self) -> None:
-        from reconciler.store.claiming import hand_back
+        from reconciler.store.claimed import hand_back
         from reconciler.store.connecting import connect
         from reconciler.store.scheduling import notify_changed
 

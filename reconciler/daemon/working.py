@@ -188,7 +188,7 @@ class Runner:
 
     def _retry(self, job_id: str, name: str) -> None:
         """Record the next attempt of a failed run when its schedule has retries left."""
-        from reconciler.store.claiming import schedule_retry
+        from reconciler.store.claimed import schedule_retry
 
         retry = schedule_retry(self._connection(), job_id)
         if retry is not None:

@@ -3,7 +3,7 @@
 ``store.claiming.claim_due`` records each occurrence to run as a job before any run slot is
 taken; ``daemon.working`` then calls ``start`` in a run slot, on that slot's own session (kept
 open from run to run, so a trivial run costs no new connection). ``start`` takes the run lock
-and stamps the job started (``store.claiming.start_claimed``), reads the schedule and its
+and stamps the job started (``store.claimed.start_claimed``), reads the schedule and its
 project, and returns the ``Claim`` whose ``run`` does the rest, exactly as a manual run's.
 When the claim was taken over by another replica meanwhile, nothing is done.
 
@@ -22,7 +22,8 @@ from reconciler.imports.runs.resolving import load_import
 from reconciler.imports.runs.running import RECONNECT_WITHIN, Claim
 from reconciler.imports.runs.transferring import Outage
 from reconciler.model.results import JobResult
-from reconciler.store.claiming import ClaimedRun, start_claimed
+from reconciler.store.claimed import start_claimed
+from reconciler.store.claiming import ClaimedRun
 from reconciler.store.jobs import Started, finish_job
 
 if TYPE_CHECKING:
