@@ -7,7 +7,7 @@ claimed job there (``imports.runs.starting``: the run lock, the start stamp) and
 claim taken over by another replica meanwhile is dropped. When a worker frees up while
 occurrences wait unclaimed, ``on_free`` tells the timer to claim again. A scheduled run that
 failed, of a schedule with ``retries`` left, is followed by its next attempt
-(``store.claiming.schedule_retry``), which the timer claims once its backoff is over.
+(``store.claimed.schedule_retry``), which the timer claims once its backoff is over.
 
 The HTTP API's manual runs arrive claimed (the job id is already answered): ``run_claimed``
 runs the rest of them in the same pool, counted in the same metrics.
