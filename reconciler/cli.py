@@ -19,10 +19,22 @@ import importlib
 import itertools
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from reconciler import __version__
 from reconciler.commands import output
+from reconciler.commands.arguments import (
+    CompletionArguments,
+    ExportArguments,
+    ForgetArguments,
+    HistoryArguments,
+    NextArguments,
+    NoArguments,
+    PlanArguments,
+    RunArguments,
+    SqlArguments,
+    StatusArguments,
+)
 from reconciler.commands.completing import SHELLS, Flag, Vocabulary
 from reconciler.errors import EXIT_ERROR, ReconcileError, Terminated, UsageError
 from reconciler.escaping import capped, terminal
@@ -30,7 +42,8 @@ from reconciler.settings import Settings, load_settings
 
 __all__ = ["main"]
 
-# command name -> "module:function"; each function takes (args, settings) and returns an exit code.
+# command name -> "module:function"; each function takes (arguments, settings), its arguments
+# the value ``_arguments`` builds for it, and returns an exit code.
 _COMMANDS: dict[str, str] = {
     "validate": "reconciler.commands.offline:validate",
     "next": "reconciler.commands.upcoming:next_runs",
@@ -273,11 +286,43 @@ def _check_output(command: str, output_format: str) -> None:
         )
 
 
-def _resolve(command: str) -> Callable[[argparse.Namespace, Settings], int]:
+def _arguments(command: str, args: argparse.Namespace) -> object:
+    """The command's arguments as the value its function takes: the one place argparse's
+    result is read for a command (its settings are read in ``_settings``).
+
+    Subcommand flags are absent unless given (``argument_default=SUPPRESS``), hence ``get``.
+    """
+    get = args.__dict__.get
+
+    def planned() -> PlanArguments:
+        return PlanArguments(
+            detailed_exitcode=bool(get("detailed_exitcode")),
+            adopt=bool(get("adopt")),
+            against=get("against"),
+            plan_file=get("plan_file"),
+        )
+
+    built: dict[str, Callable[[], object]] = {
+        "plan": planned,
+        "apply": planned,
+        "status": lambda: StatusArguments(
+            name=get("name"), project=get("project"), failing=bool(get("failing"))
+        ),
+        "export": lambda: ExportArguments(out=get("out")),
+        "run": lambda: RunArguments(name=args.name),
+        "history": lambda: HistoryArguments(name=args.name, limit=args.limit),
+        "next": lambda: NextArguments(name=args.name, count=args.count),
+        "forget": lambda: ForgetArguments(project=args.project, path=get("path")),
+        "sql": lambda: SqlArguments(statements=get("command_text"), file=get("file")),
+        "completion": lambda: CompletionArguments(shell=args.shell, vocabulary=args.vocabulary),
+    }
+    return built.get(command, NoArguments)()
+
+
+def _resolve(command: str) -> Callable[[Any, Settings], int]:
+    """The command's function; each takes its own arguments type, hence ``Any`` here."""
     module, _, function = _COMMANDS[command].partition(":")
-    handler: Callable[[argparse.Namespace, Settings], int] = getattr(
-        importlib.import_module(module), function
-    )
+    handler: Callable[[Any, Settings], int] = getattr(importlib.import_module(module), function)
     return handler
 
 
@@ -347,13 +392,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             gc.freeze()
 
 
-def _main(arguments: list[str], *, whole_process: bool) -> int:
+def _main(argv: list[str], *, whole_process: bool) -> int:
     _tolerate_unencodable()
-    as_json = _wants_json(arguments)
-    debug = "--debug" in arguments
+    as_json = _wants_json(argv)
+    debug = "--debug" in argv
     printed = output.documents_printed()
     try:
-        args = build_parser().parse_args(arguments)
+        args = build_parser().parse_args(argv)
         command = args.command or ("plan" if args.dry_run else "apply")
         settings = _settings(args)
         _check_output(command, settings.output)
@@ -363,10 +408,11 @@ def _main(arguments: list[str], *, whole_process: bool) -> int:
             logs.configure(
                 log_format=settings.log_format, level=settings.log_level, color=settings.color
             )
+        arguments = _arguments(command, args)
         handler = _resolve(command)
         if whole_process:
             _started(command)
-        return handler(args, settings)
+        return handler(arguments, settings)
     except ReconcileError as exc:
         if debug:
             raise

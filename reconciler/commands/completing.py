@@ -7,13 +7,16 @@ an edit here. The scripts are small and static: nothing runs ``reconcile`` while
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from reconciler.errors import EXIT_OK, UsageError
 from reconciler.settings import Settings
+
+if TYPE_CHECKING:
+    from reconciler.commands.arguments import CompletionArguments
 
 __all__ = ["SHELLS", "Flag", "Vocabulary", "completion", "script"]
 
@@ -143,8 +146,8 @@ def script(shell: str, vocabulary: Vocabulary) -> str:
     return SHELLS[shell](vocabulary)
 
 
-def completion(args: argparse.Namespace, settings: Settings) -> int:
+def completion(arguments: CompletionArguments, settings: Settings) -> int:
     """Print the completion script of the shell asked for."""
     del settings  # the script depends on the command line only
-    sys.stdout.write(script(args.shell, args.vocabulary))
+    sys.stdout.write(script(arguments.shell, arguments.vocabulary))
     return EXIT_OK

@@ -10,9 +10,9 @@ record kept there beside the data (reached through the project's stored ``databa
 
 from __future__ import annotations
 
-import argparse
 import sys
 
+from reconciler.commands.arguments import ForgetArguments
 from reconciler.commands.output import emit_json
 from reconciler.errors import EXIT_OK
 from reconciler.model.plans import Kind, Row
@@ -22,39 +22,39 @@ from reconciler.settings import Settings
 __all__ = ["forget"]
 
 
-def forget(args: argparse.Namespace, settings: Settings) -> int:
-    """Forget what project ``args.project`` imported (files whose path matches ``--path``)."""
+def forget(arguments: ForgetArguments, settings: Settings) -> int:
+    """Forget what project ``arguments.project`` imported (files whose path matches ``--path``)."""
     from reconciler.imports.secrets import resolve
     from reconciler.store.connecting import connect, open_store
     from reconciler.store.ledger import Ledger
     from reconciler.store.rows import fetch_rows
 
-    pattern: str | None = args.__dict__.get("path")
+    project, pattern = arguments.project, arguments.path
     with open_store(settings) as conn:
-        spec = _spec(fetch_rows(conn), args.project)
-        forgotten = Ledger("", args.project, "").forget(conn, pattern)
+        spec = _spec(fetch_rows(conn), project)
+        forgotten = Ledger("", project, "").forget(conn, pattern)
         conn.commit()
     target = spec.target if spec is not None else None
     if target is not None and target.database_url:
         url = resolve(
             target.database_url,
             environ=settings.environ,
-            where=f"project {args.project}: target.database_url",
+            where=f"project {project}: target.database_url",
         )
         assert url is not None
         schema = target.table.split(".")[0] if "." in target.table else None
         with connect(url) as tconn:
-            external = Ledger("", args.project, "", schema, external=True)
+            external = Ledger("", project, "", schema, external=True)
             external.prepare(tconn)
             forgotten = max(forgotten, external.forget(tconn, pattern))
             tconn.commit()
-    body = {"project": args.project, "path": pattern, "files": forgotten}
+    body = {"project": project, "path": pattern, "files": forgotten}
     if settings.output == "json":
         emit_json("Forgotten", body)
         return EXIT_OK
     which = f" matching {pattern}" if pattern else ""
     sys.stdout.write(
-        f"{args.project}: forgot {forgotten} imported file(s){which}; their bytes load again "
+        f"{project}: forgot {forgotten} imported file(s){which}; their bytes load again "
         "on the next run\n"
     )
     return EXIT_OK

@@ -6,11 +6,11 @@ imports only the loader (YAML and pydantic), never psycopg, paramiko, APSchedule
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from typing import TYPE_CHECKING, Any
 
+from reconciler.commands.arguments import NoArguments
 from reconciler.errors import EXIT_ERROR, EXIT_OK
 from reconciler.escaping import capped, workflow_message, workflow_property
 from reconciler.settings import Settings
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 __all__ = ["schema", "validate"]
 
 
-def validate(args: argparse.Namespace, settings: Settings) -> int:
+def validate(arguments: NoArguments, settings: Settings) -> int:
     """Check every document in the folder; print each finding and a summary; 1 when invalid."""
     from reconciler.commands.output import emit_json, paint
     from reconciler.reading import load_folder
@@ -84,7 +84,7 @@ def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
-def schema(args: argparse.Namespace, settings: Settings) -> int:
+def schema(arguments: NoArguments, settings: Settings) -> int:
     """Print the documents' JSON Schema for editors."""
     from reconciler.model.specs import json_schema
 

@@ -6,13 +6,13 @@ is how a user creates the quickstart's target table or looks at imported rows.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from reconciler.commands.arguments import SqlArguments
 from reconciler.commands.output import emit_json
 from reconciler.errors import EXIT_OK, UsageError
 from reconciler.settings import Settings
@@ -23,9 +23,8 @@ if TYPE_CHECKING:
 __all__ = ["sql"]
 
 
-def _statements(args: argparse.Namespace) -> str:
-    command: str | None = getattr(args, "command_text", None)
-    file: str | None = getattr(args, "file", None)
+def _statements(arguments: SqlArguments) -> str:
+    command, file = arguments.statements, arguments.file
     if (command is None) == (file is None):
         raise UsageError("give exactly one of -c SQL and -f FILE")
     if command is not None:
@@ -76,7 +75,7 @@ def _results(cursor: psycopg.Cursor[Any]) -> list[_Result]:
             return results
 
 
-def sql(args: argparse.Namespace, settings: Settings) -> int:
+def sql(arguments: SqlArguments, settings: Settings) -> int:
     """Run the statements in one transaction; print the rows of each that returns rows.
 
     As ``psql -c`` does, text output shows every result that has columns (a header line, then
@@ -85,7 +84,7 @@ def sql(args: argparse.Namespace, settings: Settings) -> int:
     """
     from reconciler.store.connecting import open_store
 
-    text = _statements(args)
+    text = _statements(arguments)
     with open_store(settings) as conn, conn.transaction():
         results = _results(conn.execute(text.encode()))  # no parameters: simple protocol
     tables = [r for r in results if r.columns is not None]

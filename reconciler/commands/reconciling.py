@@ -10,13 +10,13 @@ through ``escaping.terminal`` (rows may hold anything).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from reconciler.commands.arguments import ExportArguments, PlanArguments, StatusArguments
 from reconciler.commands.output import emit_json
 from reconciler.errors import EXIT_CHANGES, EXIT_OK, GuardRefused, UsageError
 from reconciler.escaping import capped, terminal
@@ -41,7 +41,7 @@ _log = get_logger("reconciler.commands")
 
 def _print_plan(
     plan: Plan,
-    args: argparse.Namespace,
+    arguments: PlanArguments,
     settings: Settings,
     kind: str,
     refusal: Refusal | None = None,
@@ -50,7 +50,7 @@ def _print_plan(
     if settings.output == "json":
         emit_json(kind, plan_document(plan, refusal))
     elif settings.output == "markdown":
-        path = Path(getattr(args, "plan_file", None) or "reconcile-plan.md")
+        path = Path(arguments.plan_file or "reconcile-plan.md")
         whole = render_markdown(plan, now=now, refusal=refusal)
         try:
             path.write_text(whole, encoding="utf-8")
@@ -64,7 +64,7 @@ def _print_plan(
         sys.stdout.write(render_plan(plan, color=settings.color, now=now, refusal=refusal) + "\n")
 
 
-def plan(args: argparse.Namespace, settings: Settings) -> int:
+def plan(arguments: PlanArguments, settings: Settings) -> int:
     """Print the plan and change nothing; with ``--against DIR``, offline against that folder.
 
     Exits as apply would: 3 when a guard refuses the plan (a folder that does not load included,
@@ -77,9 +77,9 @@ def plan(args: argparse.Namespace, settings: Settings) -> int:
     try:
         desired = load_desired(settings.schedules_dir, owner=owner)
     except GuardRefused as exc:
-        _print_plan(Plan((), owner), args, settings, "Plan", guards.invalid(exc.message))
+        _print_plan(Plan((), owner), arguments, settings, "Plan", guards.invalid(exc.message))
         raise
-    result = _planned(desired, args, settings)
+    result = _planned(desired, arguments, settings)
     refusal = guards.evaluate(
         result,
         desired_count=len(desired.rows),
@@ -88,26 +88,26 @@ def plan(args: argparse.Namespace, settings: Settings) -> int:
         allow_empty=settings.allow_empty,
         max_deletes=settings.max_deletes,
     )
-    _print_plan(result, args, settings, "Plan", refusal)
+    _print_plan(result, arguments, settings, "Plan", refusal)
     refuse_if_blocked(result)  # as apply does, before the guards
     if refusal is not None:
         raise GuardRefused(refusal.message(Command.PLAN))
-    if _flag(args, "detailed_exitcode") and not result.empty:
+    if arguments.detailed_exitcode and not result.empty:
         return EXIT_CHANGES
     return EXIT_OK
 
 
-def _planned(desired: Desired, args: argparse.Namespace, settings: Settings) -> Plan:
+def _planned(desired: Desired, arguments: PlanArguments, settings: Settings) -> Plan:
     """The plan against the database, or offline against the folder ``--against`` names."""
     from reconciler.store.applying import plan_against
 
-    against = getattr(args, "against", None)
+    against = arguments.against
     if against:
         return make_plan(desired.rows, _base(Path(against), settings).rows, owner=settings.owner)
     from reconciler.store.connecting import open_store
 
     with open_store(settings, migrate=False) as conn:
-        return plan_against(conn, desired, owner=settings.owner, adopt=_flag(args, "adopt"))
+        return plan_against(conn, desired, owner=settings.owner, adopt=arguments.adopt)
 
 
 def _base(folder: Path, settings: Settings) -> Desired:
@@ -134,12 +134,12 @@ def _base(folder: Path, settings: Settings) -> Desired:
         raise UsageError(f"cannot plan against {folder}: {exc.message}") from None
 
 
-def apply(args: argparse.Namespace, settings: Settings) -> int:
+def apply(arguments: PlanArguments, settings: Settings) -> int:
     """Apply the plan once, in one transaction under the apply lock."""
     from reconciler.store.applying import apply_plan
     from reconciler.store.connecting import open_store
 
-    if getattr(args, "against", None):
+    if arguments.against:
         raise UsageError(
             "--against only plans (`reconcile plan --against DIR`); apply needs the database"
         )
@@ -149,16 +149,16 @@ def apply(args: argparse.Namespace, settings: Settings) -> int:
             conn,
             desired,
             owner=settings.owner,
-            adopt=_flag(args, "adopt"),
+            adopt=arguments.adopt,
             allow_empty=settings.allow_empty,
             max_deletes=settings.max_deletes,
         )
         _clear_daemon_error(conn, settings.owner)
-    _print_plan(result, args, settings, "AppliedPlan")
+    _print_plan(result, arguments, settings, "AppliedPlan")
     if settings.output == "text" and not result.empty:
         sys.stdout.write("Apply complete.\n")
     _log.info("applied", changes=len(result.changes), owner=settings.owner)
-    if _flag(args, "detailed_exitcode") and not result.empty:
+    if arguments.detailed_exitcode and not result.empty:
         return EXIT_CHANGES
     return EXIT_OK
 
@@ -179,7 +179,7 @@ def _clear_daemon_error(conn: psycopg.Connection[Any], owner: str) -> None:
     _log.info("cleared the daemon's config error: this apply succeeded", owner=owner)
 
 
-def status(args: argparse.Namespace, settings: Settings) -> int:
+def status(arguments: StatusArguments, settings: Settings) -> int:
     """List schedules from the database: timing, owner, last run and result, next run; a
     summary of every schedule by state; ``--project`` and ``--failing`` narrow the list."""
     from reconciler.commands.reporting import (
@@ -196,9 +196,9 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
 
     now = datetime.now(UTC)
     with open_store(settings) as conn:
-        entries = fetch_status(conn, name=getattr(args, "name", None), now=now)
+        entries = fetch_status(conn, name=arguments.name, now=now)
         state = read_state(conn, settings.owner)
-    project, failing = getattr(args, "project", None), _flag(args, "failing")
+    project, failing = arguments.project, arguments.failing
     filtered = project is not None or failing
     listed = select(entries, project=project, failing=failing) if filtered else entries
     states = tally(entries)
@@ -239,14 +239,10 @@ def _shown_state(state: DaemonState | None) -> DaemonState | None:
     )
 
 
-def export(args: argparse.Namespace, settings: Settings) -> int:
+def export(arguments: ExportArguments, settings: Settings) -> int:
     """Write YAML documents for rows this reconciler does not own yet."""
     from reconciler.commands.exporting import export_rows
     from reconciler.store.connecting import open_store
 
     with open_store(settings) as conn:
-        return export_rows(conn, settings=settings, out=getattr(args, "out", None))
-
-
-def _flag(args: argparse.Namespace, name: str) -> bool:
-    return bool(getattr(args, name, False))
+        return export_rows(conn, settings=settings, out=arguments.out)

@@ -10,7 +10,6 @@ as with Ctrl-C and as ``serve`` does at shutdown.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import signal
 import sys
@@ -19,6 +18,7 @@ from datetime import datetime
 from pathlib import PurePosixPath
 from typing import IO, TYPE_CHECKING, Any
 
+from reconciler.commands.arguments import HistoryArguments, RunArguments
 from reconciler.commands.output import emit_json, paint
 from reconciler.errors import EXIT_ERROR, EXIT_OK, Terminated
 from reconciler.escaping import capped, terminal
@@ -116,14 +116,14 @@ def _summary(result: JobResult, color: bool) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace, settings: Settings) -> int:
+def run(arguments: RunArguments, settings: Settings) -> int:
     """Run one import of schedule NAME now, in this process."""
     from reconciler.imports.runs.running import run_schedule
 
     bar = _Bar(sys.stderr) if settings.output == "text" and sys.stderr.isatty() else None
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        result = run_schedule(args.name, settings=settings, trigger="manual", progress=bar)
+        result = run_schedule(arguments.name, settings=settings, trigger="manual", progress=bar)
     finally:
         signal.signal(signal.SIGTERM, previous)
         if bar is not None:
@@ -151,18 +151,18 @@ def _duration(job: dict[str, Any]) -> str:
     return "-"
 
 
-def history(args: argparse.Namespace, settings: Settings) -> int:
+def history(arguments: HistoryArguments, settings: Settings) -> int:
     """List a schedule's runs, newest first (kept after the schedule is deleted)."""
     from reconciler.store.connecting import open_store
     from reconciler.store.history import job_history
 
     with open_store(settings) as conn:
-        jobs = job_history(conn, args.name, limit=args.limit)
+        jobs = job_history(conn, arguments.name, limit=arguments.limit)
     if settings.output == "json":
-        emit_json("JobHistory", {"schedule": args.name, "jobs": jobs})
+        emit_json("JobHistory", {"schedule": arguments.name, "jobs": jobs})
         return EXIT_OK
     if not jobs:
-        sys.stdout.write(f"{terminal(args.name)}: no runs yet\n")
+        sys.stdout.write(f"{terminal(arguments.name)}: no runs yet\n")
         return EXIT_OK
     header = (
         f"{'STARTED':<24} {'STATUS':<10} {'TRIGGER':<9} {'DURATION':>9} {'ROWS':>12} FILES ERROR"

@@ -9,12 +9,12 @@ than asked for are shown as they are, with a line saying why.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
+from reconciler.commands.arguments import NextArguments
 from reconciler.errors import EXIT_OK, InvalidDocuments, NotFound, UsageError
 from reconciler.settings import Settings
 
@@ -27,21 +27,21 @@ __all__ = ["MAX_COUNT", "next_runs"]
 MAX_COUNT = 1000
 
 
-def next_runs(args: argparse.Namespace, settings: Settings) -> int:
-    """Print the next ``args.count`` fire times of the schedule ``args.name``."""
+def next_runs(arguments: NextArguments, settings: Settings) -> int:
+    """Print the next ``arguments.count`` fire times of the schedule ``arguments.name``."""
     from reconciler.model import timing
     from reconciler.reading import load_folder
 
-    count: int = args.count
+    count = arguments.count
     if not 1 <= count <= MAX_COUNT:
         shown = str(count) if abs(count) < 10**20 else "a number that large"
         raise UsageError(f"--count must be between 1 and {MAX_COUNT}, not {shown}")
     loaded = load_folder(settings.schedules_dir)
     if not loaded.ok:
         raise InvalidDocuments(loaded.findings)
-    found = _find(loaded.documents, args.name)
+    found = _find(loaded.documents, arguments.name)
     if found is None:
-        raise NotFound("schedule", args.name, settings.schedules_dir.as_posix())
+        raise NotFound("schedule", arguments.name, settings.schedules_dir.as_posix())
     item, document = found
     spec = document.spec
     now = datetime.now(UTC).replace(microsecond=0)
