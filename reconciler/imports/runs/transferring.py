@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from reconciler.backoff import Backoff
 from reconciler.errors import ReconcileError, StoreError
 from reconciler.imports.engine.copying import inspect_target
 from reconciler.imports.engine.importing import Connections, Imported, Meter, import_files
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Outage", "transfer"]
 
-_FIRST_RETRY = 0.25  # seconds; doubles up to _LAST_RETRY
+_FIRST_RETRY = 0.25  # seconds: the first and the longest of the backoff's delays
 _LAST_RETRY = 4.0
 _log = get_logger("reconciler.imports")
 
@@ -51,7 +52,7 @@ class Outage:
 
     def connect(self, url: str) -> psycopg.Connection[Any]:
         """A new connection to ``url``; ``StoreError`` once the window has passed."""
-        delay = _FIRST_RETRY
+        backoff = Backoff(_FIRST_RETRY, _LAST_RETRY)
         while True:
             try:
                 return connect(url)
@@ -62,8 +63,7 @@ class Outage:
                     _log.warning("waiting for PostgreSQL", seconds=self.window, error=exc.message)
                 if now >= self._deadline:
                     raise
-                time.sleep(min(delay, self._deadline - now))
-                delay = min(delay * 2, _LAST_RETRY)
+                time.sleep(min(backoff.next(), self._deadline - now))
 
 
 def transfer(
