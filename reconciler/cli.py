@@ -66,6 +66,8 @@ _SPECIAL_OUTPUTS = {"github": ("validate",), "markdown": ("plan", "apply")}
 # Commands that never log: logging is not set up at all (``logs`` and the ``logging`` module it
 # routes stay unimported; structlog itself is loaded only when a line is written).
 _SILENT = frozenset({"validate", "schema", "completion"})
+# Commands that never open a session: the store, which names sessions, is not even imported.
+_OFFLINE = _SILENT | {"next"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -408,6 +410,10 @@ def _main(argv: list[str], *, whole_process: bool) -> int:
             logs.configure(
                 log_format=settings.log_format, level=settings.log_level, color=settings.color
             )
+        if command not in _OFFLINE:
+            from reconciler.store.connecting import set_role
+
+            set_role(command)  # pg_stat_activity shows reconcile/<command>/<host:pid>
         arguments = _arguments(command, args)
         handler = _resolve(command)
         if whole_process:

@@ -97,9 +97,9 @@ def test_a_running_serve_names_each_of_its_sessions_by_role(cli: Cli, database_u
 
 
 def test_a_command_names_its_session(cli: Cli) -> None:
-    """A CLI command's session shows as reconcile/cli/<host>:<pid> (its own process)."""
+    """A CLI command's session shows as reconcile/<command>/<host>:<pid> (its own process)."""
     done = cli(
         "sql", "-c", "SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()"
     )
     assert done.returncode == 0, done.stderr
-    assert re.search(rf"reconcile/cli/{re.escape(HOST)}:\d+", done.stdout), done.stdout
+    assert re.search(rf"reconcile/sql/{re.escape(HOST)}:\d+", done.stdout), done.stdout
