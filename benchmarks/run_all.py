@@ -26,10 +26,12 @@ BENCHMARKS: dict[str, tuple[str, list[str]]] = {
     "validate": ("bench_validate.py", []),
     "reconcile": ("bench_reconcile.py", []),
     "import": ("bench_import.py", []),
+    "run": ("bench_run.py", []),
     "sftp": ("bench_sftp.py", []),
     "sftp-import": ("bench_sftp_import.py", []),
     "serve": ("bench_serve.py", []),
     "api": ("bench_api.py", []),
+    "due": ("bench_due.py", []),
 }
 _FIGURE = re.compile(r"\(target [^)]*\)|\bPASS\b|\bFAIL\b")
 
