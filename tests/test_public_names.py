@@ -380,7 +380,7 @@ PINNED: dict[str, list[str]] = {
         "release_leadership",
         "take_leadership",
     ],
-    "reconciler.store.history": ["job_history"],
+    "reconciler.store.history": ["job_history", "schedule_runs"],
     "reconciler.store.jobs": [
         "HEARTBEAT_SECONDS",
         "STALE_AFTER",

@@ -7,7 +7,8 @@ calls ``attach`` with a ``Backend`` (a read pool and the daemon's ``Runner``), a
 calls ``detach`` on shutdown.
 
 - ``GET /schedules``, ``GET /schedules/{name}`` (a name or an id), ``GET
-  /schedules/{name}/history`` and ``GET /jobs/{id}`` read through ``store.schedules`` and
+  /schedules/{name}/history`` and ``GET /jobs/{id}`` read through ``store.schedules``,
+  ``store.history`` (the function ``reconcile history`` reads a schedule's runs with) and
   ``store.listing``.
 - ``POST /schedules/{name}/run`` claims the run as ``reconcile run`` does
   (``imports.runs.running.claim_run``), answers 202 with the job id and leaves the import to the
@@ -49,6 +50,7 @@ from reconciler.logs import get_logger
 from reconciler.model.scalars import excerpt
 from reconciler.store import listing
 from reconciler.store import schedules as stored
+from reconciler.store.history import schedule_runs
 
 if TYPE_CHECKING:
     from reconciler.daemon.working import Runner
@@ -193,9 +195,10 @@ def _reads(router: APIRouter) -> None:
             row = stored.find_schedule(conn, name)
             # Jobs keep the schedule's name: a deleted schedule's runs stay readable by it.
             schedule = row.name if row else name
-            jobs, total = listing.list_jobs(conn, schedule, limit=limit, offset=offset)
-        if row is None and total == 0:
-            raise _no_schedule(name)
+            try:
+                jobs, total = schedule_runs(conn, schedule, limit=limit, offset=offset)
+            except NotFound:  # neither a schedule by that name or id, nor runs by that name
+                raise _no_schedule(name) from None
         found = [JobResponse.of(job) for job in jobs]
         return _ok(
             JobListResponse.model_construct(
