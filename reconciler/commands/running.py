@@ -151,8 +151,17 @@ def _duration(job: dict[str, Any]) -> str:
     return "-"
 
 
+def _trigger(job: dict[str, Any]) -> str:
+    """What started the run: ``schedule``, ``manual``, or ``retry N`` for the Nth try of an
+    occurrence whose earlier tries failed."""
+    attempt: int = job["attempt"]
+    return f"retry {attempt}" if attempt > 1 else _text(job["trigger"])
+
+
 def history(arguments: HistoryArguments, settings: Settings) -> int:
-    """List a schedule's runs, newest first (kept after the schedule is deleted)."""
+    """List a schedule's runs, newest first (kept after the schedule is deleted): when each
+    started, how it ended, what triggered it, and when its occurrence was due (``DUE``, ``-``
+    for a manual run)."""
     from reconciler.store.connecting import open_store
     from reconciler.store.history import job_history
 
@@ -165,17 +174,17 @@ def history(arguments: HistoryArguments, settings: Settings) -> int:
         sys.stdout.write(f"{terminal(arguments.name)}: no runs yet\n")
         return EXIT_OK
     header = (
-        f"{'STARTED':<24} {'STATUS':<10} {'TRIGGER':<9} {'DURATION':>9} {'ROWS':>12} FILES ERROR"
+        f"{'STARTED':<24} {'STATUS':<10} {'TRIGGER':<9} {'DURATION':>9} {'ROWS':>12} FILES "
+        f"{'DUE':<23} ERROR"
     )
     lines = [paint(header, "bold", enabled=settings.color)]
     for job in jobs:
-        status = paint(
-            f"{job['status']:<10}", _STATUS_COLOR.get(job["status"], "bold"), enabled=settings.color
-        )
+        shown = f"{_text(job['status']):<10}"
+        status = paint(shown, _STATUS_COLOR.get(job["status"], "bold"), enabled=settings.color)
         lines.append(
-            f"{_when(job['started_at']):<24} {status} {_text(job['trigger']):<9} "
+            f"{_when(job['started_at']):<24} {status} {_trigger(job):<9} "
             f"{_duration(job):>9} {job['rows_imported']:>12,} {len(job['files']):>5} "
-            f"{_text(job['error'])}".rstrip()
+            f"{_when(job['scheduled_for']):<23} {_text(job['error'])}".rstrip()
         )
     sys.stdout.write("\n".join(lines) + "\n")
     return EXIT_OK
