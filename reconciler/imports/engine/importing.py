@@ -15,6 +15,10 @@ the old content until the commit and the new content after it, never an empty ta
 would be faster but takes an ACCESS EXCLUSIVE lock for the whole load and is not MVCC-safe (a
 reader's earlier snapshot would see the table empty); DELETE's dead rows are autovacuum's job. A
 replace with any failed file, or with no new file, rolls back.
+
+``Connections.interrupt`` (a run's deadline, from another thread) cancels what the sessions in use
+are running on the server; a file it stops, or that would start landing after it, rolls back and
+fails with the interrupt's error.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ _log = get_logger("reconciler.imports")
 _PROGRESS_EVERY = 0.1  # seconds between progress callbacks; file starts and ends always report
 _IDLE = psycopg.pq.TransactionStatus.IDLE  # a session back in the pool must hold no transaction
 _TURN_CHECK = 0.2  # seconds between checks that a file waiting for its turn blocks no other
+_CANCEL_WAIT = 2.0  # seconds the server gets to take one session's cancel request
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,13 +136,15 @@ class Meter:
 
 
 class Connections:
-    """Up to ``size`` sessions to the target database, opened on demand and reused."""
+    """Sessions to the target database, opened on demand and reused; ``interrupt`` stops them."""
 
     def __init__(self, url: str) -> None:
         self._url = url
         self._idle: queue.SimpleQueue[psycopg.Connection[Any]] = queue.SimpleQueue()
         self._all: list[psycopg.Connection[Any]] = []
+        self._lent: set[psycopg.Connection[Any]] = set()  # in use by a thread of the run
         self._lock = threading.Lock()
+        self._error: Callable[[], ReconcileError] | None = None
 
     @contextmanager
     def session(self) -> Iterator[psycopg.Connection[Any]]:
@@ -147,11 +154,42 @@ class Connections:
             conn = connect(self._url)  # named for its role, as every session is
             with self._lock:
                 self._all.append(conn)
+        with self._lock:
+            self._lent.add(conn)
         try:
             yield conn
         finally:
+            with self._lock:
+                self._lent.discard(conn)
             if not conn.broken and conn.info.transaction_status == _IDLE:
                 self._idle.put(conn)
+
+    @property
+    def interrupted(self) -> bool:
+        return self._error is not None
+
+    def interrupt(self, error: Callable[[], ReconcileError]) -> None:
+        """Cancel the statement each session in use is running; from now on a file that is
+        stopped, or that would start landing, rolls back and fails with ``error()``.
+
+        For another thread, as often as it likes: the server ignores a cancel that finds the
+        session idle, so a commit already made stays. Waits at most ``_CANCEL_WAIT`` s for the
+        server to take each request.
+        """
+        with self._lock:  # the sessions stay open while they are cancelled
+            if self._error is None:
+                _log.warning("interrupting the run's target sessions", in_use=len(self._lent))
+            self._error = error
+            for conn in self._lent:
+                try:
+                    conn.cancel_safe(timeout=_CANCEL_WAIT)
+                except psycopg.Error as exc:  # the statement then ends as it would have
+                    _log.warning("cannot cancel a statement on the target", error=str(exc).strip())
+
+    def halt(self) -> ReconcileError | None:
+        """The error of a file the interrupt stops; None until there is an interrupt."""
+        error = self._error
+        return None if error is None else error()
 
     def __enter__(self) -> Connections:
         return self
@@ -164,6 +202,7 @@ class Connections:
 
 @dataclass(frozen=True, slots=True)
 class _Run:
+    pool: Connections
     target: TargetTable
     ledger: Ledger
     source: Source
@@ -282,6 +321,8 @@ def _load_one(
             run.digests[f.path] = digest
             _refuse_empty(run, staged)
             turn()
+            if (halted := run.pool.halt()) is not None:  # interrupted: nothing starts landing
+                raise halted
             rows = staged.finish(conn)
             if not run.ledger.record(conn, f, digest, rows, run.job_id):
                 raise _Unchanged()
@@ -294,11 +335,7 @@ def _load_one(
     except pg_errors.LockNotAvailable:
         result = _failed(f, read, "another run is loading this file right now")
     except psycopg.Error as exc:
-        if conn.broken:
-            result = _failed(f, read, str(exc).strip())
-        else:
-            why = _located(run, f, copy_failure(exc))
-            result = _failed(f, read, why.message, line=why.line, column=why.column)
+        result = _refused(conn, run, f, read, exc)
     except DataError as exc:
         result = _failed(f, read, exc.message, line=exc.line or _record_line(run, f, exc.record))
     except _Changed as exc:
@@ -313,6 +350,24 @@ def _load_one(
     run.meter.file_done(result, newlines)
     _log_file(result, time.monotonic() - began)
     return result
+
+
+def _refused(
+    conn: psycopg.Connection[Any], run: _Run, f: SourceFile, read: int, exc: psycopg.Error
+) -> FileResult:
+    """A file PostgreSQL failed: stopped by the interrupt, cut off with its session, or refused
+    (with PostgreSQL's account and the line)."""
+    if (halted := _halted(run.pool, exc)) is not None:
+        return _failed(f, read, halted.message)
+    if conn.broken:
+        return _failed(f, read, str(exc).strip())
+    why = _located(run, f, copy_failure(exc))
+    return _failed(f, read, why.message, line=why.line, column=why.column)
+
+
+def _halted(pool: Connections, exc: psycopg.Error) -> ReconcileError | None:
+    """The interrupt's error when it cancelled the statement that raised ``exc``."""
+    return pool.halt() if isinstance(exc, pg_errors.QueryCanceled) else None
 
 
 def _change(f: SourceFile, read: int, now: tuple[int, datetime]) -> str:
@@ -414,7 +469,8 @@ def _replace(pool: Connections, run: _Run, files: Sequence[SourceFile]) -> list[
             # was sent and the server rolled the whole replace back when the session ended.
             pass
         except psycopg.Error as exc:  # the DELETE or the commit itself
-            reason = " ".join(str(exc).split())
+            halted = _halted(pool, exc)
+            reason = halted.message if halted else " ".join(str(exc).split())
             if results and conn.broken:  # the import ledger, read once the server is back, knows
                 reason = f"lost the connection to PostgreSQL while committing: {reason}"
             return [FileResult(f.path, f.size, f.mtime, "failed", error=reason) for f in files]
@@ -439,7 +495,7 @@ def import_files(
 ) -> Imported:
     """Load ``files`` (not known to the ledger by their listing) into ``target``, committing
     them in the order given; one result per file, in that order, and the digests read."""
-    run = _Run(target, ledger, source, job_id, meter, delivery, known)
+    run = _Run(pool, target, ledger, source, job_id, meter, delivery, known)
     if not files:
         return Imported([], {})
     if target.mode == "replace":
@@ -486,7 +542,7 @@ def _in_turn(pool: Connections, run: _Run, turns: _Turns, index: int, f: SourceF
 def _record_sightings(pool: Connections, run: _Run) -> None:
     """Files whose bytes were loaded before: remember their listing, so the next run skips them
     unread (best effort: without it, the next run reads them again and finds the same)."""
-    if not run.sightings:
+    if not run.sightings or run.pool.interrupted:  # the next run reads them again
         return
     try:
         with pool.session() as conn:

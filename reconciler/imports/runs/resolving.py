@@ -8,15 +8,16 @@ naming the row.
 
 A schedule with a ``timeout`` runs with a ``Deadline``: past it, the source opens no more files and
 a file being read stops at its next block, which aborts its COPY, so its transaction rolls back
-and the import ledger never records it. The scheduler reads ``retries`` and
-``retry_backoff_seconds`` from the same ``ImportSpec``.
+and the import ledger never records it. ``Deadline.on_cut`` tells the run's other parts when it
+passes (``transferring`` cancels what the target database is doing then). The scheduler reads
+``retries`` and ``retry_backoff_seconds`` from the same ``ImportSpec``.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -44,13 +45,16 @@ __all__ = ["Deadline", "ImportSpec", "load_import", "open_source", "target_url"]
 
 _log = get_logger("reconciler.imports")
 _M = TypeVar("_M", bound=BaseModel)
+_AGAIN = 0.5  # seconds between a deadline's callbacks once it has passed
+_ROLLED_BACK = "its transaction was rolled back; the next run loads it whole"
 
 
 class Deadline:
     """When a run must have ended: its schedule's ``timeout``, counted from the run's start.
 
-    Shared by the run's threads: ``check`` raises ``SourceError`` once it has passed (the file
-    being loaded then fails and rolls back), and ``cut`` tells whether it ever did.
+    Shared by the run's threads: ``check`` raises ``SourceError`` once it has passed, ``stop``
+    is the error of any work it stopped (the file being loaded then fails and rolls back), and
+    ``cut`` tells whether it ever stopped any. ``on_cut`` calls back when it passes.
     """
 
     def __init__(self, seconds: int) -> None:
@@ -64,14 +68,47 @@ class Deadline:
 
     @property
     def cut(self) -> bool:
-        """Whether the deadline stopped a file (one being read, or one not yet opened)."""
+        """Whether the deadline stopped work: a file being read or loaded, or one not opened."""
         return self._cut.is_set()
 
+    def stop(self, then: str) -> SourceError:
+        """The error of work the deadline stopped (the reason, then ``then``); it is now cut."""
+        self._cut.set()
+        return SourceError(f"{self.reason}: {then}")
+
+    def rolled_back(self) -> SourceError:
+        """The error of a file the deadline stopped while it was loading."""
+        return self.stop(_ROLLED_BACK)
+
     def check(self, then: str) -> None:
-        """``SourceError`` (the reason, then ``then``) once the deadline has passed."""
+        """``stop(then)`` raised once the deadline has passed."""
         if time.monotonic() >= self._at:
-            self._cut.set()
-            raise SourceError(f"{self.reason}: {then}")
+            raise self.stop(then)
+
+    @contextmanager
+    def on_cut(self, callback: Callable[[], None], *, every: float = _AGAIN) -> Iterator[None]:
+        """Within the block, call ``callback`` in a thread of its own once the deadline passes,
+        then again every ``every`` seconds until the block ends: what started just as the
+        first call came is reached by the next. Leaving the block waits for a call under way
+        (``callback`` bounds its own waits)."""
+        done = threading.Event()
+
+        def calls() -> None:
+            wait = self._at - time.monotonic()
+            while not done.wait(max(wait, 0.0)):
+                try:
+                    callback()
+                except Exception as exc:  # a bug in the callback must not end the thread unseen
+                    _log.error("deadline callback failed", error=f"{type(exc).__name__}: {exc}")
+                wait = every
+
+        thread = threading.Thread(target=calls, name="deadline", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +263,7 @@ class _BoundedFile:
         self._opened, self._deadline = opened, deadline
 
     def read(self, n: int = -1, /) -> bytes:
-        self._deadline.check("its transaction was rolled back; the next run loads it whole")
+        self._deadline.check(_ROLLED_BACK)
         return self._opened.read(n)
 
     def stat(self) -> tuple[int, datetime]:

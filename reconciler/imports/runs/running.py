@@ -11,7 +11,8 @@ go wrong after the job row exists becomes a one-line ``error`` on the job and in
 traceback.
 
 A schedule's ``timeout`` gives the run a ``Deadline`` (``resolving``): past it the source reads no
-more, the file being loaded rolls back, and the job ends ``failed`` saying it timed out.
+more, the statement the target database is running for it is cancelled, the file being loaded
+rolls back, and the job ends ``failed`` saying it timed out.
 
 PostgreSQL stopping mid-run ends the session that holds the run's lock. The run then waits a
 short, bounded window (``RECONNECT_WITHIN``, with backoff) for the server to answer again: back in
@@ -249,7 +250,8 @@ def _run(
     failed = [f for f in files if f.status == "failed"]
     if deadline is not None and deadline.cut:  # what the files then say follows from it
         cut = f"{deadline.reason}: its transaction was rolled back; the next run loads the rest"
-        error = cut if error is None else f"{cut}; then: {error}"
+        after = error is not None and not error.startswith(deadline.reason)
+        error = f"{cut}; then: {error}" if after else cut
     if error is None and failed:
         first = failed[0]
         where = f"{first.path}" + (f" line {first.line}" if first.line else "")

@@ -3,18 +3,23 @@
 ``imports.runs.running`` calls ``transfer`` once a run's job is recorded, and uses ``Outage`` (the
 bounded wait for PostgreSQL to answer again) for its own session as well. ``transfer`` fills its
 ``results`` as soon as each file's data is committed, so a later failure (an after-import action,
-closing the source) keeps the record of what landed.
+closing the source) keeps the record of what landed. Once a run's ``Deadline`` has passed, what
+the target database is doing for the run is cancelled (``Connections.interrupt``, called again
+until ``transfer`` ends): a lock wait or a slow trigger ends with the bound, not after it.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+from psycopg import errors as pg_errors
 
 from reconciler.backoff import Backoff
 from reconciler.errors import ReconcileError, StoreError
@@ -28,6 +33,7 @@ from reconciler.store.connecting import connect
 from reconciler.store.ledger import Ledger, file_key
 
 if TYPE_CHECKING:
+    from reconciler.imports.runs.resolving import Deadline
     from reconciler.model.files import Source, SourceFile
     from reconciler.model.specs import Delivery
     from reconciler.settings import Settings
@@ -88,14 +94,18 @@ def transfer(
     delivery = project.delivery
     url, external = target_url(spec, settings, management_url)
     schema = target.table.split(".")[0] if "." in target.table else None
-    with open_source(spec, settings) as source, Connections(url) as pool:
+    with (
+        open_source(spec, settings) as source,
+        Connections(url) as pool,
+        _cut_off(spec.deadline, pool),
+    ):
         listed = ordered(without_markers(source.list_files(), delivery), delivery)
         if delivery.ready_marker is not None:  # finishing a file removes its marker too
             listed = [replace(f, marker=marker_path(f, delivery.ready_marker)) for f in listed]
         ledger = Ledger(
             spec.schedule.project_id, spec.schedule.project, source.key, schema, external
         )
-        with pool.session() as tconn:
+        with _before_loading(spec.deadline, pool), pool.session() as tconn:
             table = inspect_target(tconn, target, project.csv)
             ledger.prepare(tconn)
             known = ledger.lookup(tconn, listed)
@@ -122,6 +132,29 @@ def transfer(
         _after_import(source, listed, results)
         if external:
             _mirror(ledger, management_url, files=listed, imported=imported, job_id=job_id)
+
+
+@contextmanager
+def _cut_off(deadline: Deadline | None, pool: Connections) -> Iterator[None]:
+    """Within the block, past ``deadline``, cancel what the run's target sessions are doing."""
+    if deadline is None:
+        yield
+        return
+    with deadline.on_cut(partial(pool.interrupt, deadline.rolled_back)):
+        yield
+
+
+@contextmanager
+def _before_loading(deadline: Deadline | None, pool: Connections) -> Iterator[None]:
+    """A statement of the block that the deadline cancelled fails with the deadline's error."""
+    try:
+        yield
+    except (ReconcileError, psycopg.Error) as exc:
+        # a TargetError too: "cannot create or update the import ledger (canceling ...)"
+        cancelled = any(isinstance(e, pg_errors.QueryCanceled) for e in (exc, exc.__cause__))
+        if deadline is None or not pool.interrupted or not cancelled:
+            raise
+        raise deadline.stop("nothing was loaded; the next run loads its files") from exc
 
 
 def _waiting(
