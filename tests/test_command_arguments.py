@@ -23,8 +23,8 @@ from reconciler.commands.arguments import (
     StatusArguments,
 )
 
-# One command line per command; serve is left out: its function (daemon.serving) still names
-# argparse.Namespace as the type of the NoArguments it is given.
+# One command line per command; serve is left out: the daemon sits beside the commands, not
+# under them (import-linter), so its function takes the NoArguments it is given as an object.
 _SAMPLES = {
     "validate": ["validate", "folder"],
     "next": ["next", "nightly", "-n", "3"],

@@ -14,7 +14,6 @@ transaction rolls back and no partial data or ledger entry stays behind.
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import sys
@@ -41,7 +40,7 @@ _WAIT_FIRST, _WAIT_LAST = 0.5, 15.0  # seconds between attempts to reach the dat
 _log = get_logger("reconciler.daemon")
 
 
-def serve(args: argparse.Namespace, settings: Settings) -> int:
+def serve(arguments: object, settings: Settings) -> int:
     """Run the daemon in this process until it is stopped; 0 after a clean shutdown."""
     from reconciler.daemon.connections import connection_cap, raise_descriptor_limit
     from reconciler.daemon.http import HttpServer, build_app
