@@ -1,11 +1,12 @@
 """COPY streaming: a CSV byte stream goes straight into ``COPY ... FROM STDIN``, block by block.
 
-``imports.runs.running`` calls ``inspect_target`` once per run (the table, its columns, the upsert
-key and the privileges, checked before any byte is read) and ``load`` once per file, inside the
-file's transaction. No CSV is parsed in Python and nothing is written to disk: the server parses,
-the client only moves blocks (framed by ``imports.engine.framing``), so memory stays flat whatever
-the file size. With ``header: true`` the file's header names its columns: COPY gets them in the
-file's order. Identifiers are always composed with ``psycopg.sql.Identifier`` and option values with
+``imports.runs.transferring`` calls ``inspect_target`` once per run that has a file to load (the
+table, its columns, the upsert key and the privileges, checked before any byte is read), and
+``imports.engine.importing`` calls ``stage`` once per file, inside the file's transaction. No CSV
+is parsed in Python and nothing is written to disk: the server parses, the client only moves
+blocks (framed by ``imports.engine.framing``), so memory stays flat whatever the file size. With
+``header: true`` the file's header names its columns: COPY gets them in the file's order.
+Identifiers are always composed with ``psycopg.sql.Identifier`` and option values with
 ``sql.Literal``, never pasted.
 """
 

@@ -3,9 +3,14 @@
 ``imports.runs.running`` calls ``transfer`` once a run's job is recorded, and uses ``Outage`` (the
 bounded wait for PostgreSQL to answer again) for its own session as well. ``transfer`` fills its
 ``results`` as soon as each file's data is committed, so a later failure (an after-import action,
-closing the source) keeps the record of what landed. Once a run's ``Deadline`` has passed, what
-the target database is doing for the run is cancelled (``Connections.interrupt``, called again
-until ``transfer`` ends): a lock wait or a slow trigger ends with the bound, not after it.
+closing the source) keeps the record of what landed.
+
+A run reaches the target database only for what it needs: with nothing listed, not at all; with
+files listed, for the import ledger; with a file to load, for the table's check
+(``inspect_target``) too, so a target gone wrong is reported by the first run with a file for it.
+Once a run's ``Deadline`` has passed, what the target database is doing for the run is cancelled
+(``Connections.interrupt``, called again until ``transfer`` ends): a lock wait or a slow trigger
+ends with the bound, not after it.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ if TYPE_CHECKING:
     from reconciler.model.files import Source, SourceFile
     from reconciler.model.specs import Delivery
     from reconciler.settings import Settings
+    from reconciler.store.ledger import Known
 
 __all__ = ["Outage", "transfer"]
 
@@ -94,44 +100,58 @@ def transfer(
     delivery = project.delivery
     url, external = target_url(spec, settings, management_url)
     schema = target.table.split(".")[0] if "." in target.table else None
-    with (
-        open_source(spec, settings) as source,
-        Connections(url) as pool,
-        _cut_off(spec.deadline, pool),
-    ):
+    with open_source(spec, settings) as source:
         listed = ordered(without_markers(source.list_files(), delivery), delivery)
+        if not listed:  # nothing to load: the first run that lists a file checks the target
+            return
         if delivery.ready_marker is not None:  # finishing a file removes its marker too
             listed = [replace(f, marker=marker_path(f, delivery.ready_marker)) for f in listed]
         ledger = Ledger(
             spec.schedule.project_id, spec.schedule.project, source.key, schema, external
         )
-        with _before_loading(spec.deadline, pool), pool.session() as tconn:
-            table = inspect_target(tconn, target, project.csv)
-            ledger.prepare(tconn)
-            known = ledger.lookup(tconn, listed)
-        now = datetime.now(UTC)
-        outcome: dict[str, FileResult] = {}
-        todo: list[SourceFile] = []
-        for f in listed:
-            if file_key(f) in known.seen:
-                outcome[f.path] = _already(f)
-            elif (why := _waiting(f, delivery, now, source, settings)) is not None:
-                outcome[f.path] = FileResult(f.path, f.size, f.mtime, "waiting", note=why)
-            else:
-                todo.append(f)
-        meter.begin(todo)
-        imported = import_files(
-            pool, table, ledger, source, todo, job_id=job_id, meter=meter,
-            workers=settings.import_workers, delivery=delivery, known=known,
-        )  # fmt: skip
-        loaded = imported.results
-        if any(r.status == "failed" for r in loaded):
-            loaded = _confirm(url, ledger, todo, loaded, outage)
-        outcome.update((r.path, r) for r in loaded)
-        results.extend(outcome[f.path] for f in listed)
-        _after_import(source, listed, results)
+        with Connections(url) as pool, _cut_off(spec.deadline, pool):
+            with _before_loading(spec.deadline, pool), pool.session() as tconn:
+                ledger.prepare(tconn)
+                known = ledger.lookup(tconn, listed)
+            outcome, todo = _sorted(listed, known, delivery, source, settings)
+            imported = Imported([], {})
+            if todo:  # the table is checked once per run, and only when a file is to load
+                with _before_loading(spec.deadline, pool), pool.session() as tconn:
+                    table = inspect_target(tconn, target, project.csv)
+                meter.begin(todo)
+                imported = import_files(
+                    pool, table, ledger, source, todo, job_id=job_id, meter=meter,
+                    workers=settings.import_workers, delivery=delivery, known=known,
+                )  # fmt: skip
+            loaded = imported.results
+            if any(r.status == "failed" for r in loaded):
+                loaded = _confirm(url, ledger, todo, loaded, outage)
+            outcome.update((r.path, r) for r in loaded)
+            results.extend(outcome[f.path] for f in listed)
+            _after_import(source, listed, results)
         if external:
             _mirror(ledger, management_url, files=listed, imported=imported, job_id=job_id)
+
+
+def _sorted(
+    listed: Sequence[SourceFile],
+    known: Known,
+    delivery: Delivery,
+    source: Source,
+    settings: Settings,
+) -> tuple[dict[str, FileResult], list[SourceFile]]:
+    """The listed files already imported or not ready yet, by path, and those to load now."""
+    now = datetime.now(UTC)
+    outcome: dict[str, FileResult] = {}
+    todo: list[SourceFile] = []
+    for f in listed:
+        if file_key(f) in known.seen:
+            outcome[f.path] = _already(f)
+        elif (why := _waiting(f, delivery, now, source, settings)) is not None:
+            outcome[f.path] = FileResult(f.path, f.size, f.mtime, "waiting", note=why)
+        else:
+            todo.append(f)
+    return outcome, todo
 
 
 @contextmanager
