@@ -25,6 +25,7 @@ from reconciler.daemon.working import Runner
 from reconciler.settings import load_settings
 from reconciler.store.claimed import hand_back, schedule_retry, start_claimed
 from reconciler.store.claiming import Claimed, claim_due
+from reconciler.store.connecting import process_name
 from reconciler.store.liveness import job_lock_key
 
 OWNER = "reconcile"
@@ -454,3 +455,88 @@ def test_a_manual_run_that_fails_is_not_retried(database_url: str) -> None:
         started = start_job(conn, ScheduleRef(sid[0], "s", None, None), trigger="manual")
         _fail(database_url, started.id)
         assert schedule_retry(conn, started.id) is None
+
+
+def test_a_waiting_retry_of_a_schedule_disabled_meanwhile_is_not_run(database_url: str) -> None:
+    _every_minute(database_url, "s")
+    with psycopg.connect(database_url) as conn:
+        conn.execute("UPDATE cpi_schedules SET retries = 2, retry_backoff_seconds = 1")
+    _claim(database_url, _minute(0, 20))
+    (run,) = _claim(database_url, _minute(1, 0.1)).runs
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        assert start_claimed(conn, run, "a:1") is not None
+        _fail(database_url, run.job_id)
+        retry = schedule_retry(conn, run.job_id)
+        assert retry is not None
+        conn.execute("UPDATE cpi_schedules SET enabled = false")
+        conn.execute("UPDATE cpi_jobs SET retry_at = now() WHERE id = %s", (retry[0],))
+    assert _claim(database_url, _minute(1, 5)).runs == ()
+    waiting = next(j for j in jobs(database_url, "s") if str(j["id"]) == retry[0])
+    assert (waiting["status"], waiting["error"]) == (
+        "skipped", "not run: its schedule was disabled or deleted before this retry was due"
+    )  # fmt: skip
+
+
+def test_a_retry_taken_over_counts_its_grace_from_when_it_was_due(database_url: str) -> None:
+    """A retry claimed long after its occurrence (its backoff) and left unstarted is taken over
+    when its own due time is within the grace, though the occurrence's is not."""
+    _every_minute(database_url, "s", grace=10)
+    with psycopg.connect(database_url) as conn:
+        conn.execute("UPDATE cpi_schedules SET retries = 1, retry_backoff_seconds = 60")
+    _claim(database_url, _minute(0, 20))
+    (run,) = _claim(database_url, _minute(1, 0.1)).runs
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        assert start_claimed(conn, run, "a:1") is not None
+        conn.execute("SELECT pg_advisory_unlock_all()")
+        _fail(database_url, run.job_id)
+        retry = schedule_retry(conn, run.job_id)
+        assert retry is not None
+        conn.execute("UPDATE cpi_jobs SET retry_at = %s WHERE id = %s", (_minute(2), retry[0]))
+    runs = _claim(database_url, _minute(2, 1), worker="a:1").runs  # a claims, then dies
+    (claimed,) = [r for r in runs if r.attempt == 2]  # beside the 12:02 occurrence, skipped
+    assert claimed.job_id == retry[0]
+    (taken,) = _claim(database_url, _minute(2, 5), worker="b:2", handoff=timedelta(0)).runs
+    assert (taken.job_id, taken.attempt) == (retry[0], 2)
+
+
+def test_a_worker_whose_kept_session_died_starts_its_next_claim_at_once(
+    sales_folder: Path, database_url: str
+) -> None:
+    """The database ended the run slot's session (a restart) between two runs: the next claim
+    starts on a new session at once, not after another replica's takeover."""
+    add_project(database_url)
+    for name in ("first", "second"):
+        add_schedule(database_url, name, local_files=["../data/sales_*.csv"])
+    with psycopg.connect(database_url) as conn:
+        conn.execute(
+            "UPDATE cpi_schedules SET cron_expression = '* * * * *', "
+            "next_run_at = date_trunc('minute', now())"
+        )
+    settings = load_settings(
+        schedules_dir=str(sales_folder / "schedules.d"), database_url=database_url,
+        state_dir=str(sales_folder / "state"),
+        environ={"RECONCILER_LOG_LEVEL": "error", "RECONCILER_SETTLE_SECONDS": "0"},
+    )  # fmt: skip
+    runner = Runner(settings, Metrics(), url=database_url, workers=1)
+    now = datetime.now(UTC)
+    try:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            first, second = claim_due(
+                conn, owner=OWNER, worker=process_name(), now=now, limit=2
+            ).runs
+            runner.start(first)
+            wait_until(
+                lambda: jobs(database_url, first.schedule.name)[0]["status"] == "succeeded",
+                timeout=20, what="the first run",
+            )  # fmt: skip
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name LIKE 'reconcile/run/%%' AND pid <> pg_backend_pid()"
+            )
+            runner.start(second)
+            wait_until(
+                lambda: jobs(database_url, second.schedule.name)[0]["status"] == "succeeded",
+                timeout=10, what="the second run, on a new session",
+            )  # fmt: skip
+    finally:
+        runner.stop(10)

@@ -42,6 +42,7 @@ __all__ = ["Timer"]
 
 _log = get_logger("reconciler.daemon")
 _WAKE_JOB = "wake"
+_CLAIM_IDLE = "5s"
 
 
 def _utcnow() -> datetime:
@@ -118,6 +119,10 @@ class Timer:
             try:
                 if conn is None or conn.closed or conn.broken:
                     conn = connect(self._url, autocommit=True)
+                    # A claim holds its rows' locks for milliseconds; a replica frozen in the
+                    # middle of one (SIGSTOP, a paused VM) must not hold them longer: the server
+                    # ends such a session, and the other replicas claim those schedules.
+                    conn.execute(f"SET idle_in_transaction_session_timeout = '{_CLAIM_IDLE}'")
                 claimed = self._claim(conn)
                 backoff.reset()
             except Exception as exc:  # psycopg, StoreError, or a bug: log, back off, go on

@@ -157,17 +157,12 @@ class Runner:
     def _start(self, run: ClaimedRun) -> None:
         import psycopg
 
-        from reconciler.imports.runs.starting import start
-
         if self._stopping.is_set():
             return
         name = run.schedule.name
         self._slot(1)
         try:
-            claim = start(
-                self._connection(), run, settings=self._settings, management_url=self._url,
-                worker=process_name(),
-            )  # fmt: skip
+            claim = self._started(run)
             if claim is None:
                 _log.info("claim taken over by another replica", schedule=name, job_id=run.job_id)
                 return
@@ -185,6 +180,27 @@ class Runner:
             _log.exception("cannot run the occurrence", schedule=name, error=str(exc))
         finally:
             self._slot(-1)
+
+    def _started(self, run: ClaimedRun) -> Claim | None:
+        """``run`` started on this worker's session; once more on a new session when the kept
+        one turns out dead (the database restarted since the last run): the claim is still
+        ours, and leaving it to a takeover would start it late or miss it."""
+        import psycopg
+
+        from reconciler.imports.runs.starting import start
+
+        for attempt in (1, 2):
+            conn = self._connection()
+            try:
+                return start(
+                    conn, run, settings=self._settings, management_url=self._url,
+                    worker=process_name(),
+                )  # fmt: skip
+            except psycopg.OperationalError:
+                if attempt == 2 or not (conn.broken or conn.closed):
+                    raise
+                conn.close()
+        return None
 
     def _retry(self, job_id: str, name: str) -> None:
         """Record the next attempt of a failed run when its schedule has retries left."""

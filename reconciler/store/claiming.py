@@ -97,13 +97,23 @@ UPDATE cpi_schedules SET interval_anchor = now()
 WHERE owner = %(owner)s AND interval_seconds IS NOT NULL AND interval_anchor IS NULL
 """
 _STALE = """
-SELECT j.id::text, j.scheduled_for, j.worker, s.misfire_grace_seconds, s.id::text, s.name,
-       p.id::text, p.name
+SELECT j.id::text, j.scheduled_for, coalesce(j.retry_at, j.scheduled_for), j.attempt, j.worker,
+       s.misfire_grace_seconds, s.id::text, s.name, p.id::text, p.name
 FROM cpi_jobs j JOIN cpi_schedules s ON s.name = j.schedule_name
      JOIN cpi_projects p ON p.id = s.project_id
 WHERE j.status = 'running' AND j.started_at IS NULL AND j.worker IS NOT NULL
   AND j.heartbeat_at < now() - %(handoff)s AND s.owner = %(owner)s
 ORDER BY j.scheduled_for LIMIT %(limit)s FOR UPDATE OF j SKIP LOCKED
+"""
+# Retries still waiting whose schedule was disabled, deleted or lost its project meanwhile: they
+# are not run, and say why (a schedule put back later starts afresh, without them).
+_ORPHANED = """
+UPDATE cpi_jobs j SET status = 'skipped', started_at = now(), finished_at = now(),
+       error = 'not run: its schedule was disabled or deleted before this retry was due'
+WHERE j.status = 'running' AND j.started_at IS NULL AND j.worker IS NULL
+  AND NOT EXISTS (SELECT 1 FROM cpi_schedules s
+                  WHERE s.name = j.schedule_name AND coalesce(s.enabled, true)
+                    AND s.project_id IS NOT NULL)
 """
 _RETRIES = """
 UPDATE cpi_jobs j SET worker = %(worker)s, heartbeat_at = now()
@@ -139,7 +149,7 @@ _WAKE = (
        (SELECT extract(epoch FROM min(j.heartbeat_at) + %(handoff)s - now())::float8
         FROM cpi_jobs j JOIN cpi_schedules s ON s.name = j.schedule_name
         WHERE j.status = 'running' AND j.started_at IS NULL AND s.owner = %(owner)s
-          AND j.worker <> %(worker)s),
+          AND j.worker IS NOT NULL),
        (SELECT extract(epoch FROM min(j.retry_at) - now())::float8
         FROM cpi_jobs j JOIN cpi_schedules s ON s.name = j.schedule_name
         WHERE j.status = 'running' AND j.started_at IS NULL AND j.worker IS NULL
@@ -165,6 +175,7 @@ def claim_due(
     with conn.transaction():
         taken, missed = _take_over(conn, params, now)
         params["limit"] = max(limit - len(taken), 0)
+        conn.execute(_ORPHANED)
         taken += _take_retries(conn, params)
         conn.execute(_ANCHOR, params)
         unset = records(conn, _UNSET, params)
@@ -207,21 +218,21 @@ def _take_over(
     stale = conn.execute(_STALE, params).fetchall()
     taken: list[ClaimedRun] = []
     missed = 0
-    for job_id, at, old_worker, stored_grace, *ref in stale:
+    for job_id, at, due, attempt, old_worker, stored_grace, *ref in stale:
         schedule = ScheduleRef(*ref)
         grace_seconds = _DEFAULT_GRACE if stored_grace is None else stored_grace
-        if now - at <= timedelta(seconds=grace_seconds):
+        if now - due <= timedelta(seconds=grace_seconds):  # a retry: from when it was due
             conn.execute(
                 "UPDATE cpi_jobs SET worker = %s, heartbeat_at = now() WHERE id = %s",
                 (params["worker"], job_id),
             )
-            taken.append(ClaimedRun(job_id, schedule, at, "running"))
+            taken.append(ClaimedRun(job_id, schedule, at, "running", attempt=attempt))
             _log.warning("claim taken over", schedule=schedule.name, job_id=job_id,
                          scheduled_for=at.isoformat(), claimed_by=old_worker)  # fmt: skip
             continue
         reason = (
             f"not run: claimed by {old_worker}, which stopped before starting it; by "
-            f"{int((now - at).total_seconds())} s after its time it was past the schedule's "
+            f"{int((now - due).total_seconds())} s after its time it was past the schedule's "
             f"misfire_grace of {grace_seconds} s"
         )
         conn.execute(

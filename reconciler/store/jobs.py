@@ -208,11 +208,14 @@ def _skip(
     scheduled_for: datetime | None,
 ) -> Started:
     running = conn.execute(
-        "SELECT id::text, started_at FROM cpi_jobs WHERE schedule_name = %s AND status = 'running'",
+        "SELECT id::text, started_at, worker, retry_at FROM cpi_jobs "
+        "WHERE schedule_name = %s AND status = 'running'",
         (schedule.name,),
     ).fetchone()
     if running is None:
         reason = "another run of this schedule is starting"
+    elif running[1] is None and running[2] is None:  # a retry waiting for its backoff
+        reason = f"job {running[0]}, a retry of this schedule, waits until {running[3]:%H:%M:%S %Z}"
     elif running[1] is None:  # claimed by the scheduler, about to start
         reason = f"job {running[0]} of this schedule is about to start"
     else:
