@@ -74,12 +74,10 @@ from typing import Any, NamedTuple
 
 import psycopg
 from bench_serve import (
-    _PROCESSES,
     PROJECT,
     SCHEDULE,
     Report,
     Serve,
-    _free_port,
     _on_sigterm,
     _stop_all,
     fresh_database,
@@ -169,30 +167,11 @@ def worktree(commit: str, work: Path) -> Iterator[Path]:
 class Daemon(Serve):
     """A ``Serve`` of one side: its ``reconciler`` from ``side.tree``, its cwd ``work``."""
 
-    def __init__(  # Serve's, with the side's import path and a log level
+    def __init__(
         self, work: Path, url: str, folder: Path, name: str, *, side: Side, log_level: str
     ) -> None:
-        self.port = _free_port()
-        self.log_path = work / f"{name}-{self.port}.log"
-        env = side_env(side) | {
-            "RECONCILER_DATABASE_URL": url,
-            "RECONCILER_SCHEDULES_DIR": str(folder),
-            "RECONCILER_HTTP_ADDRESS": f"127.0.0.1:{self.port}",
-            "RECONCILER_LOG_LEVEL": log_level,
-            "RECONCILER_STATE_DIR": str(work / "state"),
-        }
-        with self.log_path.open("wb") as log:
-            self.started = time.perf_counter()
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "reconciler", "serve"],
-                cwd=work,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-                start_new_session=True,  # Ctrl-C reaches this script, which stops the daemons
-            )
-        _PROCESSES.append(self.process)
+        extra = {"PYTHONPATH": side_env(side)["PYTHONPATH"], "RECONCILER_LOG_LEVEL": log_level}
+        super().__init__(work, url, folder, name, extra)
 
     def cpu_seconds(self) -> float:
         """utime + stime of the process so far (``/proc/<pid>/stat`` fields 14 and 15)."""
