@@ -395,23 +395,35 @@ def _fail(url: str, job_id: str) -> None:
         )
 
 
+def _failed_once(
+    url: str, *, retries: int, backoff: int, grace: int = 300
+) -> tuple[str, str, datetime]:
+    """An every-minute schedule with ``retries`` whose 12:01 run started and failed: that job's
+    id, and the retry it is followed by (recorded, waiting ``backoff`` s) with its ``retry_at``."""
+    _every_minute(url, "s", grace=grace)
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            "UPDATE cpi_schedules SET retries = %s, retry_backoff_seconds = %s", (retries, backoff)
+        )
+    _claim(url, _minute(0, 20))
+    (run,) = _claim(url, _minute(1, 0.1)).runs
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert start_claimed(conn, run, "a:1") is not None
+        conn.execute("SELECT pg_advisory_unlock_all()")
+        _fail(url, run.job_id)
+        retry = schedule_retry(conn, run.job_id)
+    assert retry is not None
+    return run.job_id, *retry
+
+
 def test_a_failed_run_is_retried_after_its_backoff_until_its_retries_are_used(
     database_url: str,
 ) -> None:
     """retries: 2, retry_backoff: 1s. Each retry is a job of its own for the same occurrence,
     with the next attempt and a link to the try it follows; a new occurrence that comes while
     a retry waits is skipped, saying so; after the last try no retry is recorded."""
-    _every_minute(database_url, "s")
-    with psycopg.connect(database_url) as conn:
-        conn.execute("UPDATE cpi_schedules SET retries = 2, retry_backoff_seconds = 1")
-    _claim(database_url, _minute(0, 20))
-    (run,) = _claim(database_url, _minute(1, 0.1)).runs
+    first, retry, retry_at = _failed_once(database_url, retries=2, backoff=1)
     with psycopg.connect(database_url, autocommit=True) as conn:
-        assert start_claimed(conn, run, "a:1") is not None
-        conn.execute("SELECT pg_advisory_unlock_all()")
-        _fail(database_url, run.job_id)
-        retry = schedule_retry(conn, run.job_id)
-        assert retry is not None
         waiting = _claim(database_url, _minute(2, 0.1))  # the retry waits; the new one is skipped
         assert [(r.status, r.scheduled_for) for r in waiting.runs] == [("skipped", _minute(2))]
         assert waiting.runs[0].error is not None
@@ -421,13 +433,13 @@ def test_a_failed_run_is_retried_after_its_backoff_until_its_retries_are_used(
         (second,) = wait_until(
             lambda: _claim(database_url, _minute(2, 2)).runs, timeout=5, what="the retry"
         )
-        assert (second.job_id, second.attempt, second.scheduled_for) == (retry[0], 2, _minute(1))
+        assert (second.job_id, second.attempt, second.scheduled_for) == (retry, 2, _minute(1))
         assert start_claimed(conn, second, "a:1") is not None
         conn.execute("SELECT pg_advisory_unlock_all()")
         _fail(database_url, second.job_id)
         third = schedule_retry(conn, second.job_id)
         assert third is not None
-        assert third[1] - retry[1] >= timedelta(seconds=1)  # the backoff doubled: 2 s
+        assert third[1] - retry_at >= timedelta(seconds=1)  # the backoff doubled: 2 s
         conn.execute("UPDATE cpi_jobs SET retry_at = now() WHERE id = %s", (third[0],))
         (last,) = _claim(database_url, _minute(2, 3)).runs
         assert last.attempt == 3
@@ -440,7 +452,7 @@ def test_a_failed_run_is_retried_after_its_backoff_until_its_retries_are_used(
         if j["scheduled_for"] == _minute(1)
     ]
     assert sorted(chain, key=lambda c: c[0]) == [
-        (1, "failed", None), (2, "failed", run.job_id), (3, "failed", second.job_id)
+        (1, "failed", None), (2, "failed", first), (3, "failed", second.job_id)
     ]  # fmt: skip
 
 
@@ -458,20 +470,12 @@ def test_a_manual_run_that_fails_is_not_retried(database_url: str) -> None:
 
 
 def test_a_waiting_retry_of_a_schedule_disabled_meanwhile_is_not_run(database_url: str) -> None:
-    _every_minute(database_url, "s")
+    _, retry, _ = _failed_once(database_url, retries=2, backoff=1)
     with psycopg.connect(database_url) as conn:
-        conn.execute("UPDATE cpi_schedules SET retries = 2, retry_backoff_seconds = 1")
-    _claim(database_url, _minute(0, 20))
-    (run,) = _claim(database_url, _minute(1, 0.1)).runs
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        assert start_claimed(conn, run, "a:1") is not None
-        _fail(database_url, run.job_id)
-        retry = schedule_retry(conn, run.job_id)
-        assert retry is not None
         conn.execute("UPDATE cpi_schedules SET enabled = false")
-        conn.execute("UPDATE cpi_jobs SET retry_at = now() WHERE id = %s", (retry[0],))
+        conn.execute("UPDATE cpi_jobs SET retry_at = now() WHERE id = %s", (retry,))
     assert _claim(database_url, _minute(1, 5)).runs == ()
-    waiting = next(j for j in jobs(database_url, "s") if str(j["id"]) == retry[0])
+    waiting = next(j for j in jobs(database_url, "s") if str(j["id"]) == retry)
     assert (waiting["status"], waiting["error"]) == (
         "skipped", "not run: its schedule was disabled or deleted before this retry was due"
     )  # fmt: skip
@@ -480,23 +484,14 @@ def test_a_waiting_retry_of_a_schedule_disabled_meanwhile_is_not_run(database_ur
 def test_a_retry_taken_over_counts_its_grace_from_when_it_was_due(database_url: str) -> None:
     """A retry claimed long after its occurrence (its backoff) and left unstarted is taken over
     when its own due time is within the grace, though the occurrence's is not."""
-    _every_minute(database_url, "s", grace=10)
+    _, retry, _ = _failed_once(database_url, retries=1, backoff=60, grace=10)
     with psycopg.connect(database_url) as conn:
-        conn.execute("UPDATE cpi_schedules SET retries = 1, retry_backoff_seconds = 60")
-    _claim(database_url, _minute(0, 20))
-    (run,) = _claim(database_url, _minute(1, 0.1)).runs
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        assert start_claimed(conn, run, "a:1") is not None
-        conn.execute("SELECT pg_advisory_unlock_all()")
-        _fail(database_url, run.job_id)
-        retry = schedule_retry(conn, run.job_id)
-        assert retry is not None
-        conn.execute("UPDATE cpi_jobs SET retry_at = %s WHERE id = %s", (_minute(2), retry[0]))
+        conn.execute("UPDATE cpi_jobs SET retry_at = %s WHERE id = %s", (_minute(2), retry))
     runs = _claim(database_url, _minute(2, 1), worker="a:1").runs  # a claims, then dies
     (claimed,) = [r for r in runs if r.attempt == 2]  # beside the 12:02 occurrence, skipped
-    assert claimed.job_id == retry[0]
+    assert claimed.job_id == retry
     (taken,) = _claim(database_url, _minute(2, 5), worker="b:2", handoff=timedelta(0)).runs
-    assert (taken.job_id, taken.attempt) == (retry[0], 2)
+    assert (taken.job_id, taken.attempt) == (retry, 2)
 
 
 def test_a_worker_whose_kept_session_died_starts_its_next_claim_at_once(
